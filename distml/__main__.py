@@ -1,0 +1,4 @@
+"""``python -m distml`` runs the command line."""
+from distml.cli import main
+
+main()

@@ -1,0 +1,94 @@
+"""Getting a ``distributed.Client``: an embedded LocalCluster or a remote scheduler.
+
+The embedded cluster and its dashboard listen on 127.0.0.1 only. The client is
+never made the process-wide default: every caller passes it explicitly.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from distml.errors import ClusterError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from distml.spec import ClusterSpec
+
+CONNECT_TIMEOUT = 10  # seconds; an unreachable scheduler fails well inside 15 s
+
+
+def default_workers() -> tuple[int, int]:
+    """Embedded default: one single-threaded worker per core (up to 4), each with its share of memory."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, 4)), 1
+
+
+@contextlib.contextmanager
+def connect(spec: ClusterSpec) -> Iterator[Client]:
+    """Yield a client for the cluster the spec names, closing what was started here."""
+    from distributed import Client
+
+    address = spec.scheduler or os.environ.get("DISTML_SCHEDULER") or None
+    if address:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
+                               f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
+        with client:
+            yield client
+        return
+    with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
+    from distributed import LocalCluster
+
+    from distml.spec import parse_size
+
+    n_workers, threads = default_workers()
+    memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
+    try:
+        cluster = LocalCluster(
+            n_workers=spec.n_workers or n_workers,
+            threads_per_worker=spec.threads_per_worker or threads,
+            memory_limit=memory,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:8787",
+            silence_logs=40,
+        )
+    except Exception as exc:
+        raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
+    with cluster:
+        yield cluster
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The dashboard URL, if the scheduler serves one."""
+    try:
+        return client.dashboard_link
+    except Exception:  # no bokeh on the scheduler, or no dashboard configured
+        return None
+
+
+def worker_resources(client: Client) -> tuple[int, int, int]:
+    """(workers, total threads, smallest worker memory limit in bytes) of the running cluster."""
+    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
+        client.scheduler_info()["workers"]
+    if not workers:
+        raise ClusterError("the Dask cluster has no workers; start at least one `dask worker`")
+    threads = sum(w.get("nthreads", 1) for w in workers.values())
+    limits = [w.get("memory_limit") or 0 for w in workers.values()]
+    return len(workers), threads, min(limits)
+
+
+def _takes_n_workers(client: Client) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters

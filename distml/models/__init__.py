@@ -1,0 +1,11 @@
+"""The registry: a job file's ``model.kind`` -> the family module that trains it."""
+from __future__ import annotations
+
+from types import ModuleType
+
+from distml.models import linear, logistic
+
+FAMILIES: dict[str, ModuleType] = {
+    "linear": linear,
+    "logistic": logistic,
+}

@@ -1,0 +1,138 @@
+"""Shared engine: streamed, parameter-averaged SGD over partitions on all workers.
+
+Each epoch the partitions are dealt at random (seeded) to ``lanes``, one lane
+per worker thread. A lane is a chain of tasks: each reads one partition,
+shuffles its rows and calls ``partial_fit``, handing the model to the next
+task. At the end of the epoch the lane models are averaged on the client
+(Zinkevich et al., 2010) and the next epoch starts from the average. Rows are
+shuffled inside every partition, so files sorted by the label do not collapse
+the model as a sequential ``partial_fit`` over the files does.
+
+With early stopping, each task also scores the epoch's starting model on the
+partition's validation rows (those whose draw ``u`` is below
+``validation_fraction``), so validation costs no extra pass.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sklearn.linear_model._stochastic_gradient import BaseSGD
+
+    from distml.features import Partitions
+    from distml.models.base import TrainContext
+
+LossFn = Callable[[Any, np.ndarray, np.ndarray], float]
+
+# --- runs on workers ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """What a lane hands from task to task: its model and running sums."""
+
+    model: Any
+    val_loss: float = 0.0
+    n_val: int = 0
+    n_trained: int = 0
+
+
+def _sgd_epoch_part(
+    state: LaneState, source: Any, reference: BaseSGD | None, seed: int, validation_fraction: float,
+    loss: LossFn | None, fit_kwargs: dict[str, Any], y_shift: float, y_scale: float,
+) -> LaneState:
+    """One partition of one lane: score ``reference`` on validation rows, then ``partial_fit``."""
+    block = source.load()
+    y = block.y if y_scale == 1.0 and y_shift == 0.0 else (block.y - y_shift) / y_scale
+    val = block.u < validation_fraction
+    val_loss, n_val = 0.0, int(val.sum())
+    if loss is not None and reference is not None and n_val:
+        val_loss = loss(reference, block.X[val], y[val])
+    order = np.random.default_rng(seed).permutation(np.flatnonzero(~val))
+    model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
+    if len(order):
+        model.partial_fit(block.X[order], y[order], **fit_kwargs)
+    return LaneState(model, state.val_loss + val_loss, state.n_val + n_val, state.n_trained + len(order))
+
+
+# --- runs on the client ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SGDSchedule:
+    """How long to train and when to stop early."""
+
+    epochs: int
+    early_stopping: bool = False
+    validation_fraction: float = 0.1
+    tol: float | None = 1e-3
+    n_iter_no_change: int = 2
+
+
+def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
+    """Row-weighted average of the lanes' coefficients, in lane order (deterministic)."""
+    fitted = list(zip(models, weights))
+    w = np.array(weights, dtype=np.float64)
+    w /= w.sum()
+    out = copy.deepcopy(fitted[0][0])
+    out.coef_ = sum(wi * m.coef_ for (m, _), wi in zip(fitted, w))
+    out.intercept_ = sum(wi * m.intercept_ for (m, _), wi in zip(fitted, w))
+    out.t_ = float(sum(wi * m.t_ for (m, _), wi in zip(fitted, w)))
+    return out
+
+
+def train_sgd(
+    parts: Partitions, template: BaseSGD, ctx: TrainContext, schedule: SGDSchedule, *,
+    loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False,
+) -> BaseSGD:
+    """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs."""
+    client = ctx.client
+    n_parts = parts.n_parts
+    lanes = max(1, min(n_parts, ctx.max_in_flight))
+    y_shift, y_scale = (ctx.y_mean, ctx.y_scale) if scale_target else (0.0, 1.0)
+    val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
+    model: BaseSGD = template
+    best: tuple[float, BaseSGD] | None = None
+    stale = 0
+    for epoch in range(schedule.epochs):
+        seeds = ctx.child_seeds(n_parts + 1, salt=epoch)
+        order = np.random.default_rng(seeds[-1]).permutation(n_parts)
+        reference = model if epoch > 0 and schedule.early_stopping else None
+        ends = []
+        for lane in range(lanes):
+            state: Any = LaneState(model)
+            for step, i in enumerate(order[lane::lanes]):
+                # pure=False: each task draws its own shuffle and must run even if inputs repeat.
+                state = client.submit(
+                    _sgd_epoch_part, state, parts.train[i], reference, seeds[i], val_fraction,
+                    loss, fit_kwargs, y_shift, y_scale, key=ctx.key("train", epoch, lane, step), pure=False,
+                )
+            ends.append(state)
+        # Only each lane's final state (a model and three sums) comes back to the client.
+        lane_states: list[LaneState] = [s for s in client.gather(ends) if s.n_trained > 0]
+        trained = [s.n_trained for s in lane_states]
+        val_loss, n_val = sum(s.val_loss for s in lane_states), sum(s.n_val for s in lane_states)
+        model = _average([s.model for s in lane_states], trained)
+        ctx.report("train", (epoch + 1) / schedule.epochs)
+        if reference is not None and n_val:
+            mean_loss = val_loss / n_val
+            ctx.log(f"epoch {epoch}: validation loss of epoch {epoch - 1}'s model {mean_loss:.5f}")
+            if best is None or mean_loss < best[0] - (schedule.tol or 0.0):
+                best, stale = (mean_loss, reference), 0
+            else:
+                stale += 1
+                if stale >= schedule.n_iter_no_change:
+                    ctx.log(f"early stop after epoch {epoch}: no improvement for {stale} epochs")
+                    model = best[1]
+                    break
+        else:
+            ctx.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
+    if scale_target:
+        model.coef_ = model.coef_ * y_scale
+        model.intercept_ = model.intercept_ * y_scale + y_shift
+    return model

@@ -1,0 +1,98 @@
+"""Linear regression: an exact solve from distributed XᵀX, or streamed SGD.
+
+``solver: exact`` makes one pass in which every partition computes its
+augmented Gram matrix; the matrices are summed in a tree on the workers and
+the (optionally ridge-penalised) normal equations are solved on the client.
+``solver: sgd`` streams ``SGDRegressor.partial_fit`` over the partitions with
+the shared averaged-SGD engine.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import Field
+
+from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models.base import FamilyParams, Task, TrainContext
+from distml.tasks import tree_reduce
+
+if TYPE_CHECKING:
+    from sklearn.base import RegressorMixin
+
+    from distml.features import Partitions
+
+
+class Params(FamilyParams):
+    solver: Literal["exact", "sgd"] = "exact"
+    alpha: float = Field(0.0, ge=0.0, description="L2 penalty (ridge for exact, SGD's alpha for sgd)")
+    epochs: int = Field(5, ge=1, le=1000, description="passes over the data (sgd)")
+    eta0: float = Field(0.01, gt=0.0, description="initial learning rate (sgd)")
+
+
+def task(params: Params) -> Task:
+    return "regression"
+
+
+# --- runs on workers ---------------------------------------------------------
+
+
+def _gram_part(source: object) -> np.ndarray:
+    """[X 1 y]ᵀ[X 1 y] for one partition: every sufficient statistic of least squares."""
+    block = source.load()  # type: ignore[attr-defined]
+    Z = np.column_stack([block.X, np.ones(len(block.y)), block.y.astype(np.float64)])
+    return Z.T @ Z
+
+
+def _add_part(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a + b
+
+
+def _squared_loss(model: object, X: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((model.predict(X) - y) ** 2))  # type: ignore[attr-defined]
+
+
+# --- runs on the client ------------------------------------------------------
+
+
+def solve_normal_equations(gram: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """Solve for (coef, intercept) from the augmented Gram matrix; the intercept is not penalised."""
+    d = gram.shape[0] - 2
+    A = gram[: d + 1, : d + 1].copy()
+    b = gram[: d + 1, d + 1]
+    A[np.arange(d), np.arange(d)] += alpha
+    solution, *_ = np.linalg.lstsq(A, b, rcond=None)
+    return solution[:d], float(solution[d])
+
+
+def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
+    """Fit a linear regressor on the cluster; returns LinearRegression, Ridge or SGDRegressor."""
+    if params.solver == "sgd":
+        from sklearn.linear_model import SGDRegressor
+
+        template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.seed)
+        return train_sgd(parts, template, ctx, SGDSchedule(epochs=params.epochs),
+                         loss=_squared_loss, fit_kwargs={}, scale_target=True)
+    return _train_exact(parts, params, ctx)
+
+
+def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    client = ctx.client
+    grams = [client.submit(_gram_part, s, key=ctx.key("train", i)) for i, s in enumerate(parts.train)]
+    total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.key("merge", level, j)).result()
+    ctx.report("train", 1.0)
+    coef, intercept = solve_normal_equations(total, params.alpha)
+    model = Ridge(alpha=params.alpha) if params.alpha > 0 else LinearRegression()
+    model.coef_ = coef
+    model.intercept_ = intercept
+    model.n_features_in_ = ctx.n_features
+    if isinstance(model, LinearRegression):
+        d = len(coef)
+        model.rank_ = int(np.linalg.matrix_rank(total[:d, :d]))
+        model.singular_ = np.sqrt(np.abs(np.linalg.eigvalsh(total[:d, :d])))[::-1]
+    else:
+        model.n_iter_ = None
+        model.solver_ = "cholesky"
+    return model

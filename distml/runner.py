@@ -1,0 +1,240 @@
+"""One job from spec to saved artifact: job id, phases, timings, the performance report.
+
+No algorithm code lives here; every step is a call into the module that owns it.
+"""
+from __future__ import annotations
+
+import platform
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from distml.errors import DistmlError, JobFailed
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from distml.data import Dataset
+    from distml.spec import JobSpec
+
+DEFAULT_PARTITION_BYTES = 64 * 2**20
+PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
+
+Progress = Callable[[str, float], None]
+Log = Callable[[str], None]
+
+
+def new_job_id() -> str:
+    """A job id that starts with digits, so task keys group by phase on the dashboard."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@dataclass
+class JobResult:
+    """What a finished job tells its caller."""
+
+    job_id: str
+    uri: str
+    metrics: dict[str, float]
+    timings: dict[str, float]
+    rows: dict[str, int]
+    persisted: bool
+    dashboard: str | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class _Phases:
+    """Times each phase and names the phase an error happened in."""
+
+    def __init__(self, log: Log) -> None:
+        self.timings: dict[str, float] = {}
+        self.current = "start"
+        self.log = log
+
+    def __call__(self, name: str) -> _Phases:
+        self.current = name
+        return self
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+        self.log(f"phase {self.current} started")
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self.current] = round(time.perf_counter() - self.started, 3)
+        if exc[0] is None:
+            self.log(f"phase {self.current} done in {self.timings[self.current]:.2f}s")
+
+
+def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, worker_memory: int) -> int:
+    """Partition size: the job's setting, else small enough for memory and for every thread to work."""
+    from distml.spec import parse_size
+
+    if spec.data.partition_size:
+        return parse_size(spec.data.partition_size)
+    total = dataset.num_rows * 8 * (len(dataset.features) + 1)
+    limit = DEFAULT_PARTITION_BYTES if not worker_memory else min(DEFAULT_PARTITION_BYTES, worker_memory // 10)
+    return max(2**20, min(limit, total // max(1, 2 * threads)))
+
+
+def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, job_id: str | None = None,
+            progress: Progress | None = None, log: Log | None = None) -> JobResult:
+    """Run one job on ``client``: read, plan features, train, evaluate, save.
+
+    Parameters
+    ----------
+    spec : JobSpec
+        The validated job file (see ``distml.spec.load_job``).
+    client : distributed.Client
+        The cluster to run on; it is never made the default client.
+    dataset : Dataset, optional
+        An already opened dataset (``distml.data.open_dataset``); opened here if absent.
+    job_id, progress, log
+        The job's id (new if absent), and callbacks for phase progress and events.
+
+    Returns
+    -------
+    JobResult
+        The saved model's URI, metrics, row counts and per-phase timings.
+    """
+    from distml.cluster import dashboard_link, worker_resources
+    from distml.data import open_dataset
+    from distml.models import FAMILIES
+    from distml.store import Store
+
+    job_id = job_id or new_job_id()
+    progress = progress or (lambda phase, fraction: None)
+    log = log or (lambda message: None)
+    family = FAMILIES[spec.model.kind]
+    phases = _Phases(log)
+    started = time.time()
+    report = _start_report(client)
+    try:
+        with phases("read"):
+            dataset = dataset or open_dataset(spec.data, spec.seed)
+            n_workers, threads, memory = worker_resources(client)
+            dataset.partition(partition_bytes(spec, dataset, threads, memory))
+        fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
+                                     (n_workers, threads, memory), progress, log)
+        metrics: dict[str, float] = {}
+        if parts.holdout:
+            from distml.evaluate import evaluate
+
+            with phases("eval"):
+                metrics = evaluate(fitted, parts.holdout, client, job_id, plan.classes)
+        with phases("save"):
+            from sklearn.pipeline import Pipeline
+
+            pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
+            rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
+                    "holdout": plan.stats.rows - plan.stats.train_rows}
+            manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
+                                 n_workers, parts.persisted)
+            html = _finish_report(client, report, job_id)
+            store = Store(spec.output.store, spec.output.storage_options)
+            uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None)
+    except DistmlError:
+        raise
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
+    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client))
+
+
+def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
+           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
+    from distml.features import persist, plan_features
+    from distml.models.base import TrainContext
+
+    n_workers, threads, memory = resources
+    params = spec.model.params
+    with phases("stats"):
+        plan = plan_features(dataset, client, job_id, family.task(params), progress)
+    parts = plan.parts
+    block_bytes = parts.train_rows * (plan.n_features + 2) * 8
+    if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
+        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: persisting them in cluster memory")
+        parts = persist(parts, client, job_id)
+    else:
+        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: re-reading Parquet at every pass")
+    y_moments = plan.stats.target_moments
+    ctx = TrainContext(
+        client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
+        classes=plan.classes, class_counts=plan.class_counts, n_features=plan.n_features,
+        x_var=plan.x_var, y_mean=float(y_moments.mean[0]) if y_moments else 0.0,
+        y_scale=float(max(y_moments.var[0], 1e-12) ** 0.5) if y_moments else 1.0,
+        train_rows=parts.train_rows, max_in_flight=max(1, threads), n_workers=n_workers,
+        worker_memory=memory, report=progress, log=log,
+    )
+    with phases("train"):
+        fitted = family.train(parts, params, ctx)
+    if parts.persisted:
+        client.cancel(parts.train)  # free cluster memory before evaluation
+    return fitted, plan, parts
+
+
+def _start_report(client: Client) -> tuple[float, int] | None:
+    """Mark the start of the job's Dask performance report."""
+    try:
+        count = client.run_on_scheduler(_monitor_count)
+        client.get_task_stream(start=0, stop=0)  # makes sure the scheduler records a task stream
+        return time.time(), count
+    except Exception:  # a report is a courtesy; never fail a job for it
+        return None
+
+
+def _monitor_count(dask_scheduler: Any) -> int:
+    return dask_scheduler.monitor.count
+
+
+def _finish_report(client: Client, start: tuple[float, int] | None, job_id: str) -> str | None:
+    if start is None:
+        return None
+    try:
+        return client.sync(client.scheduler.performance_report, start=start[0], last_count=start[1],
+                           code=f"distml job {job_id}", mode=None)
+    except Exception:
+        return None
+
+
+def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: dict[str, float],
+              rows: dict[str, int], timings: dict[str, float], started: float, n_workers: int,
+              persisted: bool) -> dict[str, Any]:
+    """Everything needed to know what a model is and where it came from; secrets redacted."""
+    from distml.store import redact
+
+    return {
+        "job_id": job_id,
+        "created": datetime.now(timezone.utc).isoformat(),
+        "job": redact(spec.model_dump(mode="json")),
+        "data": {
+            "url": dataset.url,
+            "files": [{"path": f.key, "rows": f.num_rows, "bytes": f.size} for f in dataset.files],
+            "schema": dataset.schema,
+            "target": dataset.target,
+            "features": dataset.features,
+            "partitions": len(dataset.pieces),
+            "persisted": persisted,
+        },
+        "rows": rows,
+        "target_kind": plan.target_kind,
+        "classes": plan.classes.tolist() if plan.classes is not None else None,
+        "metrics": metrics,
+        "timings": {**timings, "wall": round(time.time() - started, 3)},
+        "cluster": {"workers": n_workers},
+        "versions": _library_versions(),
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out

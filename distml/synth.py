@@ -1,0 +1,71 @@
+"""Reproducible synthetic Parquet datasets for quickstarts, tests and benchmarks.
+
+Rows are generated file by file from seeds drawn up front, so a dataset larger
+than memory can be written and the same arguments always give the same bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["classification", "regression"]
+ROW_GROUP_ROWS = 65_536
+
+
+def _truth(n_features: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The hidden model: weights, biases, and per-feature offsets and scales (so scaling matters)."""
+    rng = np.random.default_rng([seed, 0])
+    outputs = 1 if n_classes <= 2 else n_classes
+    weights = rng.normal(size=(n_features, outputs)) * (rng.random(n_features) < 0.7)[:, None]
+    bias = rng.normal(size=outputs)
+    offsets = rng.normal(scale=5.0, size=n_features)
+    scales = np.exp(rng.normal(scale=1.0, size=n_features))
+    return weights, bias, offsets, scales
+
+
+def make_rows(kind: Kind, rows: int, n_features: int, n_classes: int, seed: int, stream: int,
+              noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` rows of features and target from the dataset's hidden model, stream ``stream``."""
+    weights, bias, offsets, scales = _truth(n_features, n_classes, seed)
+    rng = np.random.default_rng([seed, 1, stream])
+    z = rng.normal(size=(rows, n_features))
+    signal = z @ weights + bias
+    X = z * scales + offsets
+    if kind == "regression":
+        return X, 3.0 * signal[:, 0] + 10.0 + rng.normal(scale=noise, size=rows)
+    logits = 2.0 * signal + rng.gumbel(scale=noise, size=signal.shape)
+    if n_classes <= 2:
+        return X, (logits[:, 0] > rng.gumbel(scale=noise, size=rows)).astype(np.int64)
+    return X, np.argmax(logits, axis=1).astype(np.int64)
+
+
+def _write(path: Path, X: np.ndarray, y: np.ndarray, label_names: list[str] | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {f"x{j}": X[:, j] for j in range(X.shape[1])}
+    target = np.asarray(label_names, dtype=object)[y] if label_names else y
+    columns["target"] = target
+    pq.write_table(pa.table(columns), path, row_group_size=ROW_GROUP_ROWS)
+
+
+def make_dataset(out: str | Path, kind: Kind = "classification", rows: int = 100_000, features: int = 10,
+                 files: int = 4, classes: int = 2, seed: int = 0, sort_by_target: bool = False,
+                 test_rows: int | None = None, string_labels: bool = False) -> tuple[Path, Path]:
+    """Write ``files`` Parquet files under ``out/`` and a separate test file ``out-test.parquet``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"class-{chr(ord('a') + i)}" for i in range(classes)] if string_labels and kind != "regression" else None
+    per_file = np.diff(np.linspace(0, rows, files + 1).astype(np.int64))
+    for i, n in enumerate(per_file):
+        X, y = make_rows(kind, int(n), features, classes, seed, stream=i)
+        if sort_by_target:
+            order = np.argsort(y, kind="stable")
+            X, y = X[order], y[order]
+        _write(out / f"part-{i:05d}.parquet", X, y, names)
+    test_path = out.with_name(out.name + "-test.parquet")
+    X, y = make_rows(kind, test_rows or max(1000, rows // 5), features, classes, seed, stream=10**6)
+    _write(test_path, X, y, names)
+    return out, test_path
