@@ -1,0 +1,143 @@
+"""Real parts for tests: a LocalCluster, dask scheduler/worker processes, an S3 server — all on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distml.synth import make_dataset
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Two single-threaded worker processes with enforced memory limits."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit="1GiB", silence_logs=40) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def client(cluster):
+    from distributed import Client
+
+    with Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def make_data(data_dir):
+    """Write (once per session) a synthetic dataset; returns its folder and test file."""
+    cache: dict[tuple, tuple[Path, Path]] = {}
+
+    def make(kind="classification", rows=20_000, features=8, files=4, classes=2, seed=0,
+             sort_by_target=False, string_labels=False):
+        args = (kind, rows, features, files, classes, seed, sort_by_target, string_labels)
+        if args not in cache:
+            name = "-".join(str(a).lower() for a in args)
+            cache[args] = make_dataset(data_dir / name, kind, rows, features, files, classes, seed,
+                                       sort_by_target, string_labels=string_labels)
+        return cache[args]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto in server mode on 127.0.0.1: an S3-compatible HTTP endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server):
+    """A fresh bucket on the moto server and the storage_options that reach it."""
+    import uuid
+
+    import boto3
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    opts = {"key": "testing-key", "secret": "testing-secret-value",
+            "client_kwargs": {"endpoint_url": moto_server, "region_name": "us-east-1"}}
+    boto = boto3.client("s3", endpoint_url=moto_server, aws_access_key_id=opts["key"],
+                        aws_secret_access_key=opts["secret"], region_name="us-east-1")
+    boto.create_bucket(Bucket=bucket)
+    return {"bucket": bucket, "storage_options": opts, "boto": boto, "endpoint": moto_server}
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    from distributed import Client
+
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(sched_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 30
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
+                 "--nthreads", "1", "--memory-limit", "1GiB", "--no-dashboard"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(sched_file), set_as_default=False, timeout=30) as c:
+            c.wait_for_workers(2, timeout=60)
+            address = c.scheduler.address
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def write_job(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def job_file(tmp_path):
+    """Write a job file from keyword sections; returns its path."""
+    import yaml
+
+    def write(name="test-job", data=None, model=None, output=None, **extra):
+        doc = {"name": name, "seed": 0, "data": data, "model": model or {"kind": "logistic"},
+               "output": output or {"store": str(tmp_path / "models")}, **extra}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    return write
+
+
+def have(binary: str) -> bool:
+    return shutil.which(binary) is not None or (BIN / binary).exists()
+
+
+os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
