@@ -116,9 +116,6 @@ def dask_processes(tmp_path):
                 p.kill()
 
 
-def write_job(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture
@@ -140,4 +137,3 @@ def have(binary: str) -> bool:
     return shutil.which(binary) is not None or (BIN / binary).exists()
 
 
-os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "False")
