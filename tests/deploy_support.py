@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import time
@@ -277,12 +278,23 @@ def localize(argv: list[str], scheduler_port: int) -> list[str]:
 
 
 def start(argv: list[str], *, cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a process in its own process group, so its children can be stopped with it."""
     with open(log, "wb") as out:
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
-    """Terminate every process, then kill whatever has not exited within ``grace``."""
+    """Terminate every process, kill whatever has not exited within ``grace``,
+    then kill what is left of each one's process group (e.g. a nanny's worker)."""
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
@@ -293,6 +305,25 @@ def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        _kill_group(proc)
+
+
+def run_bounded(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a command to completion within ``timeout`` seconds; on time-out kill its
+    whole process group (a shell and the commands it started) and raise."""
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise AssertionError(f"{argv[:3]} did not finish in {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
+    finally:
+        _kill_group(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def child_env(extra: dict[str, str], bin_dir: Path) -> dict[str, str]:

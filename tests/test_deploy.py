@@ -18,8 +18,6 @@ import pytest
 import yaml
 
 from deploy_support import (
-    COMPOSE_FILE,
-    DASKCLUSTER_FILE,
     DEPLOY,
     DOCKERFILE,
     LOOPBACK,
@@ -36,6 +34,7 @@ from deploy_support import (
     load_manifests,
     localize,
     parse_size,
+    run_bounded,
     start,
     stop_all,
     validate_kubernetes,
@@ -359,9 +358,7 @@ def test_rehearsal_runs_the_compose_services_locally_and_the_model_lands_in_the_
     # submit: the service's own script, with the service name mapped to loopback.
     shell, flag, script = services["submit"]["command"]
     script = script.replace("tcp://scheduler:8786", address)
-    result = subprocess.run(
-        [shell, flag, script], cwd=app, env=env_of("submit"), capture_output=True, text=True, timeout=300
-    )
+    result = run_bounded([shell, flag, script], cwd=app, env=env_of("submit"), timeout=300)
     if result.returncode != 0:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name}\n{log.read_text()[-3000:]}")
