@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 MODEL = "model.skops"
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 VERSION = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.")
+TRUSTED_PREFIXES = ("sklearn.", "numpy.")
 _SECRET_WORDS = re.compile(r"key|secret|token|password|passwd|credential|session", re.IGNORECASE)
 
 
@@ -98,6 +98,11 @@ class Store:
                 f.write(body)
         except FileExistsError:
             raise StoreError(f"{self.uri(name, version)}: version already exists; refusing to overwrite") from None
+        except OSError as exc:
+            if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):  # S3's create-only refusal
+                raise StoreError(f"{self.uri(name, version)}: version already exists; refusing to overwrite") from None
+            raise StoreError(f"{self.uri(name, version)}: cannot write the model "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from None
         except Exception as exc:
             raise StoreError(f"{self.uri(name, version)}: cannot write the model "
                              f"({type(exc).__name__}: {_first_line(exc)})") from None
