@@ -62,23 +62,6 @@ def main() -> None:
     """distml: train scikit-learn models on Parquet data across a Dask cluster."""
 
 
-def _echo_event(quiet: bool) -> tuple[Callable[[str, float], None], Callable[[str], None]]:
-    started = time.perf_counter()
-    last: dict[str, int] = {}
-
-    def progress(phase: str, fraction: float) -> None:
-        step = int(fraction * 10)
-        if not quiet and last.get(phase) != step:
-            last[phase] = step
-            click.echo(f"{time.perf_counter() - started:7.1f}s  {phase:<6} {fraction:6.0%}", err=True)
-
-    def log(message: str) -> None:
-        if not quiet:
-            click.echo(f"{time.perf_counter() - started:7.1f}s  {message}", err=True)
-
-    return progress, log
-
-
 @main.command()
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--scheduler", default=None, metavar="ADDR",
@@ -90,36 +73,71 @@ def _echo_event(quiet: bool) -> tuple[Callable[[str, float], None], Callable[[st
 @click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--detach/--wait", default=False, show_default=True,
+              help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
-           threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool) -> None:
+           threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool) -> None:
     """Run the job in JOB_FILE: train, evaluate and save the model."""
-    from distml.cluster import connect, dashboard_link
+    from distml.cluster import connect
+    from distml.console import Console
     from distml.data import open_dataset
-    from distml.runner import run_job
+    from distml.errors import SpecError
+    from distml.runner import new_job_id, run_job
+    from distml.service import cluster_info
     from distml.spec import load_job
     from distml.store import Store
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store)
+    if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
+        raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
+                        "an embedded cluster stops when distml exits")
     dataset = open_dataset(spec.data, spec.seed)
     Store(spec.output.store, spec.output.storage_options).check_writable()
-    progress, log = _echo_event(quiet or as_json)
+    console = Console(quiet or as_json)
     with connect(spec.cluster) as client:
-        link = dashboard_link(client)
-        if link and not (quiet or as_json):
-            click.echo(f"dashboard: {link}", err=True)
-        result = run_job(spec, client, dataset=dataset, progress=progress, log=log)
+        if detach:
+            return _detached(spec, client, as_json)
+        job_id = new_job_id()
+        info = cluster_info(client)
+        console.log(f"job {job_id} on {info['scheduler']}; dashboard {info['dashboard'] or '(none)'}"
+                    + (f", jobs page {info['page']}" if info["page"] else ""))
+        try:
+            result = run_job(spec, client, dataset=dataset, job_id=job_id, progress=console.progress,
+                             log=console.log)
+        finally:
+            console.close()
     summary = {"job_id": result.job_id, "model": result.uri, "rows": result.rows, "metrics": result.metrics,
-               "timings": result.timings, "persisted": result.persisted}
+               "timings": result.timings, "persisted": result.persisted, **result.summary}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"job {result.job_id} succeeded")
     click.echo(f"  model     {result.uri}")
+    click.echo(f"  report    {result.uri}/report.html")
     click.echo("  rows      " + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
         click.echo("  metrics   " + ", ".join(_metric(k, v) for k, v in result.metrics.items() if k != "rows"))
+    importances = list(result.summary.get("feature_importances", {}).items())
+    if importances:  # a short table, most important first
+        click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])
+                   + (f"\n    ({len(importances) - 10} more in the manifest)" if len(importances) > 10 else ""))
+
+
+def _detached(spec: Any, client: Any, as_json: bool) -> None:
+    from distml.jobs import JobRecords
+    from distml.service import cluster_info, detach
+
+    job_id = detach(spec, client)
+    info = cluster_info(client)
+    record = JobRecords(spec.output.store, spec.output.storage_options).uri(job_id)
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "record": record, **info}, indent=2))
+        return
+    click.echo(job_id)
+    click.echo(f"job {job_id} submitted to {info['scheduler']}; follow it with `distml jobs status {job_id} "
+               f"--store {spec.output.store}`" + (f" or on {info['page']}" if info["page"] else ""), err=True)
 
 
 def _metric(name: str, value: float) -> str:
@@ -184,6 +202,125 @@ def models_show(uri: str) -> None:
             raise DistmlError(f"{uri}: no saved versions of model '{name}'")
         version = versions[-1]
     click.echo(json.dumps(st.read_manifest(name, version), indent=2))
+
+
+jobs_store_option = click.option(
+    "--store", default="./models", envvar="DISTML_STORE", show_default=True, metavar="URL",
+    help="Model store holding the job records in _jobs/ (env DISTML_STORE); s3:// credentials come "
+         "from the usual AWS environment variables.")
+
+
+@main.group(cls=Group)
+def jobs() -> None:
+    """List, follow, cancel and wait for jobs (their records live in <store>/_jobs/)."""
+
+
+def _records(store: str) -> Any:
+    from distml.jobs import JobRecords
+
+    return JobRecords(store)
+
+
+def _look(store: str, job_id: str) -> dict[str, Any]:
+    """A job's record, closed as failed first if its driver is gone."""
+    from distml.service import reconcile
+
+    records = _records(store)
+    return reconcile(records, records.read(job_id))
+
+
+@jobs.command("list")
+@jobs_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the records (without their events) as JSON.")
+def jobs_list(store: str, as_json: bool) -> None:
+    """List the jobs recorded in the store, oldest first."""
+    from distml.jobs import elapsed
+    from distml.service import reconcile
+
+    records = _records(store)
+    found = [reconcile(records, r) for r in records.list()]
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in r.items() if k != "events"} for r in found], indent=2))
+        return
+    if not found:
+        click.echo(f"no job records in {store}", err=True)
+        return
+    for r in found:
+        click.echo(f"{r['job_id']}  {r.get('name') or '':<24} {r['state']:<9} {r.get('phase') or '':<6} "
+                   f"{float(r.get('progress') or 0):5.0%}  {elapsed(r):7.1f}s  {r.get('model') or r.get('error') or ''}")
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@jobs_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the record (without its events) as JSON.")
+def jobs_status(job_id: str, store: str, as_json: bool) -> None:
+    """Show a job's state, phase, progress, elapsed time and dashboard link."""
+    from distml.jobs import elapsed
+
+    r = _look(store, job_id)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in r.items() if k != "events"}, indent=2))
+        return
+    cluster = r.get("cluster") or {}
+    rows = [("job", f"{r['job_id']} ({r.get('name')})"), ("state", r["state"]),
+            ("phase", f"{r.get('phase')} {float(r.get('progress') or 0):.0%}"), ("elapsed", f"{elapsed(r):.1f}s"),
+            ("created", r.get("created")), ("scheduler", cluster.get("scheduler")),
+            ("dashboard", cluster.get("dashboard")), ("jobs page", cluster.get("page")),
+            ("model", r.get("model")), ("report", r.get("report")), ("error", r.get("error"))]
+    for label, value in rows:
+        if value:
+            click.echo(f"{label:<10} {value}")
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@jobs_store_option
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
+def jobs_logs(job_id: str, store: str, follow: bool) -> None:
+    """Print the job's events with their times: phases, epochs, losses, warnings."""
+    from distml.jobs import TERMINAL
+
+    shown = 0
+    while True:
+        r = _look(store, job_id)
+        for when, message in r.get("events", [])[shown:]:
+            click.echo(f"{when}  {message}")
+        shown = len(r.get("events", []))
+        if not follow or r["state"] in TERMINAL:
+            return
+        time.sleep(1)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@jobs_store_option
+def jobs_cancel(job_id: str, store: str) -> None:
+    """Cancel a queued or running job: its tasks stop on the cluster and no model is saved."""
+    from distml.service import cancel
+
+    r = cancel(_records(store), job_id)
+    click.echo(f"job {job_id} {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@jobs_store_option
+@click.option("--timeout", type=click.FloatRange(0), default=None, help="Give up after this many seconds.")
+def jobs_wait(job_id: str, store: str, timeout: float | None) -> None:
+    """Wait for a job to end; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    from distml.errors import JobCancelled, JobFailed
+    from distml.service import wait
+
+    r = wait(_records(store), job_id, timeout)
+    if r["state"] == "succeeded":
+        click.echo(r["model"])
+    elif r["state"] == "cancelled":
+        raise JobCancelled(f"job {job_id} was cancelled" + (f": {r['error']}" if r.get("error") else ""))
+    elif r["state"] == "failed":
+        raise JobFailed(f"job {job_id} failed: {r.get('error')}")
+    else:
+        raise DistmlError(f"job {job_id} is still {r['state']} after {timeout:g}s")
 
 
 if __name__ == "__main__":  # pragma: no cover

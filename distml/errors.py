@@ -47,3 +47,9 @@ class JobFailed(DistmlError):
     """A job started and then failed on the cluster."""
 
     exit_code = 1
+
+
+class JobCancelled(JobFailed):
+    """A job was cancelled (``distml jobs cancel`` or an interrupt) before it finished."""
+
+    exit_code = 1

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from distml.errors import DistmlError, JobFailed
+from distml.errors import DistmlError, JobCancelled, JobFailed
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from distml.data import Dataset
+    from distml.jobs import JobTracker
     from distml.spec import JobSpec
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
@@ -80,7 +81,8 @@ def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, worker_memory
 
 
 def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, job_id: str | None = None,
-            progress: Progress | None = None, log: Log | None = None) -> JobResult:
+            progress: Progress | None = None, log: Log | None = None,
+            tracker: JobTracker | None = None) -> JobResult:
     """Run one job on ``client``: read, plan features, train, evaluate, save.
 
     Parameters
@@ -93,20 +95,67 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         An already opened dataset (``distml.data.open_dataset``); opened here if absent.
     job_id, progress, log
         The job's id (new if absent), and callbacks for phase progress and events.
+    tracker : JobTracker, optional
+        The job's durable record (``<store>/_jobs/<id>.json``); created here if absent.
 
     Returns
     -------
     JobResult
         The saved model's URI, metrics, row counts and per-phase timings.
+
+    Raises
+    ------
+    JobCancelled
+        ``distml jobs cancel`` asked for it (or the caller was interrupted); nothing is saved.
     """
+    from distml.service import attached_tracker
+
+    tracker = tracker or attached_tracker(spec, client, job_id or new_job_id())
+    on_progress = progress or (lambda phase, fraction: None)
+    on_log = log or (lambda message: None)
+
+    def tracked_progress(phase: str, fraction: float) -> None:
+        on_progress(phase, fraction)
+        tracker.progress(phase, fraction)
+
+    def tracked_log(message: str) -> None:
+        on_log(message)
+        tracker.log(message)
+
+    if tracker.record["state"] != "running":
+        tracker.start()
+    try:
+        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log)
+    except BaseException as exc:
+        _record_failure(tracker, exc)
+        if tracker.record["state"] == "cancelled" and not isinstance(exc, (JobCancelled, KeyboardInterrupt)):
+            raise JobCancelled(f"job {tracker.job_id} was cancelled") from None
+        if not isinstance(exc, (DistmlError, KeyboardInterrupt)):  # e.g. a task cancelled on the cluster
+            raise JobFailed(f"job {tracker.job_id} failed: {tracker.record['error']}") from exc
+        raise
+    tracker.finish("succeeded", model=result.uri)
+    return result
+
+
+def _record_failure(tracker: JobTracker, exc: BaseException) -> None:
+    """Write how the job ended: cancelled (asked for, or interrupted) or failed with its one line."""
+    if isinstance(exc, (JobCancelled, KeyboardInterrupt)) or tracker.cancel_requested():
+        tracker.finish("cancelled", error="interrupted" if isinstance(exc, KeyboardInterrupt) else None)
+    elif isinstance(exc, DistmlError):
+        tracker.finish("failed", error=exc.message)
+    else:
+        tracker.finish("failed", error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+
+
+def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
+         progress: Progress, log: Log) -> JobResult:
+    """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
     from distml.cluster import dashboard_link, worker_resources
     from distml.data import open_dataset
     from distml.models import FAMILIES
     from distml.store import Store
 
-    job_id = job_id or new_job_id()
-    progress = progress or (lambda phase, fraction: None)
-    log = log or (lambda message: None)
+    job_id = tracker.job_id
     family = FAMILIES[spec.model.kind]
     phases = _Phases(log)
     started = time.time()
@@ -132,15 +181,20 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
                     "holdout": plan.stats.rows - plan.stats.train_rows}
             manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
                                  n_workers, parts.persisted)
+            importances = feature_importances(plan.transformer, fitted)
+            if importances:
+                manifest["feature_importances"] = importances
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
+            tracker.check_cancel(force=True)  # last look before anything is written
             uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None)
     except DistmlError:
         raise
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client))
+    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
+                     {"feature_importances": importances} if importances else {})
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
@@ -151,14 +205,17 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     n_workers, threads, memory = resources
     params = spec.model.params
     with phases("stats"):
-        plan = plan_features(dataset, client, job_id, family.task(params), progress)
+        # A family that wants ordinal-encoded categories (trees) says so with ENCODING = "ordinal".
+        plan = plan_features(dataset, client, job_id, family.task(params), progress,
+                             encoding=getattr(family, "ENCODING", "onehot"), log=log)
     parts = plan.parts
-    block_bytes = parts.train_rows * (plan.n_features + 2) * 8
+    block_bytes = plan.train_bytes  # measured by the statistics pass: rows kept x transformed width + targets
+    share = f"{block_bytes / 2**20:.0f} MiB of {memory * n_workers / 2**20:.0f} MiB cluster memory"
     if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
-        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: persisting them in cluster memory")
+        log(f"training blocks take {share} (measured): persisting them in cluster memory")
         parts = persist(parts, client, job_id)
     else:
-        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: re-reading Parquet at every pass")
+        log(f"training blocks take {share} (measured): re-reading Parquet at every pass")
     y_moments = plan.stats.target_moments
     ctx = TrainContext(
         client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
@@ -173,6 +230,28 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
     return fitted, plan, parts
+
+
+def feature_importances(transformer: Any, estimator: Any) -> dict[str, float] | None:
+    """The estimator's ``feature_importances_`` (if it has them) summed back onto the input columns."""
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None:
+        return None
+    owners: list[str] = []
+    for _, step, columns in transformer.transformers_:
+        if step == "drop" or not len(columns):
+            continue
+        columns = [str(c) for c in columns]
+        names = columns if step == "passthrough" else [str(n) for n in step.get_feature_names_out(columns)]
+        for name in names:  # an encoded column "<input>_<category>" belongs to the longest matching input
+            matches = [c for c in columns if name == c or name.startswith(f"{c}_")]
+            owners.append(max(matches, key=len) if matches else columns[0] if len(columns) == 1 else name)
+    if len(owners) != len(values):  # an unusual transformer: keep its own output names
+        owners = [str(n) for n in transformer.get_feature_names_out()]
+    out: dict[str, float] = {}
+    for owner, value in zip(owners, values):
+        out[owner] = out.get(owner, 0.0) + float(value)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _start_report(client: Client) -> tuple[float, int] | None:
@@ -217,6 +296,9 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
             "features": dataset.features,
             "partitions": len(dataset.pieces),
             "persisted": persisted,
+            "train_bytes": plan.train_bytes,
+            "memory_bytes": plan.stats.memory_bytes,
+            "dropped_rows": {"null_target": plan.stats.dropped_target, "nulls": plan.stats.dropped_nulls},
         },
         "rows": rows,
         "target_kind": plan.target_kind,

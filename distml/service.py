@@ -1,0 +1,211 @@
+"""The job service on a cluster: detached drivers, liveness checks, cancel and wait.
+
+A detached job's driver is a task (``distml-job-<id>``) that runs ``run_job``
+with the worker's client; ``worker_client`` secedes, so the driver holds no
+worker thread while it waits, and ``fire_and_forget`` keeps it alive after
+the submitting process has exited. The job's record in the store is the truth
+about its state; the scheduler is asked only when a record's heartbeat went
+stale, to tell a slow driver from a dead one.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from distml.errors import DistmlError, SpecError
+from distml.jobs import STALE_AFTER, TERMINAL, TOPIC, JobRecords, JobTracker, mark, new_record
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from distml.spec import JobSpec
+
+CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
+LIVE_TASK_STATES = {"released", "waiting", "queued", "no-worker", "processing"}
+
+
+def records_of(spec: JobSpec) -> JobRecords:
+    return JobRecords(spec.output.store, spec.output.storage_options)
+
+
+def cluster_info(client: Client) -> dict[str, Any]:
+    """Where the job runs: scheduler address, dashboard and the /distml page."""
+    from distml.cluster import dashboard_link
+
+    link = dashboard_link(client)
+    page = link.rsplit("/status", 1)[0].rstrip("/") + "/distml" if link else None
+    return {"scheduler": client.scheduler.address, "dashboard": link, "page": page}
+
+
+def _publisher(client: Client) -> Any:
+    def publish(record: dict[str, Any]) -> None:
+        client.log_event(TOPIC, record)
+
+    return publish
+
+
+def _record_for(spec: JobSpec, client: Client, job_id: str, driver: dict[str, Any]) -> dict[str, Any]:
+    from distml.store import redact
+
+    driver = {**driver, "scheduler": client.scheduler.address}
+    return new_record(redact(spec.model_dump(mode="json")), job_id, spec.output.store, cluster_info(client), driver)
+
+
+def attached_tracker(spec: JobSpec, client: Client, job_id: str) -> JobTracker:
+    """The record of a job whose driver is this process (``distml submit`` without ``--detach``)."""
+    from distml.dashboard import register_page
+
+    register_page(client)
+    tracker = JobTracker(records_of(spec), _record_for(spec, client, job_id, {"kind": "client", "id": client.id}),
+                         _publisher(client))
+    tracker.flush()
+    return tracker
+
+
+def detach(spec: JobSpec, client: Client) -> str:
+    """Start the job's driver on the cluster and return its id once the scheduler holds the task."""
+    from distributed import fire_and_forget
+
+    from distml.dashboard import register_page
+    from distml.runner import new_job_id
+    from distml.tasks import task_key
+
+    job_id = new_job_id()
+    key = task_key("job", job_id)
+    record = _record_for(spec, client, job_id, {"kind": "task", "key": key})
+    records_of(spec).write(record)
+    register_page(client)
+    _publisher(client)({k: v for k, v in record.items() if k != "events"})
+    # pure=False: submitting the same job file twice must run two jobs.
+    future = client.submit(_driver, spec.model_dump(mode="json"), job_id, key=key, pure=False)
+    fire_and_forget(future)
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # closing the client before the scheduler has the task would lose it
+    return job_id
+
+
+def _driver(spec_doc: dict[str, Any], job_id: str) -> str:
+    """A detached job's driver; runs on a worker and returns the job's final state."""
+    from distributed import get_worker, worker_client
+
+    from distml.runner import run_job
+    from distml.spec import JobSpec
+
+    spec = JobSpec.model_validate(spec_doc)
+    records = records_of(spec)
+    record = records.read(job_id)
+    if record["state"] in TERMINAL:
+        return record["state"]
+    if records.cancel_requested(job_id):
+        return mark(records, job_id, "cancelled", "cancelled before it started")["state"]
+    if record["state"] != "queued":  # this task ran before, on a worker that died
+        return mark(records, job_id, "failed", "the job's driver was lost when its worker died "
+                    "(the job is not restarted; submit it again)")["state"]
+    record["driver"]["worker"] = get_worker().address
+    with worker_client(separate_thread=True) as client:  # secedes: no worker thread held while waiting
+        tracker = JobTracker(records, record, _publisher(client))
+        try:
+            run_job(spec, client, tracker=tracker)
+        except DistmlError:
+            pass  # written to the record by run_job
+    return tracker.record["state"]
+
+
+# --- run on the scheduler (via run_on_scheduler) ----------------------------
+
+def _task_state(dask_scheduler: Any, key: str) -> str | None:
+    ts = dask_scheduler.tasks.get(key)
+    return ts.state if ts is not None else None
+
+
+def _has_client(dask_scheduler: Any, client_id: str) -> bool:
+    return client_id in dask_scheduler.clients
+
+
+def _cancel_tasks(dask_scheduler: Any, job_id: str, client_id: str, with_driver: bool) -> int:
+    """Force-cancel every task of the job (all clients' wants), optionally its driver too."""
+    driver = f"distml-job-{job_id}"
+    keys = [k for k, ts in list(dask_scheduler.tasks.items())
+            if isinstance(k, str) and k.startswith("distml-") and f"-{job_id}" in k and ts.who_wants
+            and (with_driver or k != driver)]
+    for key in keys:
+        try:
+            dask_scheduler.stimulus_cancel([key], client=client_id, force=True, reason="distml jobs cancel",
+                                           msg=f"job {job_id} was cancelled")
+        except Exception:  # the key went away meanwhile
+            continue
+    return len(keys)
+
+
+# --- run on the client -------------------------------------------------------
+
+def _connect(address: str) -> Client | None:
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=5, set_as_default=False)
+    except (OSError, TimeoutError):
+        return None
+
+
+def driver_alive(record: dict[str, Any]) -> tuple[bool, str]:
+    """Ask the job's scheduler whether its driver (task or client) still exists."""
+    driver = record.get("driver") or {}
+    address = driver.get("scheduler")
+    client = _connect(address) if address else None
+    if client is None:
+        return False, f"the scheduler at {address} cannot be reached"
+    with client:
+        if driver.get("kind") == "task":
+            state = client.run_on_scheduler(_task_state, key=driver["key"])
+            return state in LIVE_TASK_STATES, f"its driver task is {state or 'gone'} on {address}"
+        alive = client.run_on_scheduler(_has_client, client_id=driver.get("id"))
+        return alive, f"the submitting process disconnected from {address}"
+
+
+def reconcile(records: JobRecords, record: dict[str, Any]) -> dict[str, Any]:
+    """Close a record whose driver is gone, so no record stays ``running`` forever."""
+    if record["state"] in TERMINAL or time.time() - float(record.get("heartbeat") or 0) < STALE_AFTER:
+        return record
+    alive, reason = driver_alive(record)
+    if alive:
+        return record
+    state = "cancelled" if records.cancel_requested(record["job_id"]) else "failed"
+    return mark(records, record["job_id"], state, f"the job's driver is gone: {reason} "
+                f"(last phase {record.get('phase')})")
+
+
+def cancel(records: JobRecords, job_id: str) -> dict[str, Any]:
+    """Ask the driver to stop, cancel the job's tasks on the cluster, and wait for the record to say so."""
+    record = records.read(job_id)
+    if record["state"] in TERMINAL:
+        raise SpecError(f"job {job_id} already {record['state']}; there is nothing to cancel")
+    records.request_cancel(job_id)
+    address = (record.get("driver") or {}).get("scheduler")
+    client = _connect(address) if address else None
+    deadline = time.monotonic() + CANCEL_WAIT
+    try:
+        while time.monotonic() < deadline:
+            if client is not None:
+                client.run_on_scheduler(_cancel_tasks, job_id=job_id, client_id=client.id, with_driver=False)
+            record = records.read(job_id)
+            if record["state"] in TERMINAL:
+                return record
+            time.sleep(0.25)
+        if client is not None:
+            client.run_on_scheduler(_cancel_tasks, job_id=job_id, client_id=client.id, with_driver=True)
+        return mark(records, job_id, "cancelled", f"cancelled; the driver did not confirm within {CANCEL_WAIT:.0f}s")
+    finally:
+        if client is not None:
+            client.close()
+
+
+def wait(records: JobRecords, job_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+    """Block until the job's record is final (or ``timeout`` seconds pass); returns the record."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        record = reconcile(records, records.read(job_id))
+        if record["state"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+            return record
+        time.sleep(poll)
