@@ -181,9 +181,6 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
                     "holdout": plan.stats.rows - plan.stats.train_rows}
             manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
                                  n_workers, parts.persisted)
-            importances = feature_importances(plan.transformer, fitted)
-            if importances:
-                manifest["feature_importances"] = importances
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
@@ -193,8 +190,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {"feature_importances": importances} if importances else {})
+    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client))
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
@@ -205,17 +201,14 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     n_workers, threads, memory = resources
     params = spec.model.params
     with phases("stats"):
-        # A family that wants ordinal-encoded categories (trees) says so with ENCODING = "ordinal".
-        plan = plan_features(dataset, client, job_id, family.task(params), progress,
-                             encoding=getattr(family, "ENCODING", "onehot"), log=log)
+        plan = plan_features(dataset, client, job_id, family.task(params), progress)
     parts = plan.parts
-    block_bytes = plan.train_bytes  # measured by the statistics pass: rows kept x transformed width + targets
-    share = f"{block_bytes / 2**20:.0f} MiB of {memory * n_workers / 2**20:.0f} MiB cluster memory"
+    block_bytes = parts.train_rows * (plan.n_features + 2) * 8
     if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
-        log(f"training blocks take {share} (measured): persisting them in cluster memory")
+        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: persisting them in cluster memory")
         parts = persist(parts, client, job_id)
     else:
-        log(f"training blocks take {share} (measured): re-reading Parquet at every pass")
+        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: re-reading Parquet at every pass")
     y_moments = plan.stats.target_moments
     ctx = TrainContext(
         client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
@@ -230,28 +223,6 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
     return fitted, plan, parts
-
-
-def feature_importances(transformer: Any, estimator: Any) -> dict[str, float] | None:
-    """The estimator's ``feature_importances_`` (if it has them) summed back onto the input columns."""
-    values = getattr(estimator, "feature_importances_", None)
-    if values is None:
-        return None
-    owners: list[str] = []
-    for _, step, columns in transformer.transformers_:
-        if step == "drop" or not len(columns):
-            continue
-        columns = [str(c) for c in columns]
-        names = columns if step == "passthrough" else [str(n) for n in step.get_feature_names_out(columns)]
-        for name in names:  # an encoded column "<input>_<category>" belongs to the longest matching input
-            matches = [c for c in columns if name == c or name.startswith(f"{c}_")]
-            owners.append(max(matches, key=len) if matches else columns[0] if len(columns) == 1 else name)
-    if len(owners) != len(values):  # an unusual transformer: keep its own output names
-        owners = [str(n) for n in transformer.get_feature_names_out()]
-    out: dict[str, float] = {}
-    for owner, value in zip(owners, values):
-        out[owner] = out.get(owner, 0.0) + float(value)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _start_report(client: Client) -> tuple[float, int] | None:
@@ -296,9 +267,6 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
             "features": dataset.features,
             "partitions": len(dataset.pieces),
             "persisted": persisted,
-            "train_bytes": plan.train_bytes,
-            "memory_bytes": plan.stats.memory_bytes,
-            "dropped_rows": {"null_target": plan.stats.dropped_target, "nulls": plan.stats.dropped_nulls},
         },
         "rows": rows,
         "target_kind": plan.target_kind,
