@@ -35,6 +35,7 @@ class FileInfo:
     num_rows: int
     size: int
     row_group_rows: tuple[int, ...]
+    column_bytes: tuple[tuple[str, int], ...] = ()  # uncompressed bytes per column, from the footer
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class PieceGroup:
+    """Several small pieces (usually whole small files) read by one task, so tiny files do not make tiny tasks."""
+
+    members: tuple[Piece, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.num_rows for p in self.members)
+
+
+@dataclass(frozen=True)
 class Reader:
     """Reads pieces on the workers and tags every row with its stable split draw."""
 
@@ -57,18 +69,34 @@ class Reader:
     storage_options: dict[str, Any]
     columns: tuple[str, ...]
     seed: int
+    schema: Any = None  # a pyarrow schema every file is cast to (int/float and all-null columns reconciled)
 
-    def read(self, piece: Piece) -> tuple[pd.DataFrame, np.ndarray]:
+    def read(self, piece: Piece | PieceGroup) -> tuple[pd.DataFrame, np.ndarray]:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
         import fsspec
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         fs = fsspec.filesystem(self.protocol, **self.storage_options)
+        members = piece.members if isinstance(piece, PieceGroup) else (piece,)
+        tables = [self._table(fs, m) for m in members]
+        draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
+                 for m in members]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        return table.to_pandas(), np.concatenate(draws)
+
+    def _table(self, fs: Any, piece: Piece) -> pa.Table:
+        import pyarrow.parquet as pq
+
         with fs.open(piece.path, "rb") as f:
             table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(self.columns))
         table = table.slice(piece.skip, piece.num_rows)
-        rows = np.arange(piece.first_row, piece.first_row + piece.num_rows, dtype=np.uint64)
-        return table.to_pandas(), row_draws(self.seed, piece.key, rows)
+        if self.schema is not None:
+            import pyarrow as pa
+
+            wanted = pa.schema([self.schema.field(c) for c in self.columns])
+            if not table.schema.equals(wanted):
+                table = table.select(list(self.columns)).cast(wanted)
+        return table
 
 
 def row_draws(seed: int, file_key: str, rows: np.ndarray) -> np.ndarray:
@@ -110,7 +138,13 @@ class Dataset:
     features: list[str]
     holdout: float
     seed: int
-    pieces: list[Piece] = field(default_factory=list)
+    pieces: list[Piece | PieceGroup] = field(default_factory=list)
+    missing: str = "error"  # error | drop | impute
+    impute_strategy: str = "mean"
+    max_categories: int = 1000
+    rare_categories: str = "error"  # error | other
+    arrow_schema: Any = None  # the reconciled pyarrow schema the reader casts every file to
+    target_bytes: int = 0  # the partition size last asked for
 
     @property
     def num_rows(self) -> int:
@@ -118,13 +152,24 @@ class Dataset:
 
     @property
     def reader(self) -> Reader:
-        return Reader(self.protocol, self.storage_options, (*self.features, self.target), self.seed)
+        return Reader(self.protocol, self.storage_options, (*self.features, self.target), self.seed,
+                      self.arrow_schema)
 
-    def partition(self, target_bytes: int) -> list[Piece]:
-        """Cut the files into pieces of about ``target_bytes`` in memory (8 bytes a value)."""
-        row_bytes = 8 * (len(self.features) + 1)
-        max_rows = max(1000, target_bytes // row_bytes)
-        self.pieces = [p for f in self.files for p in _file_pieces(f, max_rows)]
+    def row_bytes(self, width: int = 0) -> int:
+        """Bytes a row takes in memory: the larger of its Parquet (uncompressed) size, 8 bytes a column
+        with about 64 for a string, and 8 bytes per value of a transformed row ``width`` values wide."""
+        used = {*self.features, self.target}
+        per_column = sum(64 if self.kinds.get(c) == CATEGORICAL else 8 for c in used)
+        rows = max(1, self.num_rows)
+        parquet = sum(b for f in self.files for c, b in f.column_bytes if c in used) // rows
+        return max(per_column, parquet, 8 * (width + 2))
+
+    def partition(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
+        """Cut the files into pieces of about ``target_bytes`` in memory: large row groups are split,
+        small row groups and small files combined (``width``: values per row after the transformer)."""
+        self.target_bytes = target_bytes
+        max_rows = max(1000, target_bytes // self.row_bytes(width))
+        self.pieces = _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
         return self.pieces
 
     def frame(self) -> Any:
@@ -136,7 +181,7 @@ class Dataset:
         return dd.from_map(_frame_part, self.pieces, reader=self.reader, label="distml-read")
 
 
-def _frame_part(piece: Piece, reader: Reader) -> pd.DataFrame:
+def _frame_part(piece: Piece | PieceGroup, reader: Reader) -> pd.DataFrame:
     frame, _ = reader.read(piece)
     return frame
 
@@ -168,6 +213,22 @@ def _file_pieces(info: FileInfo, max_rows: int) -> list[Piece]:
     return [p for p in pieces if p.num_rows > 0]
 
 
+def _combine(pieces: list[Piece], max_rows: int) -> list[Piece | PieceGroup]:
+    """Group consecutive pieces whose rows together stay under ``max_rows`` (small files, file tails)."""
+    out: list[Piece | PieceGroup] = []
+    group: list[Piece] = []
+    rows = 0
+    for piece in pieces:
+        if group and rows + piece.num_rows > max_rows:
+            out.append(group[0] if len(group) == 1 else PieceGroup(tuple(group)))
+            group, rows = [], 0
+        group.append(piece)
+        rows += piece.num_rows
+    if group:
+        out.append(group[0] if len(group) == 1 else PieceGroup(tuple(group)))
+    return out
+
+
 def _list_files(fs: Any, root: str, url: str) -> list[str]:
     if _GLOB & set(root):
         paths = sorted(p for p in fs.glob(root) if not fs.isdir(p))
@@ -196,7 +257,14 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     size = int(fs.size(path) or 0)
-    return FileInfo(path, key, meta.num_rows, size, rg_rows), meta.schema.to_arrow_schema()
+    column_bytes: dict[str, int] = {}
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            name = group.column(j).path_in_schema
+            column_bytes[name] = column_bytes.get(name, 0) + int(group.column(j).total_uncompressed_size)
+    info = FileInfo(path, key, meta.num_rows, size, rg_rows, tuple(column_bytes.items()))
+    return info, meta.schema.to_arrow_schema()
 
 
 def _root_folder(fs: Any, root: str) -> str:
@@ -227,17 +295,17 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
         footers = list(pool.map(lambda pk: _read_footer(fs, pk[0], pk[1], protocol), zip(paths, keys)))
     files = [info for info, _ in footers]
-    first_schema = footers[0][1]
-    schema = {name: str(first_schema.field(name).type) for name in first_schema.names}
-    kinds = {name: column_kind(first_schema.field(name).type) for name in first_schema.names}
-    first_url = _url(protocol, paths[0])
-    for (info, arrow_schema) in footers[1:]:
-        _check_drift(_url(protocol, info.path), arrow_schema, kinds, first_url)
-    features = _check_columns(spec, kinds, first_url)
+    urls = [_url(protocol, info.path) for info in files]
+    arrow_schema = _reconcile(urls, [schema for _, schema in footers])
+    schema = {f.name: str(f.type) for f in arrow_schema}
+    kinds = {f.name: column_kind(f.type) for f in arrow_schema}
+    features = _check_columns(spec, kinds, urls[0])
     if sum(f.num_rows for f in files) == 0:
         raise DataError(f"{spec.path}: the dataset has no rows")
     return Dataset(spec.path, protocol, dict(spec.storage_options), files, schema, kinds,
-                   spec.target, features, spec.holdout, seed)
+                   spec.target, features, spec.holdout, seed, missing=spec.missing,
+                   impute_strategy=spec.impute_strategy, max_categories=spec.max_categories,
+                   rare_categories=spec.rare_categories, arrow_schema=arrow_schema)
 
 
 def _short(exc: Exception) -> str:
@@ -245,21 +313,48 @@ def _short(exc: Exception) -> str:
     return text[:200]
 
 
-def _check_drift(url: str, arrow_schema: Any, kinds: dict[str, str], first_url: str) -> None:
-    names = set(arrow_schema.names)
-    missing = [c for c in kinds if c not in names]
-    if missing:
-        raise DataError(f"{url}: column '{missing[0]}' is missing (present in {first_url})")
-    extra = [c for c in arrow_schema.names if c not in kinds]
-    if extra:
-        raise DataError(f"{url}: column '{extra[0]}' is not in {first_url}")
-    for name in arrow_schema.names:
-        kind = column_kind(arrow_schema.field(name).type)
-        if kind != kinds[name]:
-            raise DataError(
-                f"{url}: column '{name}' is {arrow_schema.field(name).type} ({kind}), "
-                f"expected {kinds[name]} (as in {first_url})"
-            )
+def _reconcile(urls: list[str], schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for all files: integer and float versions of a column become float64, string and
+    dictionary versions strings, all-null versions take the others' type; anything else is reported
+    by file and column."""
+    import pyarrow as pa
+
+    first = schemas[0]
+    problems = []
+    for url, schema in zip(urls[1:], schemas[1:]):
+        problems += [f"{url}: column '{c}' is missing (present in {urls[0]})" for c in first.names
+                     if c not in schema.names]
+        problems += [f"{url}: column '{c}' is not in {urls[0]}" for c in schema.names if c not in first.names]
+    fields = []
+    for name in first.names:
+        seen = [(url, s.field(name).type) for url, s in zip(urls, schemas) if name in s.names]
+        typed = [(url, t) for url, t in seen if not pa.types.is_null(t)] or seen[:1]
+        base_url, base = typed[0]
+        for url, t in typed[1:]:
+            if column_kind(t) != column_kind(base):
+                problems.append(f"{url}: column '{name}' is {t} ({column_kind(t)}), "
+                                f"expected {column_kind(base)} like {base} (as in {base_url})")
+                break
+        fields.append(pa.field(name, _common_type([t for _, t in typed])))
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise DataError("; ".join(problems[:3]) + more)
+    return pa.schema(fields)
+
+
+def _common_type(types: list[pa.DataType]) -> pa.DataType:
+    """The type every version of a column is read as (the versions are of one kind)."""
+    import pyarrow as pa
+
+    if all(t == types[0] for t in types) and not pa.types.is_decimal(types[0]):
+        return types[0]
+    if column_kind(types[0]) == NUMERIC:
+        if all(pa.types.is_integer(t) for t in types):
+            return pa.int64()
+        return pa.float64()
+    if column_kind(types[0]) == CATEGORICAL:
+        return pa.string()
+    return types[0]
 
 
 def _check_columns(spec: DataSpec, kinds: dict[str, str], first_url: str) -> list[str]:
@@ -273,10 +368,11 @@ def _check_columns(spec: DataSpec, kinds: dict[str, str], first_url: str) -> lis
         raise DataError(f"{spec.path}: data.features lists the target column '{spec.target}'")
     if not features:
         raise DataError(f"{spec.path}: no feature columns besides the target '{spec.target}'")
-    bad = [c for c in features if kinds[c] not in (NUMERIC, BOOLEAN)]
+    bad = [c for c in features if kinds[c] == OTHER]
     if bad:
-        listed = ", ".join(f"'{c}' ({kinds[c]})" for c in bad)
-        raise DataError(f"{first_url}: feature columns {listed} are not numeric; expected numeric or boolean columns")
+        listed = ", ".join(f"'{c}'" for c in bad)
+        raise DataError(f"{first_url}: feature columns {listed} have an unsupported type (or hold only nulls); "
+                        "expected numbers, strings, categories or booleans")
     if kinds[spec.target] == OTHER:
         raise DataError(f"{first_url}: target column '{spec.target}' has an unsupported type")
     return list(features)

@@ -1,9 +1,11 @@
 """The feature plan: one distributed statistics pass, expressed as a fitted ColumnTransformer.
 
-The pass also finds the classes, counts the rows of each split and refuses
-data that cannot be trained on (nulls, infinities, a single class). Its
-result, ``Partitions``, tells trainers how to get each partition's ``(X, y)``
-block on a worker.
+The pass reads the data once for everything the plan needs: row counts of
+each split, nulls, infinities, means and variances, categories (with their
+cardinality), quantile sketches for median imputation, the classes, and the
+measured size of the rows. It refuses data that cannot be trained on, naming
+columns and counts. Its result, ``Partitions``, tells trainers how to get each
+partition's ``(X, y)`` block on a worker.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.encoding import ColumnPlan, QuantileSketch, build_transformer, cap_counts, hll_count, merge_counts, \
+    output_variance, summarize_categories
 from distml.errors import DataError
 from distml.tasks import tree_reduce
 
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     from distributed import Client, Future
     from sklearn.compose import ColumnTransformer
 
-    from distml.data import Dataset, Piece, Reader
+    from distml.data import Dataset, Piece, PieceGroup, Reader
 
 MAX_CLASSES = 1000
 
@@ -55,44 +59,93 @@ class Moments:
         return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
 
 
+@dataclass(frozen=True)
+class StatsPlan:
+    """What the statistics pass measures, decided on the client before it starts."""
+
+    holdout: float
+    regression: bool
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]  # strings, categories and booleans
+    drop_nulls: bool  # missing: drop
+    cap: int  # category counts kept per column while merging: max_categories + 1
+    sketch: bool  # median imputation needs quantile sketches
+
+
 @dataclass
 class PartStats:
     """What one partition tells the plan; merged pairwise into the dataset's statistics."""
 
-    rows: int
+    rows: int  # rows used (after dropping null targets and, with missing: drop, incomplete rows)
     train_rows: int
-    nulls: dict[str, int]
+    nulls: dict[str, int]  # per feature, in the rows read
     nonfinite: dict[str, int]
-    moments: Moments  # features on training rows
+    moments: Moments  # numeric features on training rows
     target_moments: Moments | None  # regression target on training rows
     classes: dict[Any, int] = field(default_factory=dict)  # training rows per class
     holdout_classes: dict[Any, int] = field(default_factory=dict)
     first_bad_label: str | None = None
+    categories: dict[str, dict[Any, int]] = field(default_factory=dict)  # training rows per category
+    distinct: dict[str, np.ndarray] = field(default_factory=dict)  # HyperLogLog registers per category column
+    sketches: list[QuantileSketch] | None = None  # numeric features, for median imputation
+    dropped_target: int = 0
+    dropped_nulls: int = 0
+    memory_bytes: int = 0  # measured: the rows read, as pandas holds them
+    target_bytes: int = 0  # measured: the training targets, as numpy holds them in a block
+    cap: int = MAX_CLASSES + 1
 
 
-def _stats_part(piece: Piece, reader: Reader, holdout: float, regression: bool) -> PartStats:
-    """Statistics of one partition: nulls, non-finite values, moments, class counts."""
+def _used_rows(frame: pd.DataFrame, target: str, features: list[str], drop_nulls: bool) -> np.ndarray:
+    """Rows a job uses: a null target is always dropped; with missing: drop, a null feature too."""
+    keep = frame[target].notna().to_numpy()
+    if drop_nulls:
+        keep = keep & frame[features].notna().all(axis=1).to_numpy()  # not &=: pandas may hand out read-only arrays
+    return keep
+
+
+def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> PartStats:
+    """Statistics of one partition, all from one read."""
     frame, draws = reader.read(piece)
-    train = draws >= holdout
-    features = list(reader.columns[:-1])
-    target = reader.columns[-1]
-    values = frame[features].to_numpy(dtype=np.float64, na_value=np.nan)
-    nulls = {c: int(n) for c, n in frame.isna().sum().items() if n}
-    nonfinite = {c: int(n) for c, n in zip(features, np.isinf(values).sum(axis=0)) if n}
-    y = frame[target]
-    stats = PartStats(len(frame), int(train.sum()), nulls, nonfinite, Moments.of(values[train]), None)
+    features, target = list(reader.columns[:-1]), reader.columns[-1]
+    memory = int(frame.memory_usage(deep=True, index=False).sum())
+    nulls = {c: int(n) for c, n in frame[features].isna().sum().items() if n}
+    keep = _used_rows(frame, target, features, plan.drop_nulls)
+    dropped_target = int(frame[target].isna().sum())
+    if not keep.all():
+        frame, draws = frame[keep], draws[keep]
+    train = draws >= plan.holdout
+    values = frame[list(plan.numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
+    nonfinite = {c: int(n) for c, n in zip(plan.numeric, np.isinf(values).sum(axis=0)) if n}
+    stats = PartStats(len(frame), int(train.sum()), nulls, nonfinite, Moments.of(values[train]), None,
+                      dropped_target=dropped_target, dropped_nulls=len(keep) - len(frame) - dropped_target,
+                      memory_bytes=memory, cap=plan.cap)
+    train_frame = frame[train]
+    for column in plan.categorical:
+        stats.categories[column], stats.distinct[column] = summarize_categories(train_frame[column], plan.cap)
+    if plan.sketch:
+        stats.sketches = [QuantileSketch.of(values[train][:, j]) for j in range(len(plan.numeric))]
+    _target_stats(stats, frame[target], train, plan.regression)
+    return stats
+
+
+def _target_stats(stats: PartStats, y: pd.Series, train: np.ndarray, regression: bool) -> None:
+    """Classes (or the regression target's moments) and the measured size of the training targets."""
+    y_train = y[train]
+    if y.dtype.kind in "fiub":
+        stats.target_bytes = 8 * len(y_train)
+    else:  # a numpy object array: a pointer and a Python string per row
+        stats.target_bytes = int(y_train.astype(str).str.len().sum()) + 57 * len(y_train)
     if regression:
         if y.dtype.kind not in "fiub":
             stats.first_bad_label = repr(y.iloc[0]) if len(y) else None
-            return stats
+            return
         yv = y.to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isinf(yv).any():
-            stats.nonfinite[target] = int(np.isinf(yv).sum())
+            stats.nonfinite[str(y.name)] = int(np.isinf(yv).sum())
         stats.target_moments = Moments.of(yv[train][:, None])
     else:
-        stats.classes = {k: int(v) for k, v in y[train].value_counts().items()}
+        stats.classes = {k: int(v) for k, v in y_train.value_counts().items()}
         stats.holdout_classes = {k: int(v) for k, v in y[~train].value_counts().items()}
-    return stats
 
 
 def _add_counts(a: dict[Any, int], b: dict[Any, int]) -> dict[Any, int]:
@@ -109,10 +162,16 @@ def _merge_stats_part(a: PartStats, b: PartStats) -> PartStats:
     classes = _add_counts(a.classes, b.classes)
     if len(classes) > MAX_CLASSES:  # keep the merged value bounded; the plan refuses it anyway
         classes = dict(list(classes.items())[: MAX_CLASSES + 1])
+    sketches = None if a.sketches is None or b.sketches is None else [
+        x.merge(y) for x, y in zip(a.sketches, b.sketches)]
     return PartStats(
         a.rows + b.rows, a.train_rows + b.train_rows, _add_counts(a.nulls, b.nulls),
         _add_counts(a.nonfinite, b.nonfinite), a.moments.merge(b.moments), tm, classes,
         _add_counts(a.holdout_classes, b.holdout_classes), a.first_bad_label or b.first_bad_label,
+        {c: merge_counts(a.categories[c], b.categories[c], a.cap) for c in a.categories},
+        {c: np.maximum(a.distinct[c], b.distinct[c]) for c in a.distinct}, sketches,
+        a.dropped_target + b.dropped_target, a.dropped_nulls + b.dropped_nulls,
+        a.memory_bytes + b.memory_bytes, a.target_bytes + b.target_bytes, a.cap,
     )
 
 
@@ -141,9 +200,13 @@ class PartSource:
     transformer: ColumnTransformer
     holdout: float
     split: str  # "train" or "holdout"
+    drop_nulls: bool = False  # missing: drop (rows with a null target are always dropped)
 
     def load(self) -> Block:
         frame, draws = self.reader.read(self.piece)
+        keep = _used_rows(frame, self.reader.columns[-1], list(self.reader.columns[:-1]), self.drop_nulls)
+        if not keep.all():
+            frame, draws = frame[keep], draws[keep]
         if self.split == "train":
             keep = draws >= self.holdout
             u = (draws[keep] - self.holdout) / (1.0 - self.holdout)
@@ -196,28 +259,37 @@ class FeaturePlan:
     n_features: int
     x_var: float
     parts: Partitions
+    train_bytes: int = 0  # measured: the training blocks (X, y, u) as numpy would hold them
+    notes: list[str] = field(default_factory=list)  # warnings for the job log
 
 
 def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | None,
-                  report: Any = None) -> FeaturePlan:
-    """Run the one statistics pass on the cluster and build the feature transformer."""
-    from distml.tasks import task_key
+                  report: Any = None, *, encoding: str = "onehot", log: Any = None) -> FeaturePlan:
+    """Run the one statistics pass on the cluster and build the feature transformer.
 
+    ``encoding`` is the family's choice for categorical columns (``onehot`` or
+    ``ordinal``); ``log`` receives warnings (dropped rows, constant features).
+    """
     kinds = dataset.kinds
     regression = task == "regression" or (task is None and kinds[dataset.target] == "numeric"
                                           and _looks_continuous(dataset))
-    futures = [
-        client.submit(_stats_part, piece, dataset.reader, dataset.holdout, regression,
-                      key=task_key("stats", job_id, i))
-        for i, piece in enumerate(dataset.pieces)
-    ]
-    if report is not None:
-        _report_progress(client, futures, lambda f: report("stats", f))
-    total = tree_reduce(client, futures, _merge_stats_part,
-                        key=lambda level, j: task_key("merge", job_id, "stats", level, j))
-    stats: PartStats = total.result()
+    plan = StatsPlan(dataset.holdout, regression,
+                     tuple(c for c in dataset.features if kinds[c] == "numeric"),
+                     tuple(c for c in dataset.features if kinds[c] != "numeric"),
+                     dataset.missing == "drop", dataset.max_categories + 1,
+                     dataset.missing == "impute" and dataset.impute_strategy == "median")
+    stats = _run_stats(dataset, client, job_id, plan, report)
     _check_stats(dataset, stats, regression)
-    transformer, n_features, x_var = _build_transformer(dataset, stats)
+    columns = _column_plan(dataset, stats, plan, encoding)
+    transformer = build_transformer(columns, dataset.features)
+    n_features, x_var = output_variance(columns, stats.categories)
+    notes = _notes(dataset, stats, columns)
+    for note in notes:
+        if log is not None:
+            log(note)
+    if dataset.target_bytes and dataset.row_bytes(n_features) > 1.5 * dataset.row_bytes():
+        # One-hot columns widen each row: re-cut so a block still fits the partition size.
+        dataset.partition(dataset.target_bytes, n_features)
     classes = counts = None
     if regression:
         target_kind = "regression"
@@ -227,13 +299,26 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
         counts = np.array([stats.classes[c] for c in labels], dtype=np.int64)
         target_kind = "binary" if len(labels) == 2 else "multiclass"
     holdout_rows = stats.rows - stats.train_rows
-    parts = Partitions(
-        [PartSource(p, dataset.reader, transformer, dataset.holdout, "train") for p in dataset.pieces],
-        [PartSource(p, dataset.reader, transformer, dataset.holdout, "holdout") for p in dataset.pieces]
-        if holdout_rows else [],
-        stats.train_rows, holdout_rows,
-    )
-    return FeaturePlan(transformer, stats, target_kind, classes, counts, n_features, x_var, parts)
+    sources = [[PartSource(p, dataset.reader, transformer, dataset.holdout, split, plan.drop_nulls)
+                for p in dataset.pieces] for split in ("train", "holdout")]
+    parts = Partitions(sources[0], sources[1] if holdout_rows else [], stats.train_rows, holdout_rows)
+    train_bytes = stats.train_rows * (n_features + 1) * 8 + stats.target_bytes
+    return FeaturePlan(transformer, stats, target_kind, classes, counts, n_features, x_var, parts,
+                       train_bytes, notes)
+
+
+def _run_stats(dataset: Dataset, client: Client, job_id: str, plan: StatsPlan, report: Any) -> PartStats:
+    from distml.tasks import task_key
+
+    # One task per partition; each worker runs as many at once as it has threads, and each
+    # returns only small statistics, so the pass's memory is bounded whatever the data's size.
+    futures = [client.submit(_stats_part, piece, dataset.reader, plan, key=task_key("stats", job_id, i))
+               for i, piece in enumerate(dataset.pieces)]
+    if report is not None:
+        _report_progress(client, futures, lambda f: report("stats", f))
+    total = tree_reduce(client, futures, _merge_stats_part,
+                        key=lambda level, j: task_key("merge", job_id, "stats", level, j))
+    return total.result()
 
 
 def _looks_continuous(dataset: Dataset) -> bool:
@@ -247,22 +332,29 @@ def _report_progress(client: Client, futures: list[Future], report: Any) -> None
         report(n / len(futures))
 
 
+def _listed(counts: dict[str, int]) -> str:
+    return ", ".join(f"'{c}' ({n:,} rows)" for c, n in sorted(counts.items()))
+
+
 def _check_stats(dataset: Dataset, stats: PartStats, regression: bool) -> None:
     """Refuse what the statistics pass found unusable, naming columns and counts."""
     where = dataset.url
     target = dataset.target
-    if stats.nulls:
-        listed = ", ".join(f"'{c}' ({n} rows)" for c, n in sorted(stats.nulls.items()))
-        raise DataError(f"{where}: null values in {listed}; expected no missing values")
+    if stats.nulls and dataset.missing == "error":
+        raise DataError(f"{where}: null values in {_listed(stats.nulls)}; expected no missing values "
+                        "(or set data.missing: drop or impute)")
     if stats.nonfinite:
-        listed = ", ".join(f"'{c}' ({n} rows)" for c, n in sorted(stats.nonfinite.items()))
-        raise DataError(f"{where}: infinite values in {listed}; expected finite numbers")
+        raise DataError(f"{where}: infinite values in {_listed(stats.nonfinite)}; expected finite numbers")
     if stats.train_rows == 0:
-        raise DataError(f"{where}: no training rows ({stats.rows} rows in all, holdout {dataset.holdout})")
+        raise DataError(f"{where}: no training rows ({stats.rows} rows used, holdout {dataset.holdout}, "
+                        f"{stats.dropped_target} dropped for a null target, {stats.dropped_nulls} for nulls)")
     if regression:
         if stats.first_bad_label is not None:
             raise DataError(f"{where}: target '{target}' holds {stats.first_bad_label}; "
                             "expected numbers for a regression")
+        if stats.target_moments is not None and stats.target_moments.var[0] == 0:
+            raise DataError(f"{where}: target '{target}' is constant ({stats.target_moments.mean[0]:g} in every "
+                            "training row); expected a target that varies")
         return
     if len(stats.classes) > MAX_CLASSES:
         raise DataError(f"{where}: target '{target}' has more than {MAX_CLASSES} distinct values; "
@@ -273,25 +365,62 @@ def _check_stats(dataset: Dataset, stats: PartStats, regression: bool) -> None:
                         "expected at least 2 classes")
 
 
-def _build_transformer(dataset: Dataset, stats: PartStats) -> tuple[ColumnTransformer, int, float]:
-    """A ColumnTransformer whose scaler holds the pass's means and variances."""
-    import pandas as pd
-    from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import StandardScaler
+def _column_plan(dataset: Dataset, stats: PartStats, plan: StatsPlan, encoding: str) -> ColumnPlan:
+    """Categories, fill values and scaler moments for each feature, from the merged statistics."""
+    fill: dict[str, Any] = {}
+    categories: dict[str, list[Any]] = {}
+    for column in plan.categorical:
+        counts = stats.categories[column]
+        if not counts:
+            raise DataError(f"{dataset.url}: column '{column}' has no values in the training rows; "
+                            "expected at least one category")
+        if len(counts) > dataset.max_categories:
+            if dataset.rare_categories != "other":
+                found = max(hll_count(stats.distinct[column]), len(counts))
+                raise DataError(f"{dataset.url}: column '{column}' has about {found:,} distinct values, more than "
+                                f"data.max_categories ({dataset.max_categories}); expected a categorical column "
+                                "(drop it from data.features, or set data.rare_categories: other)")
+            counts = cap_counts(counts, dataset.max_categories)  # the rest encode as one unseen group
+        categories[column] = _sorted(counts)
+        fill[column] = min(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
+    moments = stats.moments
+    if len(plan.numeric) and np.any(moments.n == 0):
+        empty = plan.numeric[int(np.argmin(moments.n))]
+        raise DataError(f"{dataset.url}: column '{empty}' has no values in the training rows; expected numbers")
+    missing = stats.train_rows - moments.n
+    if plan.sketch:
+        centers = np.array([s.quantile(0.5) for s in stats.sketches or []])
+        filled = moments.merge(Moments(missing, centers, np.zeros_like(centers)))
+    else:  # mean imputation leaves the mean and the squared deviations as they were
+        centers = moments.mean
+        filled = Moments(moments.n + missing, moments.mean, moments.m2)
+    fill.update(zip(plan.numeric, centers.tolist()))
+    return ColumnPlan(list(plan.numeric), list(plan.categorical), fill, filled.mean, filled.var, filled.n,
+                      categories, "median" if plan.sketch else "mean", encoding)
 
-    features = dataset.features
-    transformer = ColumnTransformer([("scale", StandardScaler(), features)], remainder="drop")
-    prototype = pd.DataFrame({c: [0.0, 1.0] for c in features})
-    transformer.fit(prototype)
-    scaler: StandardScaler = transformer.named_transformers_["scale"]
-    var = stats.moments.var
-    scaler.mean_ = stats.moments.mean.copy()
-    scaler.var_ = var.copy()
-    scaler.scale_ = np.where(var > 0, np.sqrt(var), 1.0)
-    scaler.n_samples_seen_ = stats.moments.n.astype(np.int64)
-    n_features = len(features)
-    x_var = float(np.mean(np.where(var > 0, 1.0, 0.0)))  # standardized columns: mean 0, var 1 (or 0 if constant)
-    return transformer, n_features, x_var
+
+def _sorted(counts: dict[Any, int]) -> list[Any]:
+    try:
+        return sorted(counts)
+    except TypeError:  # values of mixed Python types: order by their text
+        return sorted(counts, key=str)
+
+
+def _notes(dataset: Dataset, stats: PartStats, columns: ColumnPlan) -> list[str]:
+    """Warnings for the job log: dropped rows and features that cannot help the model."""
+    notes = []
+    if stats.dropped_target:
+        notes.append(f"dropped {stats.dropped_target:,} rows with a null target '{dataset.target}'")
+    if stats.dropped_nulls:
+        notes.append(f"dropped {stats.dropped_nulls:,} rows with null values (data.missing: drop)")
+    if stats.nulls and dataset.missing == "impute":
+        notes.append(f"imputing null values in {_listed(stats.nulls)} ({columns.strategy} for numbers, "
+                     "most frequent for categories)")
+    constant = [c for c, v in zip(columns.numeric, stats.moments.var) if v == 0]
+    constant += [c for c in columns.categorical if len(columns.categories[c]) == 1]
+    for column in constant:
+        notes.append(f"warning: feature '{column}' is constant in the training rows; it cannot help the model")
+    return notes
 
 
 def persist(parts: Partitions, client: Client, job_id: str) -> Partitions:

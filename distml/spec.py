@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator
 
 from distml.errors import SpecError
 from distml.models import FAMILIES
@@ -46,6 +46,18 @@ class DataSpec(Strict):
     features: list[str] | None = None
     holdout: float = Field(0.2, ge=0.0, lt=1.0)
     partition_size: str | None = None
+    missing: Literal["error", "drop", "impute"] = "error"
+    impute_strategy: Literal["mean", "median"] = "mean"
+    max_categories: int = Field(1000, ge=1, le=100_000)
+    rare_categories: Literal["error", "other"] = "error"
+
+    @field_validator("impute_strategy")
+    @classmethod
+    def _strategy_needs_impute(cls, value: str, info: ValidationInfo) -> str:
+        missing = info.data.get("missing", "error")
+        if missing != "impute":
+            raise ValueError(f"is only used with missing: impute (missing is {missing!r})")
+        return value
 
     @field_validator("features")
     @classmethod

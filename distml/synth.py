@@ -69,3 +69,40 @@ def make_dataset(out: str | Path, kind: Kind = "classification", rows: int = 100
     X, y = make_rows(kind, test_rows or max(1000, rows // 5), features, classes, seed, stream=10**6)
     _write(test_path, X, y, names)
     return out, test_path
+
+
+def make_table(out: str | Path, rows: int = 20_000, files: int = 4, seed: int = 0, numeric: int = 4,
+               null_fraction: float = 0.05, null_targets: int = 0, classes: int = 2,
+               row_group_rows: int = ROW_GROUP_ROWS) -> Path:
+    """A realistic table under ``out/``: numeric, string-categorical and boolean features with nulls,
+    and a string target that depends on all of them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    truth = np.random.default_rng([seed, 2])
+    colors, cities = ["red", "green", "blue", "black", "white"], [f"city-{i:02d}" for i in range(40)]
+    effects = {"x": truth.normal(size=(numeric, classes)), "color": truth.normal(size=(len(colors), classes)),
+               "city": truth.normal(scale=0.7, size=(len(cities), classes)), "flag": truth.normal(size=(2, classes))}
+    city_p = 1.0 / np.arange(1, len(cities) + 1)  # a skewed category: a few cities hold most rows
+    per_file = np.diff(np.linspace(0, rows, files + 1).astype(np.int64))
+    for i, n in enumerate(per_file):
+        rng = np.random.default_rng([seed, 3, i])
+        z = rng.normal(size=(n, numeric))
+        color, city = rng.integers(len(colors), size=n), rng.choice(len(cities), size=n, p=city_p / city_p.sum())
+        flag = rng.random(n) < 0.3
+        logits = (z @ effects["x"] + effects["color"][color] + effects["city"][city] + effects["flag"][flag.astype(int)]
+                  + rng.gumbel(size=(n, classes)))
+        label = np.array([f"label-{chr(ord('a') + k)}" for k in range(classes)], dtype=object)[logits.argmax(axis=1)]
+        columns: dict[str, pa.Array] = {
+            f"x{j}": pa.array(z[:, j] * (j + 1) * 3 + 10 * j, mask=rng.random(n) < null_fraction)
+            for j in range(numeric)}
+        columns["color"] = pa.array(np.array(colors, dtype=object)[color], mask=rng.random(n) < null_fraction)
+        columns["city"] = pa.array(np.array(cities, dtype=object)[city], mask=rng.random(n) < null_fraction)
+        columns["flag"] = pa.array(flag, mask=rng.random(n) < null_fraction)
+        target_mask = np.zeros(n, dtype=bool)
+        target_mask[rng.choice(n, size=min(n, null_targets // files), replace=False)] = True
+        columns["label"] = pa.array(label, mask=target_mask)
+        pq.write_table(pa.table(columns), out / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
+    return out
