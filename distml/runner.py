@@ -201,14 +201,17 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     n_workers, threads, memory = resources
     params = spec.model.params
     with phases("stats"):
-        plan = plan_features(dataset, client, job_id, family.task(params), progress)
+        # A family that wants ordinal-encoded categories (trees) says so with ENCODING = "ordinal".
+        plan = plan_features(dataset, client, job_id, family.task(params), progress,
+                             encoding=getattr(family, "ENCODING", "onehot"), log=log)
     parts = plan.parts
-    block_bytes = parts.train_rows * (plan.n_features + 2) * 8
+    block_bytes = plan.train_bytes  # measured by the statistics pass: rows kept x transformed width + targets
+    share = f"{block_bytes / 2**20:.0f} MiB of {memory * n_workers / 2**20:.0f} MiB cluster memory"
     if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
-        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: persisting them in cluster memory")
+        log(f"training blocks take {share} (measured): persisting them in cluster memory")
         parts = persist(parts, client, job_id)
     else:
-        log(f"training blocks take about {block_bytes / 2**20:.0f} MiB: re-reading Parquet at every pass")
+        log(f"training blocks take {share} (measured): re-reading Parquet at every pass")
     y_moments = plan.stats.target_moments
     ctx = TrainContext(
         client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
@@ -267,6 +270,9 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
             "features": dataset.features,
             "partitions": len(dataset.pieces),
             "persisted": persisted,
+            "train_bytes": plan.train_bytes,
+            "memory_bytes": plan.stats.memory_bytes,
+            "dropped_rows": {"null_target": plan.stats.dropped_target, "nulls": plan.stats.dropped_nulls},
         },
         "rows": rows,
         "target_kind": plan.target_kind,
