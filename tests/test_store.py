@@ -1,0 +1,134 @@
+"""The artifact: a plain sklearn Pipeline plus a manifest, in a local folder or an S3 bucket."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import distml.store
+from distml import load_model
+from distml.cli import main
+from distml.errors import StoreError
+from distml.runner import run_job
+from distml.spec import parse_job
+
+SECRET = "testing-secret-value"
+
+
+def _spec(data_path, store, model=None, data_options=None, store_options=None, holdout=0.2, name="store-test"):
+    return parse_job({"name": name, "seed": 3,
+                      "data": {"path": data_path, "target": "target", "holdout": holdout,
+                               "storage_options": data_options or {}},
+                      "model": model or {"kind": "logistic", "params": {"epochs": 2}},
+                      "output": {"store": store, "storage_options": store_options or {}}}, "test")
+
+
+@pytest.fixture(scope="module")
+def small(make_data):
+    return make_data("classification", rows=20_000, features=6, files=3)
+
+
+def test_saved_model_is_a_plain_pipeline_that_predicts_raw_rows(client, tmp_path, small):
+    folder, test_file = small
+    result = run_job(_spec(str(folder), str(tmp_path / "models")), client)
+    version_dir = Path(result.uri)
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        payload = (version_dir / name).read_bytes()
+        assert hashlib.sha256(payload).hexdigest() == entry["sha256"]
+    assert {"model.skops", "report.html"} <= set(manifest["files"])
+    assert manifest["rows"] == result.rows and manifest["metrics"] == result.metrics
+    assert [f["path"] for f in manifest["data"]["files"]] == ["part-00000.parquet", "part-00001.parquet",
+                                                              "part-00002.parquet"]
+    assert manifest["versions"]["scikit-learn"]
+    pipeline = load_model(result.uri)
+    assert type(pipeline).__name__ == "Pipeline"
+    raw = pd.read_parquet(test_file)
+    predictions = pipeline.predict(raw.drop(columns=["target"]))
+    assert (predictions == raw["target"]).mean() > 0.8
+
+
+def test_load_model_refuses_a_file_whose_sha256_changed(client, tmp_path, small):
+    result = run_job(_spec(str(small[0]), str(tmp_path / "models")), client)
+    model_file = Path(result.uri) / "model.skops"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    with pytest.raises(StoreError, match="sha256 does not match the manifest"):
+        load_model(result.uri)
+
+
+def test_newest_version_is_loaded_by_name_and_versions_sort_by_time(client, tmp_path, small):
+    store = str(tmp_path / "models")
+    first = run_job(_spec(str(small[0]), store), client)
+    second = run_job(_spec(str(small[0]), store), client)
+    versions = distml.store.Store(store, {}).versions("store-test")
+    assert versions == sorted([Path(first.uri).name, Path(second.uri).name])
+    assert load_model(f"{store}/store-test") is not None
+    listing = CliRunner().invoke(main, ["models", "list", store])
+    assert listing.exit_code == 0 and Path(second.uri).name in listing.stdout
+
+
+def test_an_existing_version_is_never_overwritten(client, tmp_path, small, monkeypatch):
+    store = str(tmp_path / "models")
+    first = run_job(_spec(str(small[0]), store), client)
+    before = (Path(first.uri) / "manifest.json").read_bytes()
+    monkeypatch.setattr(distml.store, "new_version", lambda: Path(first.uri).name)
+    with pytest.raises(StoreError, match="already exists; refusing to overwrite"):
+        run_job(_spec(str(small[0]), store), client)
+    assert (Path(first.uri) / "manifest.json").read_bytes() == before
+
+
+def test_holdout_zero_trains_on_every_row_and_skips_evaluation(client, tmp_path, small):
+    result = run_job(_spec(str(small[0]), str(tmp_path / "models"), holdout=0.0), client)
+    assert result.rows == {"total": 20_000, "train": 20_000, "holdout": 0}
+    assert result.metrics == {}
+    assert "eval" not in result.timings
+
+
+def test_same_job_and_seed_give_the_same_coefficients(client, tmp_path, small):
+    models = [load_model(run_job(_spec(str(small[0]), str(tmp_path / "m")), client).uri) for _ in range(2)]
+    np.testing.assert_array_equal(models[0][-1].coef_, models[1][-1].coef_)
+    np.testing.assert_array_equal(models[0][-1].intercept_, models[1][-1].intercept_)
+
+
+def test_s3_data_and_store_round_trip_and_no_secret_leaks(client, tmp_path, small, s3):
+    opts = s3["storage_options"]
+    fs = fsspec.filesystem("s3", **opts)
+    fs.put(str(small[0]) + "/", f"{s3['bucket']}/data/", recursive=True)
+    spec = _spec(f"s3://{s3['bucket']}/data", f"s3://{s3['bucket']}/models", data_options=opts, store_options=opts)
+    job = tmp_path / "job.yaml"
+    job.write_text(spec.model_dump_json(exclude_unset=True))
+    cli = CliRunner().invoke(main, ["submit", str(job), "--scheduler", client.scheduler.address])
+    assert cli.exit_code == 0, cli.stderr
+    assert SECRET not in cli.stdout + cli.stderr
+    uri = next(line.split()[-1] for line in cli.stdout.splitlines() if line.strip().startswith("model"))
+    keys = [o["Key"] for o in s3["boto"].list_objects_v2(Bucket=s3["bucket"], Prefix="models/")["Contents"]]
+    manifest_key = next(k for k in keys if k.endswith("manifest.json"))
+    manifest_text = s3["boto"].get_object(Bucket=s3["bucket"], Key=manifest_key)["Body"].read().decode()
+    assert SECRET not in manifest_text and "***" in manifest_text
+    pipeline = load_model(uri, storage_options=opts)
+    raw = pd.read_parquet(small[1])
+    assert (pipeline.predict(raw.drop(columns=["target"])) == raw["target"]).mean() > 0.8
+
+
+def test_wrong_store_credentials_fail_before_training_without_echoing_them(tmp_path, small, s3):
+    opts = {**s3["storage_options"], "secret": "wrong-secret-do-not-print"}
+    spec = _spec(str(small[0]), f"s3://{s3['bucket']}-missing/models", store_options=opts)
+    job = tmp_path / "job.yaml"
+    job.write_text(spec.model_dump_json(exclude_unset=True))
+    cli = CliRunner().invoke(main, ["submit", str(job), "--quiet"])
+    assert cli.exit_code == 2
+    assert cli.stderr.startswith("Error: s3://") and "cannot be written" in cli.stderr
+    assert "wrong-secret-do-not-print" not in cli.stderr
+
+
+def test_model_names_that_would_escape_the_store_are_refused(tmp_path):
+    store = distml.store.Store(str(tmp_path), {})
+    for name in ("../up", "a/b", "UPPER", ""):
+        with pytest.raises(StoreError, match="is not valid"):
+            store.versions(name)
