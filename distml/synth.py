@@ -106,3 +106,45 @@ def make_table(out: str | Path, rows: int = 20_000, files: int = 4, seed: int = 
         columns["label"] = pa.array(label, mask=target_mask)
         pq.write_table(pa.table(columns), out / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
     return out
+
+
+def _nonlinear_truth(n_features: int, n_classes: int, seed: int, terms: int = 24) -> tuple[np.ndarray, ...]:
+    """A smooth random function per class (a sum of random cosines), plus offsets and scales."""
+    rng = np.random.default_rng([seed, 7])
+    outputs = 1 if n_classes <= 2 else n_classes
+    freqs = rng.normal(size=(terms, n_features)) * 0.6 * (rng.random(n_features) < 0.75)
+    phases = rng.uniform(0.0, 2 * np.pi, size=terms)
+    amplitudes = rng.normal(size=(terms, outputs)) / np.sqrt(terms / 2)
+    offsets = rng.normal(scale=5.0, size=n_features)
+    scales = np.exp(rng.normal(scale=1.0, size=n_features))
+    return freqs, phases, amplitudes, offsets, scales
+
+
+def make_nonlinear_rows(rows: int, n_features: int, n_classes: int, seed: int, stream: int,
+                        noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose classes follow curved boundaries no linear model can draw (for kernel SVMs)."""
+    freqs, phases, amplitudes, offsets, scales = _nonlinear_truth(n_features, n_classes, seed)
+    rng = np.random.default_rng([seed, 8, stream])
+    z = rng.normal(size=(rows, n_features))
+    logits = 3.0 * (np.cos(z @ freqs.T + phases) @ amplitudes) + rng.gumbel(scale=noise, size=(rows, amplitudes.shape[1]))
+    if n_classes <= 2:
+        y = (logits[:, 0] > rng.gumbel(scale=noise, size=rows)).astype(np.int64)
+    else:
+        y = np.argmax(logits, axis=1).astype(np.int64)
+    return z * scales + offsets, y
+
+
+def make_nonlinear_dataset(out: str | Path, rows: int = 100_000, features: int = 8, files: int = 4,
+                           classes: int = 2, seed: int = 0, noise: float = 0.3,
+                           test_rows: int | None = None) -> tuple[Path, Path]:
+    """Like ``make_dataset`` (same layout), with nonlinear class boundaries."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_file = np.diff(np.linspace(0, rows, files + 1).astype(np.int64))
+    for i, n in enumerate(per_file):
+        X, y = make_nonlinear_rows(int(n), features, classes, seed, stream=i, noise=noise)
+        _write(out / f"part-{i:05d}.parquet", X, y, None)
+    test_path = out.with_name(out.name + "-test.parquet")
+    X, y = make_nonlinear_rows(test_rows or max(1000, rows // 5), features, classes, seed, stream=10**6, noise=noise)
+    _write(test_path, X, y, None)
+    return out, test_path
