@@ -4,8 +4,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from distml.models import linear, logistic
+from distml.models import forest
 
 FAMILIES: dict[str, ModuleType] = {
     "linear": linear,
     "logistic": logistic,
+    "forest": forest,
 }

@@ -1,0 +1,430 @@
+"""Random forests: trees built in parallel on the workers, merged into one scikit-learn forest.
+
+Each tree learns from a sample drawn from *all* partitions. Bootstrap with
+replacement is approximated, as Spark MLlib does, by giving every row a
+Poisson(λ) count per tree, used as ``sample_weight`` (scikit-learn's forest
+also turns its bootstrap indices into per-row counts passed as weights). The
+Poisson form lets every partition draw its rows' counts on its own, with no
+global shuffle: a row's count comes from the tree's seed and the row's own
+uniform draw ``u``, so it does not depend on how the files are cut or sorted.
+
+The passes: (1) ``sample``: each partition (bounded in flight) draws the counts
+of every tree of every group and returns, per group, the rows that any of its
+trees picked, with their counts; (2) ``merge``: one task per group concatenates
+its pieces on a worker; (3) ``tree``: tasks fit a few trees each from that
+sample. Only the fitted trees come back to the client. Groups are sized from
+worker memory, and processed in waves when all groups' samples would not fit
+in the cluster at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from distml.errors import DataError
+from distml.models.base import FamilyParams, Task, TrainContext
+
+if TYPE_CHECKING:
+    from distributed import Future
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    from distml.features import Partitions
+
+CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
+REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
+TASK_BUDGET = 0.2  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
+WAVE_BUDGET = 0.25  # share of the cluster's memory the samples of one wave may take
+FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
+ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
+
+
+class Params(FamilyParams):
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="what the target is; absent: inferred from the target column")
+    n_estimators: int = Field(100, ge=1, le=100_000)
+    criterion: Literal["gini", "entropy", "log_loss", "squared_error", "absolute_error", "friedman_mse",
+                       "poisson"] = Field("gini", description="default gini; squared_error for regression")
+    max_depth: int | None = Field(None, ge=1)
+    max_features: Union[Literal["sqrt", "log2"], int, float, None] = Field(  # noqa: UP007
+        "sqrt", description="default sqrt; 1.0 (all features) for regression, as scikit-learn")
+    min_samples_split: Union[int, float] = 2  # noqa: UP007
+    min_samples_leaf: Union[int, float] = 1  # noqa: UP007
+    max_samples: Union[int, float, None] = Field(  # noqa: UP007
+        None, description="rows per tree (int) or fraction of the training rows (float); absent: all")
+    bootstrap: bool = True
+    class_weight: Literal["balanced", "balanced_subsample"] | dict[str | int, float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        checks = [
+            (isinstance(self.max_features, int) and self.max_features < 1, "max_features",
+             "an int must be at least 1"),
+            (isinstance(self.max_features, float) and not 0 < self.max_features <= 1, "max_features",
+             "a fraction must be in (0, 1]"),
+            (isinstance(self.min_samples_split, int) and self.min_samples_split < 2, "min_samples_split",
+             "an int must be at least 2"),
+            (isinstance(self.min_samples_split, float) and not 0 < self.min_samples_split <= 1,
+             "min_samples_split", "a fraction must be in (0, 1]"),
+            (isinstance(self.min_samples_leaf, int) and self.min_samples_leaf < 1, "min_samples_leaf",
+             "an int must be at least 1"),
+            (isinstance(self.min_samples_leaf, float) and not 0 < self.min_samples_leaf < 1,
+             "min_samples_leaf", "a fraction must be in (0, 1)"),
+            (isinstance(self.max_samples, int) and self.max_samples < 1, "max_samples",
+             "an int must be at least 1"),
+            (isinstance(self.max_samples, float) and not 0 < self.max_samples <= 1, "max_samples",
+             "a fraction must be in (0, 1]"),
+            (not self.bootstrap and self.max_samples is not None, "max_samples",
+             "cannot be set with bootstrap: false (every tree then sees every row)"),
+        ]
+        for failed, name, why in checks:
+            if failed:
+                raise ValueError(f"{name} {why}; got {getattr(self, name)!r}")
+        if self.task:
+            _check_task(self, self.task)
+        return self
+
+
+def _check_task(params: Params, task: str) -> None:
+    """Criterion and class_weight must suit the task (a ValueError names the field)."""
+    if "criterion" in params.model_fields_set:
+        allowed = CLASSIFICATION_CRITERIA if task == "classification" else REGRESSION_CRITERIA
+        if params.criterion not in allowed:
+            raise ValueError(f"criterion {params.criterion!r} is not for {task}; expected one of "
+                             f"{', '.join(allowed)}")
+    if task == "regression" and params.class_weight is not None:
+        raise ValueError("class_weight is for classification; the task is regression")
+
+
+def task(params: Params) -> Task | None:
+    return params.task
+
+
+# --- runs on workers ---------------------------------------------------------
+
+_MULT1, _MULT2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What a partition task needs to draw every group's rows: seeds, Poisson rates, label coding."""
+
+    groups: tuple[tuple[int, ...], ...]  # per group, the sampling seed of each of its trees
+    rates: np.ndarray | None  # Poisson rate per class code (classification) or [rate]; None: no bootstrap
+    classes: np.ndarray | None  # global classes, to code labels 0..K-1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Rows some tree of a group picked: features (float32, as trees use), target, count per tree."""
+
+    X: np.ndarray
+    y: np.ndarray
+    counts: np.ndarray | None  # (rows, trees) uint16; None: every row once (no bootstrap)
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """One tree task's trees: the class to build, its parameters, and each tree's seed."""
+
+    regression: bool
+    params: dict[str, Any]
+    seeds: tuple[int, ...]
+    columns: tuple[int, ...]  # which columns of the group's counts these trees use
+    n_classes: int
+    class_weights: np.ndarray | None  # per class code, applied as weights (bootstrap: false)
+    subsample_balanced: bool
+
+
+def _tree_uniforms(bits: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform draw per (row, tree) from the row's own draw and the tree's seed (splitmix64)."""
+    with np.errstate(over="ignore"):
+        x = bits + np.uint64(seed) * _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * _MULT1
+        x = (x ^ (x >> np.uint64(27))) * _MULT2
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _poisson(v: np.ndarray, rate: float) -> np.ndarray:
+    """Poisson(rate) counts by inverting the CDF at the uniforms ``v``."""
+    from scipy.special import gammaln
+
+    out = np.zeros(len(v), dtype=np.uint16)
+    k = np.arange(int(rate + 12 * math.sqrt(rate) + 20))
+    cdf = np.cumsum(np.exp(k * math.log(rate) - rate - gammaln(k + 1)))
+    hit = v >= cdf[0]  # most rows draw zero when the rate is small: skip the search for them
+    out[hit] = np.minimum(np.searchsorted(cdf, v[hit], side="right"), 65535)
+    return out
+
+
+def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
+    """Draw, for every group, the rows of this partition its trees pick, and their counts."""
+    block = source.load()
+    X = np.asarray(block.X, dtype=np.float32)
+    if plan.classes is not None:
+        y = np.searchsorted(plan.classes, block.y).astype(np.float64)
+    else:
+        y = np.asarray(block.y, dtype=np.float64)
+    if plan.rates is None:
+        return [Sample(X, y, None)]
+    bits = (block.u * 2.0**53).astype(np.uint64)
+    rate = plan.rates[y.astype(np.int64)] if plan.classes is not None else np.full(len(y), plan.rates[0])
+    out = []
+    for seeds in plan.groups:
+        counts = np.zeros((len(y), len(seeds)), dtype=np.uint16)
+        for j, seed in enumerate(seeds):
+            v = _tree_uniforms(bits, seed)
+            for r in np.unique(rate):
+                rows = rate == r
+                counts[rows, j] = _poisson(v[rows], float(r))
+        keep = counts.any(axis=1)
+        out.append(Sample(X[keep], y[keep], counts[keep]))
+    return out
+
+
+def _pick_part(samples: list[Sample], j: int) -> Sample:
+    return samples[j]
+
+
+def _merge_part(pieces: list[Sample], n_classes: int) -> Sample:
+    """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K."""
+    X = np.concatenate([p.X for p in pieces])
+    y = np.concatenate([p.y for p in pieces])
+    counts = None if pieces[0].counts is None else np.concatenate([p.counts for p in pieces])
+    if n_classes:
+        X = np.concatenate([X, np.zeros((n_classes, X.shape[1]), dtype=np.float32)])
+        y = np.concatenate([y, np.arange(n_classes, dtype=np.float64)])
+        if counts is not None:
+            counts = np.concatenate([counts, np.zeros((n_classes, counts.shape[1]), dtype=np.uint16)])
+    return Sample(np.ascontiguousarray(X), y, counts)
+
+
+def _tree_weights(sample: Sample, spec: TreeSpec, column: int) -> np.ndarray:
+    """Per-row weights of one tree: its Poisson counts, times class weights where asked."""
+    codes = sample.y.astype(np.int64)
+    if sample.counts is None:
+        weights = np.ones(len(sample.y))
+        if spec.n_classes:
+            weights[-spec.n_classes:] = 0.0  # the class rows only name the classes
+    else:
+        weights = sample.counts[:, column].astype(np.float64)
+    if spec.class_weights is not None:
+        weights *= spec.class_weights[codes]
+    if spec.subsample_balanced:  # scikit-learn's balanced_subsample: from this tree's own draw
+        per_class = np.bincount(codes, weights=weights, minlength=spec.n_classes)
+        present = per_class > 0
+        scale = np.where(present, weights.sum() / (present.sum() * np.maximum(per_class, 1e-300)), 0.0)
+        weights *= scale[codes]
+    if not weights.any():  # an empty draw (tiny data): let the tree see its group's rows once
+        real = len(weights) - spec.n_classes
+        weights[: real if real else len(weights)] = 1.0
+    return weights
+
+
+def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
+    """Fit this task's trees on the group's sample; only the trees travel back."""
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    cls = DecisionTreeRegressor if spec.regression else DecisionTreeClassifier
+    trees = []
+    for seed, column in zip(spec.seeds, spec.columns):
+        tree = cls(**spec.params, random_state=seed)
+        tree.fit(sample.X, sample.y, sample_weight=_tree_weights(sample, spec, column))
+        trees.append(tree)
+    return trees
+
+
+# --- runs on the client ------------------------------------------------------
+
+
+def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestClassifier | RandomForestRegressor:
+    """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest."""
+    regression = ctx.target_kind == "regression"
+    tree_params = _tree_params(params, ctx, regression)
+    rates, class_weights, subsample = _draw_rates(params, ctx, regression)
+    layout = _layout(params, ctx, rates)
+    n_classes = 0 if regression else len(ctx.classes)
+    tree_seeds = ctx.child_seeds(params.n_estimators, salt=1)
+    draw_seeds = ctx.child_seeds(params.n_estimators, salt=2)
+    ctx.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
+            f"wave(s), about {layout.group_bytes / 2**20:.0f} MiB of sample per group")
+    trees: dict[int, list[Any]] = {}
+    pending: list[list[tuple[int, Future]]] = []
+    for w, wave in enumerate(layout.waves):
+        if w >= 2:  # at most two waves' samples are in cluster memory at once
+            _collect(pending[w - 2], trees, params.n_estimators, ctx)
+        groups = [layout.groups[g] for g in wave]
+        plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
+                          None if regression else np.asarray(ctx.classes))
+        merged = _sample_wave(parts, plan, ctx, w, wave, n_classes)
+        fits = []
+        for g, group, sample in zip(wave, groups, merged):
+            for c in range(0, len(group), layout.per_fit):
+                chunk = group[c:c + layout.per_fit]
+                spec = TreeSpec(regression, tree_params, tuple(tree_seeds[t] for t in chunk),
+                                tuple(range(c, c + len(chunk))), n_classes, class_weights, subsample)
+                fits.append((chunk[0], ctx.client.submit(_fit_trees_part, sample, spec, key=ctx.key("tree", g, c))))
+        pending.append(fits)
+    for fits in pending[max(0, len(pending) - 2):]:
+        _collect(fits, trees, params.n_estimators, ctx)
+    return _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
+
+
+def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], total: int, ctx: TrainContext) -> None:
+    """Bring fitted trees back as their tasks finish; report trees built / total."""
+    from distributed import as_completed
+
+    first = {id(f): i for i, f in fits}
+    for future in as_completed([f for _, f in fits], loop=ctx.client.loop):
+        trees[first[id(future)]] = future.result()
+        future.release()
+        ctx.report("train", sum(map(len, trees.values())) / total)
+
+
+def _sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: int, group_ids: list[int],
+                 n_classes: int) -> list[Future]:
+    """One pass over the partitions (bounded in flight) drawing the samples of a wave's groups.
+
+    Returns, per group, a future of its merged sample; the pieces move worker to worker, never to the client.
+    """
+    from distributed import as_completed
+
+    client = ctx.client
+    pieces: list[list[Future]] = [[] for _ in group_ids]
+    queue = as_completed(loop=client.loop)
+    for i, source in enumerate(parts.train):
+        if i >= ctx.max_in_flight:
+            next(queue)  # wait for one partition to finish before reading another
+        drawn = client.submit(_sample_part, source, plan, key=ctx.key("sample", wave, i))
+        queue.add(drawn)
+        for j in range(len(group_ids)):
+            pieces[j].append(client.submit(_pick_part, drawn, j, key=ctx.key("sample", wave, i, j)))
+    return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.key("merge", "tree", g))
+            for g, group_pieces in zip(group_ids, pieces)]
+
+
+def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[str, Any]:
+    """The trees' parameters, checked against the data; fractions become row counts of the training set."""
+    try:
+        _check_task(params, "regression" if regression else "classification")
+    except ValueError as exc:
+        raise DataError(f"model.params.{exc}") from None
+    n = ctx.train_rows
+    if isinstance(params.max_samples, int) and params.max_samples > n:
+        raise DataError(f"model.params.max_samples: {params.max_samples} rows per tree is more than the "
+                        f"{n} training rows; expected at most {n} or a fraction")
+    max_features = params.max_features
+    if regression and "max_features" not in params.model_fields_set:
+        max_features = 1.0  # scikit-learn's RandomForestRegressor default
+    if isinstance(max_features, int) and max_features > ctx.n_features:
+        raise DataError(f"model.params.max_features: {max_features} is more than the {ctx.n_features} "
+                        "feature columns")
+    criterion = params.criterion
+    if regression and "criterion" not in params.model_fields_set:
+        criterion = "squared_error"
+    split, leaf = params.min_samples_split, params.min_samples_leaf
+    # scikit-learn's forest fits every tree on all n rows (bootstrap as weights): fractions are of n
+    return {"criterion": criterion, "max_depth": params.max_depth, "max_features": max_features,
+            "min_samples_split": split if isinstance(split, int) else max(2, math.ceil(split * n)),
+            "min_samples_leaf": leaf if isinstance(leaf, int) else math.ceil(leaf * n)}
+
+
+def _draw_rates(params: Params, ctx: TrainContext,
+                regression: bool) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """Poisson rate per class (or one rate), class weights for the trees, and balanced_subsample.
+
+    As in scikit-learn, class weights make the bootstrap draw rows in proportion
+    to their weight, and ``max_samples`` as a fraction is of the summed weights.
+    """
+    n = ctx.train_rows
+    option = params.class_weight
+    weights = None
+    if option is not None and not (option == "balanced_subsample" and params.bootstrap):
+        from distml.models.logistic import class_weights
+
+        resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.classes,
+                                 ctx.class_counts)
+        weights = np.array([resolved.get(c, 1.0) for c in ctx.classes.tolist()])
+    subsample = option == "balanced_subsample" and params.bootstrap
+    if not params.bootstrap:
+        return None, weights, False
+    counts = np.array([n], dtype=np.float64) if regression else ctx.class_counts.astype(np.float64)
+    per_row = np.ones(len(counts)) if weights is None else weights
+    total = float((counts * per_row).sum())
+    m = params.max_samples
+    drawn = n if m is None else m if isinstance(m, int) else max(int(m * total), 1)
+    return drawn * per_row / total, None, subsample
+
+
+@dataclass(frozen=True)
+class Layout:
+    groups: list[list[int]]  # tree indices drawn from one sample
+    waves: list[list[int]]  # group indices sampled in one pass over the data
+    per_fit: int  # trees per tree task
+    group_bytes: float
+
+
+def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layout:
+    """Group trees so one group's sample fits a worker thread's share of memory, and waves fit the cluster."""
+    n_trees, slots = params.n_estimators, max(1, ctx.max_in_flight)
+    memory = ctx.worker_memory or 4 * 2**30
+    per_thread = memory / max(1, slots // max(1, ctx.n_workers))
+    counts = np.array([ctx.train_rows]) if rates is None or len(rates) == 1 else ctx.class_counts
+
+    def sample_bytes(g: int) -> float:
+        rows = ctx.train_rows if rates is None else float((counts * -np.expm1(-g * rates)).sum())
+        return rows * (4 * ctx.n_features + 8 + (0 if rates is None else 2 * g)) + 1024
+
+    if rates is None:  # no bootstrap: every tree sees every row, so one shared sample
+        groups, size = [list(range(n_trees))], sample_bytes(1)
+        per_fit = math.ceil(n_trees / (slots * FITS_PER_GROUP))
+    else:
+        lo, hi = 1, math.ceil(n_trees / slots)  # the largest group whose sample fits (bytes grow with g)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if sample_bytes(mid) <= TASK_BUDGET * per_thread else (lo, mid - 1)
+        g = lo
+        size = sample_bytes(g)
+        n_groups = math.ceil(n_trees / g)
+        bounds = np.linspace(0, n_trees, n_groups + 1).round().astype(int)
+        groups = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        per_fit = max(1, math.ceil(len(groups[0]) / FITS_PER_GROUP))
+    if size > TASK_BUDGET * per_thread:
+        what = "all training rows (bootstrap: false)" if rates is None else "one tree's sample"
+        raise DataError(f"model.params.max_samples: {what} takes about {size / 2**20:.0f} MiB, more than a "
+                        f"worker thread can hold ({TASK_BUDGET * per_thread / 2**20:.0f} MiB); "
+                        "set max_samples lower or give workers more memory")
+    per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.n_workers) / size))
+    waves = [list(range(a, min(a + per_wave, len(groups)))) for a in range(0, len(groups), per_wave)]
+    return Layout(groups, waves, per_fit, size)
+
+
+def _assemble(trees: list[Any], params: Params, tree_params: dict[str, Any],
+              ctx: TrainContext) -> RandomForestClassifier | RandomForestRegressor:
+    """An ordinary fitted scikit-learn forest from the gathered trees."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    regression = ctx.target_kind == "regression"
+    cls, tree_cls = ((RandomForestRegressor, DecisionTreeRegressor) if regression
+                     else (RandomForestClassifier, DecisionTreeClassifier))
+    settings = {"n_estimators": params.n_estimators, "criterion": tree_params["criterion"],
+                "max_depth": params.max_depth, "max_features": tree_params["max_features"],
+                "min_samples_split": params.min_samples_split, "min_samples_leaf": params.min_samples_leaf,
+                "max_samples": params.max_samples, "bootstrap": params.bootstrap, "random_state": ctx.seed}
+    if not regression:
+        settings["class_weight"] = params.class_weight
+    forest = cls(**settings)
+    forest.estimator_ = tree_cls()
+    forest.estimators_ = trees
+    forest.n_features_in_ = ctx.n_features
+    forest.n_outputs_ = 1
+    if not regression:
+        forest.classes_ = np.asarray(ctx.classes)
+        forest.n_classes_ = len(ctx.classes)
+    return forest

@@ -1,0 +1,203 @@
+"""The forest family on a real cluster: quality against in-memory scikit-learn, classes, determinism, errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dask.utils import key_split
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.pipeline import Pipeline
+
+from distml import load_model
+from distml.data import open_dataset
+from distml.errors import DataError, SpecError
+from distml.features import persist, plan_features
+from distml.models import forest
+from distml.models.base import TrainContext
+from distml.runner import run_job
+from distml.spec import DataSpec, parse_job
+from distml.synth import make_dataset
+
+TREES = {"n_estimators": 40, "max_depth": 10}
+
+
+def _context(client, plan, seed=0, job_id="20260101-000000-forest", **changes) -> TrainContext:
+    """The context the runner would build for this plan and cluster."""
+    info = client.scheduler_info()["workers"].values()
+    moments = plan.stats.target_moments
+    ctx = TrainContext(
+        client=client, job_id=job_id, seed=seed, target_kind=plan.target_kind, classes=plan.classes,
+        class_counts=plan.class_counts, n_features=plan.n_features, x_var=plan.x_var,
+        y_mean=float(moments.mean[0]) if moments else 0.0, y_scale=1.0, train_rows=plan.parts.train_rows,
+        max_in_flight=sum(w["nthreads"] for w in info), n_workers=len(info),
+        worker_memory=min(w["memory_limit"] for w in info))
+    return dataclasses.replace(ctx, **changes)
+
+
+def _fit(client, folder, params, *, seed=0, partition_bytes=200_000, keep=False, **changes):
+    """Plan features over ``folder`` (no holdout) and train a forest; returns the Pipeline (and plan)."""
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), seed)
+    dataset.partition(partition_bytes)
+    params = forest.Params(**params)
+    plan = plan_features(dataset, client, f"20260101-000000-s{seed}", forest.task(params))
+    parts = persist(plan.parts, client, "20260101-000000-p") if keep else plan.parts
+    model = forest.train(parts, params, _context(client, plan, seed, **changes))
+    return Pipeline([("features", plan.transformer), ("model", model)])
+
+
+def _frames(folder: Path, test: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train = pd.concat([pd.read_parquet(p) for p in sorted(Path(folder).glob("*.parquet"))], ignore_index=True)
+    return train, pd.read_parquet(test)
+
+
+def _reference(cls, train: pd.DataFrame, **params):
+    return cls(**params, random_state=0, n_jobs=1).fit(train.drop(columns=["target"]), train["target"])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """30k training rows in 4 files and a 20k-row test file; made once for the module."""
+    root = tmp_path_factory.mktemp("forest")
+
+    def make(kind, sort_by_target=False, classes=3):
+        return make_dataset(root / f"{kind}-{sort_by_target}-{classes}", kind, rows=30_000, features=8, files=4,
+                            classes=classes, seed=3, sort_by_target=sort_by_target, test_rows=20_000)
+
+    return make
+
+
+@pytest.mark.parametrize("sort_by_target", [False, True], ids=["shuffled-files", "label-sorted-files"])
+def test_forest_accuracy_within_half_a_point_of_sklearn(client, data, sort_by_target):
+    folder, test = data("classification", sort_by_target)
+    ours = _fit(client, folder, TREES)
+    train, holdout = _frames(folder, test)
+    theirs = _reference(RandomForestClassifier, train, **TREES)
+    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.005, (ours.score(X, y), theirs.score(X, y))
+    model = ours[-1]
+    assert isinstance(model, RandomForestClassifier) and len(model.estimators_) == 40
+    assert model.classes_.tolist() == [0, 1, 2] and model.n_classes_ == 3 and model.n_outputs_ == 1
+    assert model.n_features_in_ == 8 and not hasattr(model, "feature_names_in_")
+
+
+def test_forest_regression_r2_within_a_hundredth_of_sklearn(client, data):
+    folder, test = data("regression", classes=2)
+    params = {"n_estimators": 30, "max_depth": 12, "max_samples": 0.5}
+    ours = _fit(client, folder, params, keep=True)
+    train, holdout = _frames(folder, test)
+    theirs = _reference(RandomForestRegressor, train, **params)
+    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.01, (ours.score(X, y), theirs.score(X, y))
+    assert isinstance(ours[-1], RandomForestRegressor) and ours[-1].max_features == 1.0
+
+
+def test_rare_class_missing_from_partitions_keeps_probabilities_aligned(client, tmp_path):
+    """A class in 15 rows of one file: trees that never drew it still answer over all three classes."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        x = rng.normal(size=(4000, 3))
+        label = np.where(x[:, 0] > 0, "hi", "lo").astype(object)
+        if i == 1:
+            x[:15, 1] = 8.0
+            label[:15] = "rare"
+        pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "target": label}),
+                       tmp_path / f"part-{i}.parquet")
+    model = _fit(client, tmp_path, {"n_estimators": 20, "max_samples": 0.05, "max_depth": 6})
+    frame = pd.DataFrame({"a": [1.0, -1.0, 0.0], "b": [0.0, 0.0, 8.0], "c": [0.0, 0.0, 0.0]})
+    proba = model.predict_proba(frame)
+    assert model.classes_.tolist() == ["hi", "lo", "rare"] and proba.shape == (3, 3)
+    assert all(tree.n_classes_ == 3 for tree in model[-1].estimators_)
+    assert any(tree.tree_.value[:, 0, 2].max() == 0 for tree in model[-1].estimators_)  # some never saw it
+    assert model.predict(frame)[:2].tolist() == ["hi", "lo"] and proba[2, 2] > proba[0, 2]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+
+
+def _same_forest(a, b) -> bool:
+    return all(np.array_equal(s.tree_.threshold, t.tree_.threshold) and np.array_equal(s.tree_.value, t.tree_.value)
+               for s, t in zip(a[-1].estimators_, b[-1].estimators_, strict=True))
+
+
+def test_same_seed_gives_the_same_forest_whatever_the_grouping_and_partitioning(client, data):
+    folder, _ = data("classification")
+    params = {"n_estimators": 12, "max_depth": 8, "max_samples": 0.3}
+    first = _fit(client, folder, params)
+    client.get_task_stream(start=0, stop=0)
+    # tiny worker memory: one tree per group, several waves; bigger partitions; blocks held in memory
+    again = _fit(client, folder, params, partition_bytes=2**20, keep=True, worker_memory=4 * 2**20)
+    keys = {key_split(t["key"]) for t in client.get_task_stream()}
+    assert _same_forest(first, again)
+    assert {"distml-sample", "distml-merge", "distml-tree"} <= keys
+    assert not _same_forest(first, _fit(client, folder, params, seed=1))
+
+
+def test_layout_bounds_a_groups_sample_by_worker_memory(client, data):
+    folder, _ = data("classification")
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
+    dataset.partition(2**20)
+    plan = plan_features(dataset, client, "20260101-000000-l", None)
+    params = forest.Params(n_estimators=20, max_samples=0.3)
+    ctx = _context(client, plan, worker_memory=4 * 2**20)
+    rates, _, _ = forest._draw_rates(params, ctx, False)
+    layout = forest._layout(params, ctx, rates)
+    assert sorted(t for g in layout.groups for t in g) == list(range(20))
+    assert layout.group_bytes <= forest.TASK_BUDGET * 4 * 2**20 and len(layout.waves) > 1
+    whole = forest.Params(max_samples=1.0)
+    tiny = dataclasses.replace(ctx, worker_memory=2 * 2**20)
+    with pytest.raises(DataError, match=r"^model\.params\.max_samples: one tree's sample takes about \d+ MiB"):
+        forest._layout(whole, tiny, forest._draw_rates(whole, tiny, False)[0])
+
+
+def _job(tmp_path, folder, params, target="target"):
+    return parse_job({"name": "forest-job", "seed": 0,
+                      "data": {"path": str(folder), "target": target, "holdout": 0.2},
+                      "model": {"kind": "forest", "params": params},
+                      "output": {"store": str(tmp_path / "models")}}, "job.yaml")
+
+
+def test_forest_job_saves_a_pipeline_with_importances_by_input_column(client, data, tmp_path):
+    folder, test = data("classification")
+    result = run_job(_job(tmp_path, folder, {"n_estimators": 10, "max_depth": 6}), client)
+    model = load_model(result.uri)
+    frame = pd.read_parquet(test).head(50)
+    assert model.predict(frame.drop(columns=["target"])).shape == (50,)
+    assert result.metrics["accuracy"] > 0.6
+    manifest = json.loads((Path(result.uri) / "manifest.json").read_text())
+    importances = manifest["feature_importances"]
+    assert set(importances) == {f"x{j}" for j in range(8)}
+    assert sum(importances.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("params,target,message", [
+    ({"max_samples": 10**6}, "target",
+     r"model\.params\.max_samples: 1000000 rows per tree is more than the \d+ training rows"),
+    ({"task": "regression"}, "target", r"target 'target' holds 'class-a'; expected numbers for a regression"),
+], ids=["max-samples-larger-than-the-data", "regression-on-string-target"])
+def test_bad_data_for_a_forest_fails_before_work_with_one_line_and_no_artifact(client, tmp_path, params, target,
+                                                                               message, make_data):
+    folder, _ = make_data("classification", rows=3000, string_labels=True)
+    with pytest.raises(DataError, match=message) as info:
+        run_job(_job(tmp_path, folder, params, target), client)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    assert not list((tmp_path / "models").rglob("manifest.json"))
+    assert not [k for k in client.who_has() if "distml-tree" in str(k)]
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"n_estimators": 0}, "n_estimators"),
+    ({"max_samples": 1.5}, "max_samples"),
+    ({"bootstrap": False, "max_samples": 0.5}, "max_samples"),
+    ({"task": "regression", "criterion": "gini"}, "criterion"),
+    ({"max_depth": 0}, "max_depth"),
+])
+def test_bad_forest_params_are_one_line_errors_naming_the_field(params, field):
+    with pytest.raises(SpecError) as info:
+        parse_job({"name": "x", "data": {"path": "d", "target": "t"},
+                   "model": {"kind": "forest", "params": params}}, "job.yaml")
+    assert "\n" not in str(info.value) and "model.params" in str(info.value) and field in str(info.value)
+    assert info.value.exit_code == 2
