@@ -181,6 +181,9 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
                     "holdout": plan.stats.rows - plan.stats.train_rows}
             manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
                                  n_workers, parts.persisted)
+            importances = feature_importances(plan.transformer, fitted)
+            if importances:
+                manifest["feature_importances"] = importances
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
@@ -190,7 +193,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     except Exception as exc:
         message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client))
+    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
+                     {"feature_importances": importances} if importances else {})
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
@@ -226,6 +230,28 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
     return fitted, plan, parts
+
+
+def feature_importances(transformer: Any, estimator: Any) -> dict[str, float] | None:
+    """The estimator's ``feature_importances_`` (if it has them) summed back onto the input columns."""
+    values = getattr(estimator, "feature_importances_", None)
+    if values is None:
+        return None
+    owners: list[str] = []
+    for _, step, columns in transformer.transformers_:
+        if step == "drop" or not len(columns):
+            continue
+        columns = [str(c) for c in columns]
+        names = columns if step == "passthrough" else [str(n) for n in step.get_feature_names_out(columns)]
+        for name in names:  # an encoded column "<input>_<category>" belongs to the longest matching input
+            matches = [c for c in columns if name == c or name.startswith(f"{c}_")]
+            owners.append(max(matches, key=len) if matches else columns[0] if len(columns) == 1 else name)
+    if len(owners) != len(values):  # an unusual transformer: keep its own output names
+        owners = [str(n) for n in transformer.get_feature_names_out()]
+    out: dict[str, float] = {}
+    for owner, value in zip(owners, values):
+        out[owner] = out.get(owner, 0.0) + float(value)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _start_report(client: Client) -> tuple[float, int] | None:
