@@ -144,7 +144,7 @@ def _connect(address: str) -> Client | None:
     from distributed import Client
 
     try:
-        return Client(address, timeout=5, set_as_default=False)
+        return Client(address, timeout=3, set_as_default=False)
     except (OSError, TimeoutError):
         return None
 

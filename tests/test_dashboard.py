@@ -1,0 +1,93 @@
+"""The scheduler's /distml page, fetched over HTTP and rendered in a real headless Chromium."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+ROUTES = ("['distributed.http.scheduler.prometheus', 'distributed.http.scheduler.info', "
+          "'distributed.http.scheduler.json', 'distributed.http.health', 'distributed.http.proxy', "
+          "'distributed.http.statics', 'distml.dashboard']")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.fixture
+def dashboard_cluster(tmp_path):
+    """A `dask scheduler` serving its dashboard on a known loopback port (with distml's page in its
+    HTTP routes config) and one `dask worker`; yields (scheduler address, dashboard URL)."""
+    import os
+
+    from distributed import Client
+
+    port, sched_file = free_port(), tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": ROUTES}
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", f"127.0.0.1:{port}", "--scheduler-file", str(sched_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 30
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
+                                       "--host", "127.0.0.1", "--nthreads", "2", "--memory-limit", "1GiB",
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(scheduler_file=str(sched_file), set_as_default=False, timeout=30) as c:
+            c.wait_for_workers(1, timeout=60)
+            address = c.scheduler.address
+        yield address, f"http://127.0.0.1:{port}"
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_cluster, make_data, job_file,
+                                                                      tmp_path):
+    from distributed import Client
+
+    from distml.runner import run_job
+    from distml.spec import load_job
+
+    address, base = dashboard_cluster
+    assert "no distml jobs yet" in fetch(f"{base}/distml")  # served from the scheduler's routes config
+    folder, _ = make_data(rows=4000, files=2)
+    spec = load_job(job_file(name="page-job", data={"path": str(folder), "target": "target"}))
+    with Client(address, set_as_default=False) as client:
+        result = run_job(spec, client)  # registers the page plugin and publishes the record
+    page = fetch(f"{base}/distml")
+    assert "page-job" in page and result.job_id in page and "succeeded" in page
+    record = json.loads(fetch(f"{base}/distml/jobs/{result.job_id}.json"))
+    assert record["state"] == "succeeded" and record["model"] == result.uri and "events" not in record
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+         "--dump-dom", f"{base}/distml"], capture_output=True, text=True, timeout=60)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    row = next(line for line in dom.stdout.splitlines() if result.job_id in line and "<tr" in line)
+    assert "page-job" in row and '<td class="state">succeeded</td>' in row
