@@ -1,0 +1,72 @@
+"""The ways in: an embedded LocalCluster, or `dask scheduler` + `dask worker` processes; keys for the dashboard."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import cloudpickle
+import pytest
+import yaml
+from click.testing import CliRunner
+from dask.utils import key_split
+
+from distributed import Client
+
+from distml.cli import main
+from distml.tasks import task_key
+
+
+def _job(tmp_path, folder, **cluster):
+    path = tmp_path / "job.yaml"
+    doc = {"name": "cluster-test", "data": {"path": str(folder), "target": "target"},
+           "model": {"kind": "logistic", "params": {"epochs": 2}},
+           "output": {"store": str(tmp_path / "models")}}
+    if cluster:
+        doc["cluster"] = cluster
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _submit(*args, env=None):
+    result = CliRunner(env=env).invoke(main, ["submit", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_job_runs_on_dask_scheduler_and_worker_processes_by_flag_job_file_or_environment(
+        tmp_path, make_data, dask_processes):
+    folder, _ = make_data("classification", rows=20_000, features=6, files=3)
+    runs = [
+        _submit(_job(tmp_path, folder), "--scheduler", dask_processes),
+        _submit(_job(tmp_path, folder, scheduler=dask_processes)),
+        _submit(_job(tmp_path, folder), env={"DISTML_SCHEDULER": dask_processes}),
+    ]
+    for summary in runs:
+        assert summary["metrics"]["accuracy"] > 0.8
+    assert len({summary["job_id"] for summary in runs}) == 3
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the scheduler cannot import tests
+    with Client(dask_processes, set_as_default=False) as client:
+        groups = client.run_on_scheduler(_task_groups)
+    assert {"distml-stats", "distml-train", "distml-eval"} <= set(groups), groups
+
+
+def _task_groups(dask_scheduler):
+    """Task prefixes (what the dashboard groups by) seen by a scheduler started for this test alone."""
+    return list(dask_scheduler.task_prefixes)
+
+
+def test_embedded_cluster_binds_to_loopback_and_uses_the_flags(tmp_path, make_data):
+    folder, _ = make_data("classification", rows=20_000, features=6, files=3)
+    result = CliRunner().invoke(main, ["submit", str(_job(tmp_path, folder)), "--workers", "1",
+                                       "--memory-limit", "512MiB"])
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"dashboard:? http://127\.0\.0\.1:\d+/status", result.stderr), result.stderr
+    assert "job " in result.stdout and "succeeded" in result.stdout
+
+
+@pytest.mark.parametrize("phase", ["read", "stats", "train", "merge", "eval", "save", "load"])
+def test_task_keys_group_by_phase_on_the_dashboard(phase):
+    for job_id in ("20261124-053236-a1b2c3", "20261124-053236-ffffff"):
+        assert key_split(task_key(phase, job_id, 3, 7)) == f"distml-{phase}"
+
