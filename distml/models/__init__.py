@@ -5,9 +5,11 @@ from types import ModuleType
 
 from distml.models import linear, logistic
 from distml.models import forest
+from distml.models import svm
 
 FAMILIES: dict[str, ModuleType] = {
     "linear": linear,
     "logistic": logistic,
     "forest": forest,
+    "svm": svm,
 }

@@ -1,0 +1,240 @@
+"""Support vector machines: a linear SVM streamed over partitions, or a kernel SVM from a cascade.
+
+``kernel: linear`` trains ``SGDClassifier(loss="hinge")`` with the shared
+averaged-SGD engine (``alpha = 1 / (C * n)`` is the SVM's ``C``).
+``kernel: rbf | poly | sigmoid`` trains a Cascade SVM (see ``_cascade``) and
+returns a plain ``SVC``. ``approximation: nystroem | rbf_sampler`` maps rows
+to approximate kernel features and trains the linear SVM on them; the result
+is ``Pipeline([approx, SGDClassifier])``, the route for data whose support
+vectors would not fit a worker.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from sklearn.linear_model import SGDClassifier
+
+from distml.errors import DataError
+from distml.models._cascade import Cascade, CascadePlan, plan_chunks
+from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models.base import FamilyParams, Task, TrainContext
+from distml.models.logistic import class_weights
+from distml.tasks import map_bounded
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+    from distml.features import Partitions
+
+MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
+PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
+SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
+_CASCADE_ONLY = {"tol", "probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
+_SGD_ONLY = {"alpha", "loss", "epochs"}
+_KERNEL_ONLY = {"gamma", "degree", "coef0"}
+
+
+class Params(FamilyParams):
+    kernel: Literal["linear", "rbf", "poly", "sigmoid"] = "rbf"
+    C: float = Field(1.0, gt=0.0, description="inverse regularisation, as in sklearn's SVC")
+    gamma: Literal["scale"] | float = Field("scale", description="kernel coefficient; scale = 1/(n_features * var)")
+    degree: int = Field(3, ge=1, le=10, description="poly kernel degree")
+    coef0: float = 0.0
+    class_weight: Literal["balanced"] | dict[str | int, float] | None = None
+    tol: float = Field(1e-3, gt=0.0, description="libsvm's stopping tolerance (cascade)")
+    probability: bool = False
+    chunk_rows: int = Field(5000, ge=2, le=10_000_000, description="rows per first-layer SVC (cascade)")
+    max_passes: int = Field(3, ge=1, le=50, description="cascade passes: the first and its feedback passes")
+    feedback_tol: float = Field(0.01, ge=0.0, le=1.0, description="stop once fewer SVs than this fraction change")
+    max_support_vectors: int | None = Field(None, ge=1, description="default: sized from worker memory")
+    approximation: Literal["nystroem", "rbf_sampler"] | None = None
+    n_components: int = Field(300, ge=1, le=20_000, description="kernel approximation features")
+    alpha: float | None = Field(None, gt=0.0, description="SGD's alpha (linear routes); default 1/(C * rows)")
+    loss: Literal["hinge", "squared_hinge"] = "hinge"
+    epochs: int = Field(5, ge=1, le=1000, description="passes over the data (linear routes)")
+
+    @model_validator(mode="after")
+    def _applies(self) -> Params:
+        """Refuse a parameter the chosen route would ignore (and combinations that cannot work)."""
+        if isinstance(self.gamma, float) and self.gamma <= 0:
+            raise ValueError("gamma must be 'scale' or a number > 0")
+        route = self.route
+        if self.approximation and self.kernel == "linear":
+            raise ValueError("approximation applies to kernel rbf, poly or sigmoid, not linear")
+        if self.approximation == "rbf_sampler" and self.kernel != "rbf":
+            raise ValueError(f"approximation rbf_sampler approximates the rbf kernel only; got kernel {self.kernel}")
+        ignored = {"linear": _CASCADE_ONLY | _KERNEL_ONLY | {"n_components"},
+                   "cascade": _SGD_ONLY | {"n_components"}, "approximation": _CASCADE_ONLY}[route]
+        given = sorted(ignored & self.model_fields_set)
+        if given:
+            raise ValueError(f"{given[0]} does not apply to {self.describe()}")
+        if "alpha" in self.model_fields_set and "C" in self.model_fields_set:
+            raise ValueError("set C or alpha, not both")
+        return self
+
+    @property
+    def route(self) -> Literal["linear", "cascade", "approximation"]:
+        if self.kernel == "linear":
+            return "linear"
+        return "approximation" if self.approximation else "cascade"
+
+    def describe(self) -> str:
+        return {"linear": "kernel linear", "cascade": f"the cascade (kernel {self.kernel})",
+                "approximation": f"approximation {self.approximation}"}[self.route]
+
+
+def task(params: Params) -> Task:
+    return "classification"
+
+
+# --- runs on workers ---------------------------------------------------------
+
+
+def _hinge_loss(model: Any, X: np.ndarray, y: np.ndarray) -> float:
+    """Summed multiclass hinge loss of ``model`` on (X, y) (the engine's early-stopping score)."""
+    decision = model.decision_function(X)
+    if decision.ndim == 1:
+        sign = np.where(y == model.classes_[1], 1.0, -1.0)
+        return float(np.maximum(0.0, 1.0 - sign * decision).sum())
+    sign = np.where(y[:, None] == model.classes_[None, :], 1.0, -1.0)
+    return float(np.maximum(0.0, 1.0 - sign * decision).sum())
+
+
+def _sample_part(source: Any, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of one partition whose draw falls below ``fraction``, with their draws."""
+    block = source.load()
+    keep = block.u < fraction
+    return block.X[keep], block.u[keep]
+
+
+class _ApproxSGD(SGDClassifier):
+    """Training-time only: an SGDClassifier that maps rows through ``approx_`` first.
+
+    It lets the shared SGD engine stream approximate kernel features without
+    holding them anywhere; ``_plain`` turns it into an ordinary SGDClassifier.
+    """
+
+    approx_: Any = None
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _ApproxSGD:
+        return super().partial_fit(self.approx_.transform(X), y, classes=classes, sample_weight=sample_weight)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return super().decision_function(self.approx_.transform(X))
+
+
+# --- runs on the client ------------------------------------------------------
+
+
+def _check_data(params: Params, ctx: TrainContext) -> None:
+    """Data-dependent refusals, before any heavy work: one line naming the parameter."""
+    counts = ctx.class_counts
+    rarest = int(np.argmin(counts))
+    name, n = ctx.classes[rarest], int(counts[rarest])
+    if params.probability and n < PROBA_MIN_CLASS_ROWS:
+        raise DataError(f"model.params.probability needs at least {PROBA_MIN_CLASS_ROWS} training rows of each "
+                        f"class for its 5-fold Platt scaling; class {name!r} has {n}")
+    if params.route != "cascade":
+        return
+    n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
+    if n_chunks > 1 and n / n_chunks < MIN_CLASS_ROWS_PER_CHUNK:
+        need_chunks = max(1, n // MIN_CLASS_ROWS_PER_CHUNK)
+        lo, hi = params.chunk_rows, 4 * ctx.train_rows + 100
+        while lo < hi:  # the smallest chunk_rows that cuts few enough chunks
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if plan_chunks(ctx.train_rows, mid) > need_chunks else (lo, mid)
+        raise DataError(f"model.params.chunk_rows={params.chunk_rows} is too small for class {name!r} "
+                        f"({n:,} of {ctx.train_rows:,} training rows): a chunk would hold about {n / n_chunks:.1f} "
+                        f"of them; use chunk_rows >= {lo} so every chunk holds every class")
+
+
+def _gamma(params: Params, ctx: TrainContext) -> float:
+    """One kernel for every chunk: ``scale`` from the global variance of the standardized features."""
+    if params.gamma != "scale":
+        return float(params.gamma)
+    return 1.0 / (ctx.n_features * ctx.x_var) if ctx.x_var > 0 else 1.0
+
+
+def _max_support_vectors(params: Params, ctx: TrainContext) -> int:
+    """Default guard: a merge task holds its union about four times (inputs, union, libsvm's copy)."""
+    if params.max_support_vectors is not None:
+        return params.max_support_vectors
+    if not ctx.worker_memory:
+        return 200_000
+    row_bytes = 8 * (ctx.n_features + 2) * 4
+    return max(1000, (ctx.worker_memory // 4 - 200 * 2**20) // row_bytes)
+
+
+def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights: Any) -> BaseEstimator:
+    n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
+    row_bytes = 8 * (ctx.n_features + 2)
+    if ctx.worker_memory:  # pieces of one group of chunks may take a quarter of the cluster's memory
+        budget = ctx.worker_memory * ctx.n_workers // 4 // row_bytes
+        group = min(n_chunks, max(ctx.max_in_flight, budget // params.chunk_rows))
+    else:
+        group = n_chunks
+    plan = CascadePlan(n_chunks, params.chunk_rows, max(1, group), _max_support_vectors(params, ctx),
+                       params.max_passes, params.feedback_tol)
+    svc = {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
+           "coef0": params.coef0, "tol": params.tol, "class_weight": weights}
+    ctx.log(f"cascade SVM: {n_chunks} chunks of at most {params.chunk_rows:,} rows ({group} per read pass), "
+            f"gamma {svc['gamma']:.4g}, at most {plan.limit:,} support vectors")
+    return Cascade(parts, ctx, plan, svc, params.probability, ctx.child_seeds(1, salt=3)[0]).run()
+
+
+def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type = SGDClassifier) -> SGDClassifier:
+    alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.train_rows)
+    return cls(loss=params.loss, alpha=alpha, class_weight=weights, random_state=ctx.seed)
+
+
+def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
+    return train_sgd(parts, template, ctx, SGDSchedule(params.epochs), loss=_hinge_loss,
+                     fit_kwargs={"classes": ctx.classes})
+
+
+def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
+    """Fit Nystroem / RBFSampler on a bounded sample drawn on the workers by the rows' draws."""
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
+
+    fraction = min(1.0, SAMPLE_ROWS_PER_COMPONENT * params.n_components / max(1, ctx.train_rows))
+    samples = map_bounded(ctx.client, _sample_part, parts.train, key=lambda i: ctx.key("sample", i),
+                          max_in_flight=ctx.max_in_flight, fraction=fraction)
+    X = np.concatenate([x for x, _ in samples])[np.argsort(np.concatenate([u for _, u in samples]), kind="stable")]
+    seed = ctx.child_seeds(1, salt=4)[0]
+    gamma = _gamma(params, ctx)
+    if params.approximation == "rbf_sampler":
+        approx = RBFSampler(gamma=gamma, n_components=params.n_components, random_state=seed)
+    else:
+        approx = Nystroem(kernel=params.kernel, gamma=gamma, degree=params.degree, coef0=params.coef0,
+                          n_components=min(params.n_components, len(X)), random_state=seed)
+    ctx.log(f"{params.approximation}: {params.n_components} components fitted on a sample of {len(X):,} rows")
+    return approx.fit(X)
+
+
+def _plain(model: _ApproxSGD) -> SGDClassifier:
+    """The training-time subclass as an ordinary, fitted SGDClassifier."""
+    plain = SGDClassifier(**model.get_params())
+    for name, value in vars(model).items():
+        if name != "approx_":
+            setattr(plain, name, value)
+    return plain
+
+
+def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator:
+    """Fit an SVM on the cluster: SGDClassifier (linear), SVC (cascade) or Pipeline(approx, SGDClassifier)."""
+    from sklearn.pipeline import Pipeline
+
+    _check_data(params, ctx)
+    weights = class_weights(params.class_weight, ctx.classes, ctx.class_counts)
+    if params.route == "cascade":
+        return _train_cascade(parts, params, ctx, weights)
+    if params.route == "linear":
+        return _train_linear(parts, _sgd_template(params, ctx, weights), params, ctx)
+    approx = _fit_approximation(parts, params, ctx)
+    template = _sgd_template(params, ctx, weights, _ApproxSGD)
+    template.approx_ = approx
+    model = _train_linear(parts, template, params, ctx)
+    return Pipeline([("approx", approx), ("svm", _plain(model))])
+
