@@ -132,7 +132,7 @@ def _check_data(params: Params, ctx: TrainContext) -> None:
     """Data-dependent refusals, before any heavy work: one line naming the parameter."""
     counts = ctx.class_counts
     rarest = int(np.argmin(counts))
-    name, n = ctx.classes[rarest], int(counts[rarest])
+    name, n = ctx.classes.tolist()[rarest], int(counts[rarest])
     if params.probability and n < PROBA_MIN_CLASS_ROWS:
         raise DataError(f"model.params.probability needs at least {PROBA_MIN_CLASS_ROWS} training rows of each "
                         f"class for its 5-fold Platt scaling; class {name!r} has {n}")
@@ -186,7 +186,8 @@ def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights
 
 def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type = SGDClassifier) -> SGDClassifier:
     alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.train_rows)
-    return cls(loss=params.loss, alpha=alpha, class_weight=weights, random_state=ctx.seed)
+    # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
+    return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.seed)
 
 
 def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:

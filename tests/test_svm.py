@@ -1,0 +1,169 @@
+"""The svm family on a real cluster: cascade and linear SVMs against in-memory scikit-learn, and bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distml.errors import DataError, JobFailed, SpecError
+from distml.runner import run_job
+from distml.spec import parse_job
+from distml.synth import make_nonlinear_dataset
+from tests.reference import split_frames, xy
+
+SEED, HOLDOUT = 0, 0.2
+
+
+@pytest.fixture(scope="session")
+def nonlinear(data_dir):
+    """Nonlinear datasets written once per session, keyed by (rows, classes)."""
+    cache: dict[tuple[int, int], Path] = {}
+
+    def make(rows: int, classes: int) -> Path:
+        if (rows, classes) not in cache:
+            cache[rows, classes] = make_nonlinear_dataset(data_dir / f"nonlinear-{rows}-{classes}", rows=rows,
+                                                          classes=classes, files=4)[0]
+        return cache[rows, classes]
+
+    return make
+
+
+def svm_job(folder: Path, store: Path, name: str = "svm-job", **params):
+    return parse_job({"name": name, "seed": SEED, "data": {"path": str(folder), "target": "target",
+                                                           "holdout": HOLDOUT},
+                      "model": {"kind": "svm", "params": params}, "output": {"store": str(store)}}, "job.yaml")
+
+
+def reference_accuracy(folder: Path, model, estimator) -> float:
+    """Accuracy on the same holdout rows of ``estimator`` fitted in memory on all training rows."""
+    train, test = split_frames(folder, SEED, HOLDOUT)
+    (X, y), (Xt, yt) = xy(train), xy(test)
+    features = model[0]
+    estimator.fit(features.transform(X), y)
+    return float((estimator.predict(features.transform(Xt)) == yt).mean())
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_cascade_is_within_a_third_of_a_point_of_one_svc_on_40k_rows(client, nonlinear, tmp_path, classes):
+    from sklearn.svm import SVC
+
+    from distml import load_model
+
+    folder = nonlinear(40_000, classes)
+    events: list[str] = []
+    result = run_job(svm_job(folder, tmp_path, chunk_rows=4000), client, log=events.append)
+    model = load_model(result.uri)
+    svc = model[-1]
+    assert type(svc) is SVC and svc.kernel == "rbf"
+    reference = reference_accuracy(folder, model, SVC(C=svc.C, kernel="rbf", gamma=svc.gamma))
+    assert abs(result.metrics["accuracy"] - reference) <= 0.003, (result.metrics["accuracy"], reference)
+    assert any("pass 1 layer 1/" in e for e in events) and any("pass 1 layer 4/4" in e for e in events)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_kernel_is_within_half_a_point_of_linearsvc(client, make_data, tmp_path, classes):
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.svm import LinearSVC
+
+    from distml import load_model
+
+    folder, _ = make_data(rows=20_000, classes=classes)
+    result = run_job(svm_job(folder, tmp_path, kernel="linear"), client)
+    model = load_model(result.uri)
+    assert type(model[-1]) is SGDClassifier and model[-1].loss == "hinge"
+    reference = reference_accuracy(folder, model, LinearSVC(C=1.0, loss="hinge", max_iter=5000))
+    assert abs(result.metrics["accuracy"] - reference) <= 0.005, (result.metrics["accuracy"], reference)
+
+
+def test_same_seed_gives_identical_support_vectors(client, nonlinear, tmp_path):
+    from distml import load_model
+
+    folder = nonlinear(6_000, 3)
+    models = [load_model(run_job(svm_job(folder, tmp_path / str(i), chunk_rows=1000), client).uri)[-1]
+              for i in range(2)]
+    assert len(models[0].support_vectors_) > 0
+    np.testing.assert_array_equal(models[0].support_vectors_, models[1].support_vectors_)
+    np.testing.assert_array_equal(models[0].dual_coef_, models[1].dual_coef_)
+
+
+def test_svm_job_saves_a_model_that_predicts_probabilities_on_raw_rows(client, nonlinear, job_file, tmp_path):
+    from click.testing import CliRunner
+
+    from distml import load_model
+    from distml.cli import main
+    from distml.tasks import task_key
+
+    folder = nonlinear(4_000, 2)
+    path = job_file(name="svm-proba", data={"path": str(folder), "target": "target"},
+                    model={"kind": "svm", "params": {"chunk_rows": 1500, "probability": True}})
+    address = client.scheduler.address
+    out = CliRunner().invoke(main, ["submit", str(path), "--scheduler", address, "--json"])
+    assert out.exit_code == 0, out.output
+    model = load_model(next((tmp_path / "models" / "svm-proba").iterdir()).as_uri())
+    raw = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
+    proba = model.predict_proba(raw)
+    assert proba.shape == (len(raw), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    assert set(model.predict(raw)) <= {0, 1}
+    for phase in ("cut", "pick", "svm", "merge", "size", "kkt", "refit", "sample"):
+        assert task_key(phase, "20260101-000000-abc", 1).startswith(f"distml-{phase}-")
+
+
+def test_nystroem_approximation_saves_a_pipeline_that_beats_the_linear_kernel(client, nonlinear, tmp_path):
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.pipeline import Pipeline
+
+    from distml import load_model
+
+    folder = nonlinear(8_000, 2)
+    approx = run_job(svm_job(folder, tmp_path, approximation="nystroem", n_components=200, epochs=10), client)
+    linear = run_job(svm_job(folder, tmp_path, kernel="linear"), client)
+    estimator = load_model(approx.uri)[-1]
+    assert isinstance(estimator, Pipeline) and isinstance(estimator[0], Nystroem)
+    assert type(estimator[-1]).__name__ == "SGDClassifier"
+    assert approx.metrics["accuracy"] > linear.metrics["accuracy"] + 0.05
+
+
+def test_support_vector_guard_stops_the_job_with_a_suggestion_and_no_artifact(client, nonlinear, tmp_path):
+    folder = nonlinear(4_000, 2)
+    with pytest.raises(JobFailed, match=r"found [\d,]+ support vectors, more than "
+                                        r"model.params.max_support_vectors=100; use kernel: linear"):
+        run_job(svm_job(folder, tmp_path, chunk_rows=1000, max_support_vectors=100), client)
+    assert not (tmp_path / "svm-job").exists()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"kernel": "rbff"}, "model.params.kernel: must be 'linear', 'rbf', 'poly' or 'sigmoid'"),
+    ({"kernel": "linear", "chunk_rows": 100}, "chunk_rows does not apply to kernel linear"),
+    ({"alpha": 0.01}, "alpha does not apply to the cascade"),
+    ({"approximation": "rbf_sampler", "kernel": "poly"}, "rbf_sampler approximates the rbf kernel only"),
+])
+def test_bad_params_are_one_line_errors_naming_the_field(tmp_path, params, message):
+    with pytest.raises(SpecError) as err:
+        svm_job(tmp_path, tmp_path, **params)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _tiny(tmp_path: Path, y: np.ndarray) -> Path:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"a": rng.normal(size=len(y)), "b": rng.normal(size=len(y)), "target": y}).to_parquet(
+        folder / "part-0.parquet")
+    return folder
+
+
+@pytest.mark.parametrize("labels, params, message", [
+    ([0] * 200, {}, "has a single class"),
+    ([0] * 1900 + [1] * 100, {"chunk_rows": 200}, "model.params.chunk_rows=200 is too small for class 1"),
+    ([0] * 60 + [1] * 6, {"probability": True}, "model.params.probability needs at least 10 training rows"),
+])
+def test_data_that_cannot_train_fails_early_with_one_line_and_no_artifact(client, tmp_path, labels, params, message):
+    job = parse_job({"name": "svm-bad", "data": {"path": str(_tiny(tmp_path, np.array(labels))), "target": "target",
+                                                 "holdout": 0.0},
+                     "model": {"kind": "svm", "params": params}, "output": {"store": str(tmp_path / "models")}}, "j")
+    with pytest.raises(DataError) as err:
+        run_job(job, client)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "models" / "svm-bad").exists()
