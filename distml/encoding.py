@@ -1,14 +1,15 @@
 """Column summaries merged across partitions, and the fitted transformer built from them.
 
 Worker side: bounded, mergeable summaries of one partition's columns —
-category counts (capped), a HyperLogLog distinct-count sketch (to name a
-column's cardinality when it is too high to keep) and a log-bucket quantile
-sketch (for median imputation). Each merges associatively, so the tree
-reduction of the statistics pass gives one answer whatever its shape.
+moments, category counts (capped), a HyperLogLog distinct-count sketch (to
+name a column's cardinality when it is too high to keep) and a log-bucket
+quantile sketch (for median imputation). Each merges associatively, so the
+tree reduction of the statistics pass gives one answer whatever its shape.
 
-Client side: ``build_transformer`` turns the merged statistics into a plain
-scikit-learn ``ColumnTransformer`` (imputers, scaler, one-hot or ordinal
-encoder) whose fitted state is exactly what the pass measured.
+Client side: ``plan_columns`` decides categories, fill values and scaler
+moments from the merged statistics; ``build_transformer`` turns them into a
+plain scikit-learn ``ColumnTransformer`` (imputers, scaler, one-hot or
+ordinal encoder) whose fitted state is exactly what the pass measured.
 """
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.errors import DataError
+
 if TYPE_CHECKING:
     import pandas as pd
     from sklearn.compose import ColumnTransformer
+
+    from distml.data import Dataset
+    from distml.features import PartStats, StatsPlan
 
 HLL_BITS = 12  # 4096 one-byte registers per column: about 1.6% error on a cardinality
 SKETCH_ACCURACY = 0.01  # relative error of a quantile from the log-bucket sketch
@@ -82,6 +88,34 @@ def hll_count(registers: np.ndarray) -> int:
     if estimate <= 2.5 * m and zeros:
         estimate = m * np.log(m / zeros)
     return int(round(estimate))
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge)."""
+
+    n: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Moments:
+        n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
+            m2 = np.nansum((values - mean) ** 2, axis=0)
+        return cls(n, mean, m2)
+
+    def merge(self, other: Moments) -> Moments:
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(n > 0, other.n / np.maximum(n, 1), 0.0)
+        return Moments(n, self.mean + delta * w, self.m2 + other.m2 + delta**2 * self.n * w)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
 
 
 @dataclass
@@ -156,6 +190,47 @@ class ColumnPlan:
     categories: dict[str, list[Any]]  # categorical: the categories the encoder knows
     strategy: str  # "mean" or "median"
     encoding: str  # "onehot" or "ordinal"
+
+
+def plan_columns(dataset: Dataset, stats: PartStats, plan: StatsPlan, encoding: str) -> ColumnPlan:
+    """Categories, fill values and scaler moments for each feature, from the merged statistics."""
+    fill: dict[str, Any] = {}
+    categories: dict[str, list[Any]] = {}
+    for column in plan.categorical:
+        counts = stats.categories[column]
+        if not counts:
+            raise DataError(f"{dataset.url}: column '{column}' has no values in the training rows; "
+                            "expected at least one category")
+        if len(counts) > dataset.max_categories:
+            if dataset.rare_categories != "other":
+                found = max(hll_count(stats.distinct[column]), len(counts))
+                raise DataError(f"{dataset.url}: column '{column}' has about {found:,} distinct values, more than "
+                                f"data.max_categories ({dataset.max_categories}); expected a categorical column "
+                                "(drop it from data.features, or set data.rare_categories: other)")
+            counts = cap_counts(counts, dataset.max_categories)  # the rest encode as one unseen group
+        categories[column] = sorted_categories(counts)
+        fill[column] = min(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
+    moments = stats.moments
+    if len(plan.numeric) and np.any(moments.n == 0):
+        empty = plan.numeric[int(np.argmin(moments.n))]
+        raise DataError(f"{dataset.url}: column '{empty}' has no values in the training rows; expected numbers")
+    missing = stats.train_rows - moments.n
+    if plan.sketch:
+        centers = np.array([s.quantile(0.5) for s in stats.sketches or []])
+        filled = moments.merge(Moments(missing, centers, np.zeros_like(centers)))
+    else:  # mean imputation leaves the mean and the squared deviations as they were
+        centers = moments.mean
+        filled = Moments(moments.n + missing, moments.mean, moments.m2)
+    fill.update(zip(plan.numeric, centers.tolist()))
+    return ColumnPlan(list(plan.numeric), list(plan.categorical), fill, filled.mean, filled.var, filled.n,
+                      categories, "median" if plan.sketch else "mean", encoding)
+
+
+def sorted_categories(counts: dict[Any, int]) -> list[Any]:
+    try:
+        return sorted(counts)
+    except TypeError:  # values of mixed Python types: order by their text
+        return sorted(counts, key=str)
 
 
 def build_transformer(plan: ColumnPlan, features: list[str]) -> ColumnTransformer:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distml.encoding import ColumnPlan, QuantileSketch, build_transformer, cap_counts, hll_count, merge_counts, \
-    output_variance, summarize_categories
+from distml.encoding import Moments, QuantileSketch, build_transformer, merge_counts, output_variance, plan_columns, \
+    summarize_categories
 from distml.errors import DataError
 from distml.tasks import tree_reduce
 
@@ -25,38 +25,11 @@ if TYPE_CHECKING:
     from sklearn.compose import ColumnTransformer
 
     from distml.data import Dataset, Piece, PieceGroup, Reader
+    from distml.encoding import ColumnPlan
 
 MAX_CLASSES = 1000
 
 # --- runs on workers ---------------------------------------------------------
-
-
-@dataclass
-class Moments:
-    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge)."""
-
-    n: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> Moments:
-        n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
-            m2 = np.nansum((values - mean) ** 2, axis=0)
-        return cls(n, mean, m2)
-
-    def merge(self, other: Moments) -> Moments:
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(n > 0, other.n / np.maximum(n, 1), 0.0)
-        return Moments(n, self.mean + delta * w, self.m2 + other.m2 + delta**2 * self.n * w)
-
-    @property
-    def var(self) -> np.ndarray:
-        return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -134,7 +107,8 @@ def _target_stats(stats: PartStats, y: pd.Series, train: np.ndarray, regression:
     if y.dtype.kind in "fiub":
         stats.target_bytes = 8 * len(y_train)
     else:  # a numpy object array: a pointer and a Python string per row
-        stats.target_bytes = int(y_train.astype(str).str.len().sum()) + 57 * len(y_train)
+        text = y_train if y_train.dtype == "str" else y_train.astype(str)
+        stats.target_bytes = int(text.str.len().sum()) + 57 * len(y_train)
     if regression:
         if y.dtype.kind not in "fiub":
             stats.first_bad_label = repr(y.iloc[0]) if len(y) else None
@@ -280,7 +254,7 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
                      dataset.missing == "impute" and dataset.impute_strategy == "median")
     stats = _run_stats(dataset, client, job_id, plan, report)
     _check_stats(dataset, stats, regression)
-    columns = _column_plan(dataset, stats, plan, encoding)
+    columns = plan_columns(dataset, stats, plan, encoding)
     transformer = build_transformer(columns, dataset.features)
     n_features, x_var = output_variance(columns, stats.categories)
     notes = _notes(dataset, stats, columns)
@@ -363,47 +337,6 @@ def _check_stats(dataset: Dataset, stats: PartStats, regression: bool) -> None:
         only = next(iter(stats.classes), None)
         raise DataError(f"{where}: target '{target}' has a single class ({only!r}) in the training rows; "
                         "expected at least 2 classes")
-
-
-def _column_plan(dataset: Dataset, stats: PartStats, plan: StatsPlan, encoding: str) -> ColumnPlan:
-    """Categories, fill values and scaler moments for each feature, from the merged statistics."""
-    fill: dict[str, Any] = {}
-    categories: dict[str, list[Any]] = {}
-    for column in plan.categorical:
-        counts = stats.categories[column]
-        if not counts:
-            raise DataError(f"{dataset.url}: column '{column}' has no values in the training rows; "
-                            "expected at least one category")
-        if len(counts) > dataset.max_categories:
-            if dataset.rare_categories != "other":
-                found = max(hll_count(stats.distinct[column]), len(counts))
-                raise DataError(f"{dataset.url}: column '{column}' has about {found:,} distinct values, more than "
-                                f"data.max_categories ({dataset.max_categories}); expected a categorical column "
-                                "(drop it from data.features, or set data.rare_categories: other)")
-            counts = cap_counts(counts, dataset.max_categories)  # the rest encode as one unseen group
-        categories[column] = _sorted(counts)
-        fill[column] = min(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))[0]
-    moments = stats.moments
-    if len(plan.numeric) and np.any(moments.n == 0):
-        empty = plan.numeric[int(np.argmin(moments.n))]
-        raise DataError(f"{dataset.url}: column '{empty}' has no values in the training rows; expected numbers")
-    missing = stats.train_rows - moments.n
-    if plan.sketch:
-        centers = np.array([s.quantile(0.5) for s in stats.sketches or []])
-        filled = moments.merge(Moments(missing, centers, np.zeros_like(centers)))
-    else:  # mean imputation leaves the mean and the squared deviations as they were
-        centers = moments.mean
-        filled = Moments(moments.n + missing, moments.mean, moments.m2)
-    fill.update(zip(plan.numeric, centers.tolist()))
-    return ColumnPlan(list(plan.numeric), list(plan.categorical), fill, filled.mean, filled.var, filled.n,
-                      categories, "median" if plan.sketch else "mean", encoding)
-
-
-def _sorted(counts: dict[Any, int]) -> list[Any]:
-    try:
-        return sorted(counts)
-    except TypeError:  # values of mixed Python types: order by their text
-        return sorted(counts, key=str)
 
 
 def _notes(dataset: Dataset, stats: PartStats, columns: ColumnPlan) -> list[str]:
