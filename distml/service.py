@@ -77,7 +77,10 @@ def detach(spec: JobSpec, client: Client) -> str:
     register_page(client)
     _publisher(client)({k: v for k, v in record.items() if k != "events"})
     # pure=False: submitting the same job file twice must run two jobs.
-    future = client.submit(_driver, spec.model_dump(mode="json"), job_id, key=key, pure=False)
+    # Only the fields the job file set: defaults are re-derived on the worker, and some validators
+    # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
+    doc = spec.model_dump(mode="json", exclude_unset=True)
+    future = client.submit(_driver, doc, job_id, key=key, pure=False)
     fire_and_forget(future)
     deadline = time.monotonic() + 10
     while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
@@ -87,13 +90,22 @@ def detach(spec: JobSpec, client: Client) -> str:
 
 def _driver(spec_doc: dict[str, Any], job_id: str) -> str:
     """A detached job's driver; runs on a worker and returns the job's final state."""
+    from distml.spec import JobSpec
+
+    output = spec_doc.get("output") or {}
+    records = JobRecords(output.get("store", "./models"), output.get("storage_options") or {})
+    try:
+        return _drive(JobSpec.model_validate(spec_doc), records, job_id)
+    except BaseException as exc:  # never leave the record behind: say why the driver stopped
+        mark(records, job_id, "failed", f"the job's driver failed: {type(exc).__name__}: {str(exc).strip()[:300]}")
+        raise
+
+
+def _drive(spec: JobSpec, records: JobRecords, job_id: str) -> str:
     from distributed import get_worker, worker_client
 
     from distml.runner import run_job
-    from distml.spec import JobSpec
 
-    spec = JobSpec.model_validate(spec_doc)
-    records = records_of(spec)
     record = records.read(job_id)
     if record["state"] in TERMINAL:
         return record["state"]
