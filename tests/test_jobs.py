@@ -193,3 +193,22 @@ def test_help_and_jobs_list_start_in_under_a_second_without_importing_dask(argv,
     took = time.perf_counter() - started
     assert out.returncode == 0, out.stderr
     assert took < 1.0, f"distml {' '.join(args)} took {took:.2f}s"
+
+
+def test_console_redraws_one_bar_per_phase_on_a_terminal_and_prints_plain_lines_otherwise():
+    import io
+
+    from distml.console import Console
+
+    tty, plain = io.StringIO(), io.StringIO()
+    for stream, is_tty in ((tty, True), (plain, False)):
+        console = Console(stream=stream, tty=is_tty)
+        console.log("phase train started")
+        for i in range(1, 21):
+            console.progress("train", i / 20)
+        console.log("phase train done in 1.00s")
+        console.close()
+    assert "\r\x1b[2K" in tty.getvalue() and "train  [" in tty.getvalue() and "%/s" in tty.getvalue()
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and len([line for line in lines if "train  [" in line]) == 11  # first report, then every 10%
+    assert "ETA" in plain.getvalue() and lines[-1].endswith("phase train done in 1.00s")
