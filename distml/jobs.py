@@ -73,13 +73,18 @@ class JobRecords:
         fs, root = self._fs()
         path = self._path(record["job_id"])
         body = json.dumps(record, indent=1, default=str).encode()
-        if "file" in _protocols(fs):
-            fs.makedirs(root, exist_ok=True)
-            tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-            fs.pipe_file(tmp, body)
-            fs.mv(tmp, path)
-        else:
-            fs.pipe_file(path, body)
+        try:
+            if "file" in _protocols(fs):
+                fs.makedirs(root, exist_ok=True)
+                tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+                fs.pipe_file(tmp, body)
+                fs.mv(tmp, path)
+            else:
+                fs.pipe_file(path, body)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise StoreError(f"{self.uri(record['job_id'])}: cannot write the job record "
+                             f"({type(exc).__name__}: {first})") from None
 
     def read(self, job_id: str) -> dict[str, Any]:
         fs, _ = self._fs()
@@ -223,7 +228,10 @@ class JobTracker:
 
     def _maybe_flush(self) -> None:
         if time.time() - self._last_write >= PROGRESS_EVERY:
-            self.flush()
+            try:
+                self.flush()
+            except StoreError:
+                pass  # a store hiccup must not fail the job; state changes and the heartbeat write again
 
     def check_cancel(self, force: bool = False) -> None:
         """Raise ``JobCancelled`` if someone asked to cancel the job (checked at most twice a second)."""
