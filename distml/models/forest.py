@@ -42,6 +42,10 @@ FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can
 ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
 
 
+_NUMBERS = {"max_features": (1, True), "min_samples_split": (2, True), "min_samples_leaf": (1, False),
+            "max_samples": (1, True)}  # least count, and whether the fraction 1.0 is allowed
+
+
 class Params(FamilyParams):
     task: Literal["classification", "regression"] | None = Field(
         None, description="what the target is; absent: inferred from the target column")
@@ -60,29 +64,14 @@ class Params(FamilyParams):
 
     @model_validator(mode="after")
     def _check(self) -> Params:
-        checks = [
-            (isinstance(self.max_features, int) and self.max_features < 1, "max_features",
-             "an int must be at least 1"),
-            (isinstance(self.max_features, float) and not 0 < self.max_features <= 1, "max_features",
-             "a fraction must be in (0, 1]"),
-            (isinstance(self.min_samples_split, int) and self.min_samples_split < 2, "min_samples_split",
-             "an int must be at least 2"),
-            (isinstance(self.min_samples_split, float) and not 0 < self.min_samples_split <= 1,
-             "min_samples_split", "a fraction must be in (0, 1]"),
-            (isinstance(self.min_samples_leaf, int) and self.min_samples_leaf < 1, "min_samples_leaf",
-             "an int must be at least 1"),
-            (isinstance(self.min_samples_leaf, float) and not 0 < self.min_samples_leaf < 1,
-             "min_samples_leaf", "a fraction must be in (0, 1)"),
-            (isinstance(self.max_samples, int) and self.max_samples < 1, "max_samples",
-             "an int must be at least 1"),
-            (isinstance(self.max_samples, float) and not 0 < self.max_samples <= 1, "max_samples",
-             "a fraction must be in (0, 1]"),
-            (not self.bootstrap and self.max_samples is not None, "max_samples",
-             "cannot be set with bootstrap: false (every tree then sees every row)"),
-        ]
-        for failed, name, why in checks:
-            if failed:
-                raise ValueError(f"{name} {why}; got {getattr(self, name)!r}")
+        for name, (least, closed) in _NUMBERS.items():  # an int counts, a float is a fraction
+            value = getattr(self, name)
+            if isinstance(value, int) and value < least:
+                raise ValueError(f"{name} as a count must be at least {least}")
+            if isinstance(value, float) and not (0 < value < 1 or (closed and value == 1)):
+                raise ValueError(f"{name} as a fraction must be in (0, 1{']' if closed else ')'}")
+        if not self.bootstrap and self.max_samples is not None:
+            raise ValueError("max_samples cannot be set with bootstrap: false (every tree then sees every row)")
         if self.task:
             _check_task(self, self.task)
         return self
