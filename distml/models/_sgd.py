@@ -83,6 +83,9 @@ def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     out.coef_ = sum(wi * m.coef_ for (m, _), wi in zip(fitted, w))
     out.intercept_ = sum(wi * m.intercept_ for (m, _), wi in zip(fitted, w))
     out.t_ = float(sum(wi * m.t_ for (m, _), wi in zip(fitted, w)))
+    for name in ("_standard_coef", "_standard_intercept", "_average_coef", "_average_intercept"):
+        if getattr(out, name, None) is not None:  # average=True (ASGD): partial_fit resumes from these
+            setattr(out, name, sum(wi * getattr(m, name) for (m, _), wi in zip(fitted, w)))
     return out
 
 
