@@ -88,6 +88,19 @@ def worker_resources(client: Client) -> tuple[int, int, int]:
     return len(workers), threads, min(limits)
 
 
+def memory_headroom(client: Client) -> int:
+    """Bytes the busiest worker can still use before Dask pauses it (60% of its limit), measured now.
+
+    A worker's imports alone (pandas, pyarrow, scikit-learn) take a few hundred
+    MB, so partition sizes come from what is left, not from the limit.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
+        client.scheduler_info()["workers"]
+    room = [int(0.6 * w["memory_limit"]) - int(w.get("metrics", {}).get("memory", 0))
+            for w in workers.values() if w.get("memory_limit")]
+    return max(0, min(room)) if room else 0
+
+
 def _takes_n_workers(client: Client) -> bool:
     import inspect
 
