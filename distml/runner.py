@@ -69,14 +69,19 @@ class _Phases:
             self.log(f"phase {self.current} done in {self.timings[self.current]:.2f}s")
 
 
-def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, worker_memory: int) -> int:
-    """Partition size: the job's setting, else small enough for memory and for every thread to work."""
+def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, headroom: int) -> int:
+    """Partition size: the job's setting, else small enough for memory and for every thread to work.
+
+    A task holds about six copies of its partition at its peak (Arrow table,
+    pandas frame, numpy block, transformed block, a shuffled copy), so a
+    partition gets a sixth of the measured headroom per worker thread.
+    """
     from distml.spec import parse_size
 
     if spec.data.partition_size:
         return parse_size(spec.data.partition_size)
     total = dataset.num_rows * 8 * (len(dataset.features) + 1)
-    limit = DEFAULT_PARTITION_BYTES if not worker_memory else min(DEFAULT_PARTITION_BYTES, worker_memory // 10)
+    limit = DEFAULT_PARTITION_BYTES if not headroom else min(DEFAULT_PARTITION_BYTES, headroom // 6)
     return max(2**20, min(limit, total // max(1, 2 * threads)))
 
 
@@ -150,7 +155,7 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> None:
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
          progress: Progress, log: Log) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
-    from distml.cluster import dashboard_link, worker_resources
+    from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
     from distml.models import FAMILIES
     from distml.store import Store
@@ -164,7 +169,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
         with phases("read"):
             dataset = dataset or open_dataset(spec.data, spec.seed)
             n_workers, threads, memory = worker_resources(client)
-            dataset.partition(partition_bytes(spec, dataset, threads, memory))
+            per_thread = memory_headroom(client) * n_workers // max(1, threads)
+            dataset.partition(partition_bytes(spec, dataset, threads, per_thread))
         fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
                                      (n_workers, threads, memory), progress, log)
         metrics: dict[str, float] = {}
