@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
-TASK_BUDGET = 0.2  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
-WAVE_BUDGET = 0.25  # share of the cluster's memory the samples of one wave may take
+TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
+WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
 ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
 
@@ -181,16 +181,22 @@ def _pick_part(samples: list[Sample], j: int) -> Sample:
 
 
 def _merge_part(pieces: list[Sample], n_classes: int) -> Sample:
-    """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K."""
-    X = np.concatenate([p.X for p in pieces])
-    y = np.concatenate([p.y for p in pieces])
-    counts = None if pieces[0].counts is None else np.concatenate([p.counts for p in pieces])
-    if n_classes:
-        X = np.concatenate([X, np.zeros((n_classes, X.shape[1]), dtype=np.float32)])
-        y = np.concatenate([y, np.arange(n_classes, dtype=np.float64)])
+    """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K.
+
+    Written into preallocated arrays: the peak is the pieces plus one copy, not several.
+    """
+    rows = sum(len(p.y) for p in pieces) + n_classes
+    X = np.zeros((rows, pieces[0].X.shape[1]), dtype=np.float32)
+    y = np.empty(rows, dtype=np.float64)
+    counts = None if pieces[0].counts is None else np.zeros((rows, pieces[0].counts.shape[1]), dtype=np.uint16)
+    at = 0
+    for piece in pieces:
+        X[at:at + len(piece.y)], y[at:at + len(piece.y)] = piece.X, piece.y
         if counts is not None:
-            counts = np.concatenate([counts, np.zeros((n_classes, counts.shape[1]), dtype=np.uint16)])
-    return Sample(np.ascontiguousarray(X), y, counts)
+            counts[at:at + len(piece.y)] = piece.counts
+        at += len(piece.y)
+    y[at:] = np.arange(n_classes)  # the class rows: features 0, count 0
+    return Sample(X, y, counts)
 
 
 def _tree_weights(sample: Sample, spec: TreeSpec, column: int) -> np.ndarray:
