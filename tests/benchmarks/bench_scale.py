@@ -18,7 +18,9 @@ worker memory (re-read from Parquet at every pass).
 Reported side by side: the data/memory ratio (pandas in-memory bytes measured
 by the statistics pass, over the workers' total memory limit), wall time,
 rows/s, each worker's peak RSS (polled with psutil every 0.25 s) and worker
-restarts (distinct worker process ids seen, minus the workers). Prints a table
+restarts (distinct worker process ids seen, minus the workers); rows/s both
+over the whole job and over the data passes alone (stats + train + eval, so
+the fixed cost of starting and saving does not flatter the larger run). Prints a table
 and writes JSON to ``bench-results/``.
 """
 from __future__ import annotations
@@ -94,7 +96,7 @@ def _rss() -> tuple[int, int]:
     return os.getpid(), psutil.Process().memory_info().rss
 
 
-def _case(name: str, folder: Path, memory: str, model: dict, store: Path) -> dict:
+def _case(name: str, folder: Path, memory: str, model: dict, store: Path, partition_size: str) -> dict:
     from distributed import Client, LocalCluster
 
     from distml.runner import run_job
@@ -102,7 +104,8 @@ def _case(name: str, folder: Path, memory: str, model: dict, store: Path) -> dic
     from distml.store import Store
 
     spec = parse_job({"name": f"bench-{name}", "seed": 0,
-                      "data": {"path": str(folder), "target": "label", "missing": "impute"},
+                      "data": {"path": str(folder), "target": "label", "missing": "impute",
+                               "partition_size": partition_size},
                       "model": model, "output": {"store": str(store)}}, "bench")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit=memory, silence_logs=50) as cluster, \
@@ -121,6 +124,8 @@ def _case(name: str, folder: Path, memory: str, model: dict, store: Path) -> dic
         "data_bytes": manifest["data"]["memory_bytes"], "train_block_bytes": manifest["data"]["train_bytes"],
         "data_memory_ratio": round(manifest["data"]["memory_bytes"] / total_memory, 2),
         "persisted": result.persisted, "wall_s": round(wall, 1), "rows_per_s": round(rows / wall),
+        # The data passes alone (statistics, training, evaluation): without the fixed cost of starting and saving.
+        "pass_rows_per_s": round(rows / sum(result.timings.get(p, 0.0) for p in ("stats", "train", "eval"))),
         "timings": result.timings, "accuracy": round(result.metrics["accuracy"], 4),
         "peak_rss_mib": [round(v / 2**20) for v in sorted(watch.peak.values())],
         "worker_restarts": max(0, len(watch.pids) - 2),
@@ -134,6 +139,7 @@ def main() -> None:
     parser.add_argument("--memory", default="512MiB", help="memory limit of each of the 2 workers")
     parser.add_argument("--fits-files", type=int, default=1, help="files of 500k rows in the case that fits")
     parser.add_argument("--epochs", type=int, default=2, help="logistic regression epochs")
+    parser.add_argument("--partition-size", default="16MiB", help="data.partition_size of both jobs")
     parser.add_argument("--forest", action="store_true", help="also train a small forest on both datasets")
     parser.add_argument("--root", default="bench-data", help="where the generated data is kept")
     args = parser.parse_args()
@@ -151,7 +157,7 @@ def main() -> None:
     results = []
     for model in models:
         for name, folder in (("fits", fits), ("larger", larger)):
-            results.append(_case(name, folder, args.memory, model, root / "models"))
+            results.append(_case(name, folder, args.memory, model, root / "models", args.partition_size))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "timings"}), flush=True)
     _print(results)
     out = Path("bench-results")
@@ -164,17 +170,18 @@ def main() -> None:
 
 def _print(results: list[dict]) -> None:
     head = f"{'model':<9}{'case':<8}{'rows':>12}{'data GiB':>10}{'ratio':>7}{'persist':>8}{'wall s':>8}" \
-           f"{'rows/s':>10}{'peak MiB':>12}{'restarts':>9}{'acc':>8}"
+           f"{'rows/s':>10}{'pass r/s':>10}{'peak MiB':>12}{'restarts':>9}{'acc':>8}"
     print(head)
     for r in results:
         print(f"{r['model']:<9}{r['case']:<8}{r['rows']:>12,}{r['data_bytes'] / 2**30:>10.2f}{r['data_memory_ratio']:>7}"
-              f"{'yes' if r['persisted'] else 'no':>8}{r['wall_s']:>8}{r['rows_per_s']:>10,}"
+              f"{'yes' if r['persisted'] else 'no':>8}{r['wall_s']:>8}{r['rows_per_s']:>10,}{r['pass_rows_per_s']:>10,}"
               f"{'/'.join(map(str, r['peak_rss_mib'])):>12}{r['worker_restarts']:>9}{r['accuracy']:>8}")
     by = {(r["model"], r["case"]): r for r in results}
     for model in sorted({r["model"] for r in results}):
         if (model, "fits") in by and (model, "larger") in by:
-            share = by[(model, "larger")]["rows_per_s"] / by[(model, "fits")]["rows_per_s"]
-            print(f"{model}: larger-than-memory throughput is {share:.0%} of the in-memory run")
+            big, small = by[(model, "larger")], by[(model, "fits")]
+            print(f"{model}: larger-than-memory throughput is {big['rows_per_s'] / small['rows_per_s']:.0%} of the "
+                  f"in-memory run ({big['pass_rows_per_s'] / small['pass_rows_per_s']:.0%} counting the data passes only)")
 
 
 if __name__ == "__main__":
