@@ -1,15 +1,13 @@
 """Real parts for tests: a LocalCluster, dask scheduler/worker processes, an S3 server — all on 127.0.0.1."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+import processes
 from distml.synth import make_dataset
 
 BIN = Path(sys.executable).parent
@@ -86,34 +84,8 @@ def s3(moto_server):
 @pytest.fixture
 def dask_processes(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
-    from distributed import Client
-
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen(
-        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-         "--scheduler-file", str(sched_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 30
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file), "--host", "127.0.0.1",
-                 "--nthreads", "1", "--memory-limit", "1GiB", "--no-dashboard"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(scheduler_file=str(sched_file), set_as_default=False, timeout=30) as c:
-            c.wait_for_workers(2, timeout=60)
-            address = c.scheduler.address
+    with processes.dask_processes(tmp_path) as address:
         yield address
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 

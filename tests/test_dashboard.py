@@ -6,11 +6,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from processes import dask_processes
 
 BIN = Path(sys.executable).parent
 ROUTES = ("['distributed.http.scheduler.prometheus', 'distributed.http.scheduler.info', "
@@ -35,32 +35,11 @@ def dashboard_cluster(tmp_path):
     HTTP routes config) and one `dask worker`; yields (scheduler address, dashboard URL)."""
     import os
 
-    from distributed import Client
-
-    port, sched_file = free_port(), tmp_path / "scheduler.json"
+    port = free_port()
     env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": ROUTES}
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--dashboard-address", f"127.0.0.1:{port}", "--scheduler-file", str(sched_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 30
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                       "--host", "127.0.0.1", "--nthreads", "2", "--memory-limit", "1GiB",
-                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(scheduler_file=str(sched_file), set_as_default=False, timeout=30) as c:
-            c.wait_for_workers(1, timeout=60)
-            address = c.scheduler.address
+    with dask_processes(tmp_path, n_workers=1, nthreads=2, env=env,
+                        scheduler_args=("--dashboard-address", f"127.0.0.1:{port}")) as address:
         yield address, f"http://127.0.0.1:{port}"
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_cluster, make_data, job_file,

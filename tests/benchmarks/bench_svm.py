@@ -12,11 +12,15 @@ import json
 import os
 import re
 import tempfile
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared reference split
+from reference import split_frames  # noqa: E402
 
 SEED, HOLDOUT = 0, 0.2
 LAYER = re.compile(r"cascade pass 1 layer 1/\d+: (\d+) sets, ([\d,]+) support vectors, ([\d.]+)s")
@@ -24,15 +28,7 @@ LAYER = re.compile(r"cascade pass 1 layer 1/\d+: (\d+) sets, ([\d,]+) support ve
 
 def split(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training and holdout rows exactly as distml splits them (the benchmark may read rows; distml may not)."""
-    from distml.data import row_draws
-
-    train, test = [], []
-    for path in sorted(folder.glob("*.parquet")):
-        frame = pd.read_parquet(path)
-        u = row_draws(SEED, path.name, np.arange(len(frame), dtype=np.uint64))
-        train.append(frame[u >= HOLDOUT])
-        test.append(frame[u < HOLDOUT])
-    return pd.concat(train, ignore_index=True), pd.concat(test, ignore_index=True)
+    return split_frames(folder, SEED, HOLDOUT)
 
 
 def run_cascade(folder: Path, store: Path, workers: int, chunk_rows: int) -> dict:
