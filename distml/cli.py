@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -51,11 +50,6 @@ class Size(click.ParamType):
         return str(value)
 
 
-def store_option(required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option("--store", "store", default=None, metavar="URL",
-                        help="Model store URL (a folder, file:// or s3://); overrides output.store.")
-
-
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="distml")
 def main() -> None:
@@ -66,7 +60,8 @@ def main() -> None:
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--scheduler", default=None, metavar="ADDR",
               help="Address of a running Dask scheduler (tcp://host:8786); default: an embedded local cluster.")
-@store_option()
+@click.option("--store", default=None, metavar="URL",
+              help="Model store URL (a folder, file:// or s3://); overrides output.store.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Workers of the embedded cluster.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads per embedded worker.")
@@ -193,13 +188,14 @@ def models_list(store: str) -> None:
 @click.argument("uri")
 def models_show(uri: str) -> None:
     """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``)."""
+    from distml.errors import StoreError
     from distml.store import split_uri
 
     st, name, version = split_uri(uri)
     if version is None:
         versions = st.versions(name)
         if not versions:
-            raise DistmlError(f"{uri}: no saved versions of model '{name}'")
+            raise StoreError(f"{uri}: no saved versions of model '{name}'")
         version = versions[-1]
     click.echo(json.dumps(st.read_manifest(name, version), indent=2))
 
