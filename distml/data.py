@@ -82,7 +82,12 @@ class Reader:
         draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
                  for m in members]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-        return table.to_pandas(), np.concatenate(draws)
+        frame = table.to_pandas()
+        del table, tables
+        # Arrow's allocator keeps freed pages; Dask counts them as the worker's memory and pauses a
+        # small worker that is only holding garbage. Hand them back after every read.
+        pa.default_memory_pool().release_unused()
+        return frame, np.concatenate(draws)
 
     def _table(self, fs: Any, piece: Piece) -> pa.Table:
         import pyarrow.parquet as pq
