@@ -177,11 +177,24 @@ class PartSource:
     drop_nulls: bool = False  # missing: drop (rows with a null target are always dropped)
 
     def load(self) -> Block:
+        """This source's split of the partition."""
+        frame, draws = self._read()
+        return self._block(frame, draws, self.split)
+
+    def load_both(self) -> tuple[Block, Block]:
+        """The partition's training and holdout blocks from one read."""
+        frame, draws = self._read()
+        return self._block(frame, draws, "train"), self._block(frame, draws, "holdout")
+
+    def _read(self) -> tuple[pd.DataFrame, np.ndarray]:
         frame, draws = self.reader.read(self.piece)
         keep = _used_rows(frame, self.reader.columns[-1], list(self.reader.columns[:-1]), self.drop_nulls)
         if not keep.all():
             frame, draws = frame[keep], draws[keep]
-        if self.split == "train":
+        return frame, draws
+
+    def _block(self, frame: pd.DataFrame, draws: np.ndarray, split: str) -> Block:
+        if split == "train":
             keep = draws >= self.holdout
             u = (draws[keep] - self.holdout) / (1.0 - self.holdout)
         else:
@@ -197,6 +210,14 @@ class PartSource:
 
 def _load_part(source: PartSource) -> Block:
     return source.load()
+
+
+def _load_both_part(source: PartSource) -> tuple[Block, Block]:
+    return source.load_both()
+
+
+def _pick_part(blocks: tuple[Block, Block], index: int) -> Block:
+    return blocks[index]
 
 
 # --- runs on the client ------------------------------------------------------
@@ -357,8 +378,16 @@ def _notes(dataset: Dataset, stats: PartStats, columns: ColumnPlan) -> list[str]
 
 
 def persist(parts: Partitions, client: Client, job_id: str) -> Partitions:
-    """Load every training block into cluster memory once, for multi-pass trainers."""
+    """Hold every partition's training and holdout blocks in cluster memory, each partition read once.
+
+    Multi-pass trainers then read memory, not Parquet, and evaluation needs no
+    further read either.
+    """
     from distml.tasks import task_key
 
-    futures = [client.submit(_load_part, s, key=task_key("load", job_id, i)) for i, s in enumerate(parts.train)]
-    return replace(parts, train=futures, persisted=True)
+    both = [client.submit(_load_both_part, s, key=task_key("load", job_id, i)) for i, s in enumerate(parts.train)]
+    # The picks share the loaded blocks (no copy); once they ran, the pairs are released.
+    train = [client.submit(_pick_part, b, 0, key=task_key("load", job_id, "train", i)) for i, b in enumerate(both)]
+    holdout = [client.submit(_pick_part, b, 1, key=task_key("load", job_id, "holdout", i))
+               for i, b in enumerate(both)] if parts.holdout else []
+    return replace(parts, train=train, holdout=holdout, persisted=True)

@@ -179,6 +179,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
             with phases("eval"):
                 metrics = evaluate(fitted, parts.holdout, client, job_id, plan.classes)
+            if parts.persisted:
+                client.cancel(parts.holdout)
         with phases("save"):
             from sklearn.pipeline import Pipeline
 
@@ -215,13 +217,15 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
                              encoding=getattr(family, "ENCODING", "onehot"), log=log)
     parts = plan.parts
-    block_bytes = plan.train_bytes  # measured by the statistics pass: rows kept x transformed width + targets
+    # Measured by the statistics pass (rows kept x transformed width + targets); persisting holds the
+    # holdout blocks too, so evaluation needs no further read.
+    block_bytes = int(plan.train_bytes * (1 + parts.holdout_rows / max(1, parts.train_rows)))
     share = f"{block_bytes / 2**20:.0f} MiB of {memory * n_workers / 2**20:.0f} MiB cluster memory"
     if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
-        log(f"training blocks take {share} (measured): persisting them in cluster memory")
+        log(f"training and holdout blocks take {share} (measured): persisting them in cluster memory")
         parts = persist(parts, client, job_id)
     else:
-        log(f"training blocks take {share} (measured): re-reading Parquet at every pass")
+        log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     y_moments = plan.stats.target_moments
     ctx = TrainContext(
         client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
