@@ -158,11 +158,8 @@ class Block:
     u: np.ndarray  # in [0, 1), independent of partitioning; families carve validation slices from it
 
     def load(self) -> Block:
+        """A block held in cluster memory is its own source."""
         return self
-
-    @property
-    def nbytes(self) -> int:
-        return self.X.nbytes + self.y.nbytes + self.u.nbytes
 
 
 @dataclass(frozen=True)

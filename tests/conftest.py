@@ -1,8 +1,6 @@
 """Real parts for tests: a LocalCluster, dask scheduler/worker processes, an S3 server — all on 127.0.0.1."""
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,6 @@ import pytest
 import processes
 from distml.synth import make_dataset
 
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +100,5 @@ def job_file(tmp_path):
         return path
 
     return write
-
-
-def have(binary: str) -> bool:
-    return shutil.which(binary) is not None or (BIN / binary).exists()
 
 
