@@ -9,7 +9,6 @@ import processes
 from distml.synth import make_dataset
 
 
-
 @pytest.fixture(scope="session")
 def cluster():
     """Two single-threaded worker processes with enforced memory limits."""
