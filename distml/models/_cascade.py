@@ -5,8 +5,9 @@ is the row's uniform draw, so chunks are stratified by construction and do not
 depend on how the files are partitioned. Each partition's block is cut into
 its chunk pieces on its worker (``_cut_part``); a first-layer task gathers one
 chunk's pieces (at most ``chunk_rows`` rows), fits an ``SVC`` and keeps only
-the support vectors. Support-vector sets are merged pairwise in a binary tree
-and refitted until one SVC remains.
+the support vectors. Support-vector sets are merged three at a time (Graf's
+tree with a fan-in of 3 rather than 2: fewer sequential layers) and refitted
+until one SVC remains.
 
 Feedback passes. The final SVs go back to every first-layer task, which keeps
 only the rows of its chunk that violate the final model's KKT conditions
