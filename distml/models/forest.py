@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
+from distml.data import GOLDEN, mix_uniform
 from distml.errors import DataError
 from distml.models.base import FamilyParams, Task, TrainContext
 
@@ -94,8 +95,6 @@ def task(params: Params) -> Task | None:
 
 # --- runs on workers ---------------------------------------------------------
 
-_MULT1, _MULT2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -132,11 +131,7 @@ class TreeSpec:
 def _tree_uniforms(bits: np.ndarray, seed: int) -> np.ndarray:
     """A uniform draw per (row, tree) from the row's own draw and the tree's seed (splitmix64)."""
     with np.errstate(over="ignore"):
-        x = bits + np.uint64(seed) * _GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * _MULT1
-        x = (x ^ (x >> np.uint64(27))) * _MULT2
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        return mix_uniform(bits + np.uint64(seed) * GOLDEN)
 
 
 def _poisson(v: np.ndarray, rate: float) -> np.ndarray:
