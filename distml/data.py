@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distml.errors import DataError
+from distml.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,7 +266,7 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
     except Exception as exc:  # pyarrow and fsspec raise many types for a bad file
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     size = int(fs.size(path) or 0)
@@ -302,7 +302,7 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
     except DataError:
         raise
     except Exception as exc:  # credentials, endpoint, permissions: name the URL, not the secret
-        raise DataError(f"{spec.path}: cannot list the dataset ({type(exc).__name__}: {_short(exc)})") from None
+        raise DataError(f"{spec.path}: cannot list the dataset ({type(exc).__name__}: {first_line(exc)})") from None
     base = _root_folder(fs, root)
     keys = [posixpath.relpath(p, base) for p in paths]
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
@@ -319,11 +319,6 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
                    spec.target, features, spec.holdout, seed, missing=spec.missing,
                    impute_strategy=spec.impute_strategy, max_categories=spec.max_categories,
                    rare_categories=spec.rare_categories, arrow_schema=arrow_schema)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
 
 
 def _reconcile(urls: list[str], schemas: list[pa.Schema]) -> pa.Schema:

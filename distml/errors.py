@@ -6,6 +6,12 @@ turns it into output.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to ``limit``: enough for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 class DistmlError(Exception):
     """Base error: a one-line message and the exit status the CLI uses."""
 

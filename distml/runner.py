@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from distml.errors import DistmlError, JobCancelled, JobFailed
+from distml.errors import DistmlError, JobCancelled, JobFailed, first_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -199,7 +199,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     except DistmlError:
         raise
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
     return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
                      {"feature_importances": importances} if importances else {})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from distml.errors import StoreError
+from distml.errors import StoreError, first_line
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -57,7 +57,7 @@ class Store:
         try:
             return fsspec.core.url_to_fs(self.url, **self.storage_options)
         except Exception as exc:
-            raise StoreError(f"{self.url}: cannot open the store ({type(exc).__name__}: {_first_line(exc)})") from None
+            raise StoreError(f"{self.url}: cannot open the store ({type(exc).__name__}: {first_line(exc)})") from None
 
     def uri(self, *parts: str) -> str:
         return posixpath.join(self.url.rstrip("/"), *parts)
@@ -73,7 +73,7 @@ class Store:
             fs.rm(probe)
         except Exception as exc:
             raise StoreError(f"{self.url}: the store cannot be written ({type(exc).__name__}: "
-                             f"{_first_line(exc)})") from None
+                             f"{first_line(exc)})") from None
 
     def save(self, name: str, pipeline: Pipeline, manifest: dict[str, Any],
              extra_files: dict[str, bytes] | None = None) -> str:
@@ -102,10 +102,10 @@ class Store:
             if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):  # S3's create-only refusal
                 raise StoreError(f"{self.uri(name, version)}: version already exists; refusing to overwrite") from None
             raise StoreError(f"{self.uri(name, version)}: cannot write the model "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from None
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
         except Exception as exc:
             raise StoreError(f"{self.uri(name, version)}: cannot write the model "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from None
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
         return self.uri(name, version)
 
     def versions(self, name: str) -> list[str]:
@@ -147,11 +147,6 @@ class Store:
             raise StoreError(f"{self.uri(name, version, filename)}: sha256 does not match the manifest; "
                              "the file was changed or corrupted")
         return payload
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _check_name(name: str) -> None:

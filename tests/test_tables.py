@@ -16,7 +16,7 @@ from distml.encoding import QuantileSketch, hll_count, merge_counts, summarize_c
 from distml.errors import DataError
 from distml.features import plan_features
 from distml.runner import run_job
-from distml.spec import parse_job
+from distml.spec import DataSpec, parse_job
 from distml.synth import make_table
 
 FEATURES = ["x0", "x1", "x2", "x3", "color", "city", "flag"]
@@ -255,3 +255,14 @@ def test_category_summaries_stay_bounded_and_count_distinct_values():
     values = np.random.default_rng(0).lognormal(size=50_000) - 1.0
     sketch = QuantileSketch.of(values[:20_000]).merge(QuantileSketch.of(values[20_000:]))
     assert sketch.quantile(0.5) == pytest.approx(np.median(values), rel=0.03)
+
+
+def test_dataset_frame_is_a_lazy_dask_dataframe_of_the_same_rows(make_data, client):
+    folder, _ = make_data("classification", rows=20_000, features=6, files=3)
+    dataset = open_dataset(DataSpec(path=str(folder), target="target"), seed=0)
+    dataset.partition(2**20)
+    frame = dataset.frame()
+    assert frame.npartitions == len(dataset.pieces)
+    counted = client.compute(frame.map_partitions(len).sum()).result()  # only a count comes back
+    assert counted == 20_000
+    assert list(frame.columns) == dataset.features + ["target"]
