@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from distml.errors import JobCancelled, StoreError
+from distml.errors import JobCancelled, StoreError, first_line
 
 JOBS_DIR = "_jobs"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -50,12 +50,9 @@ class JobRecords:
 
     def _fs(self) -> tuple[Any, str]:
         if self._fs_root is None:
-            import fsspec
+            from distml.store import Store
 
-            try:
-                fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-            except Exception as exc:
-                raise StoreError(f"{self.url}: cannot open the store ({type(exc).__name__}: {exc})") from None
+            fs, root = Store(self.url, self.storage_options).filesystem()
             self._fs_root = fs, posixpath.join(root, JOBS_DIR)
         return self._fs_root
 
@@ -82,9 +79,8 @@ class JobRecords:
             else:
                 fs.pipe_file(path, body)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise StoreError(f"{self.uri(record['job_id'])}: cannot write the job record "
-                             f"({type(exc).__name__}: {first})") from None
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
 
     def read(self, job_id: str) -> dict[str, Any]:
         fs, _ = self._fs()

@@ -51,7 +51,8 @@ class Store:
     url: str
     storage_options: dict[str, Any]
 
-    def _fs(self) -> tuple[Any, str]:
+    def filesystem(self) -> tuple[Any, str]:
+        """The fsspec filesystem and the store's root path in it."""
         import fsspec
 
         try:
@@ -64,7 +65,7 @@ class Store:
 
     def check_writable(self) -> None:
         """Fail before training if the store cannot be written (bad URL, bucket, credentials)."""
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         probe = posixpath.join(root, f".distml-probe-{secrets.token_hex(4)}")
         try:
             fs.makedirs(root, exist_ok=True)
@@ -82,7 +83,7 @@ class Store:
 
         _check_name(name)
         version = new_version()
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         prefix = posixpath.join(root, name, version)
         files = {MODEL: sio.dumps(pipeline), **(extra_files or {})}
         digests = {}
@@ -111,13 +112,13 @@ class Store:
     def versions(self, name: str) -> list[str]:
         """Complete versions of a model (those with a manifest), oldest first."""
         _check_name(name)
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         found = fs.glob(posixpath.join(root, name, "*", MANIFEST))
         return sorted(v for v in (posixpath.basename(posixpath.dirname(p)) for p in found) if VERSION.match(v))
 
     def models(self) -> list[str]:
         """Names of the models in the store."""
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         try:
             found = fs.glob(posixpath.join(root, "*", "*", MANIFEST))
         except FileNotFoundError:
@@ -125,7 +126,7 @@ class Store:
         return sorted({posixpath.basename(posixpath.dirname(posixpath.dirname(p))) for p in found})
 
     def read_manifest(self, name: str, version: str) -> dict[str, Any]:
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         path = posixpath.join(root, name, version, MANIFEST)
         try:
             with fs.open(path, "rb") as f:
@@ -137,7 +138,7 @@ class Store:
 
     def read_verified(self, name: str, version: str, filename: str, manifest: dict[str, Any]) -> bytes:
         """Read one file of a version and check it against the manifest's sha256."""
-        fs, root = self._fs()
+        fs, root = self.filesystem()
         expected = manifest.get("files", {}).get(filename, {}).get("sha256")
         if expected is None:
             raise StoreError(f"{self.uri(name, version)}: the manifest lists no {filename}")
