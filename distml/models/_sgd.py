@@ -76,16 +76,16 @@ class SGDSchedule:
 
 def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     """Row-weighted average of the lanes' coefficients, in lane order (deterministic)."""
-    fitted = list(zip(models, weights))
-    w = np.array(weights, dtype=np.float64)
-    w /= w.sum()
-    out = copy.deepcopy(fitted[0][0])
-    out.coef_ = sum(wi * m.coef_ for (m, _), wi in zip(fitted, w))
-    out.intercept_ = sum(wi * m.intercept_ for (m, _), wi in zip(fitted, w))
-    out.t_ = float(sum(wi * m.t_ for (m, _), wi in zip(fitted, w)))
+    w = np.array(weights, dtype=np.float64) / sum(weights)
+
+    def mix(name: str) -> Any:
+        return sum(wi * getattr(m, name) for m, wi in zip(models, w))
+
+    out = copy.deepcopy(models[0])
+    out.coef_, out.intercept_, out.t_ = mix("coef_"), mix("intercept_"), float(mix("t_"))
     for name in ("_standard_coef", "_standard_intercept", "_average_coef", "_average_intercept"):
         if getattr(out, name, None) is not None:  # average=True (ASGD): partial_fit resumes from these
-            setattr(out, name, sum(wi * getattr(m, name) for (m, _), wi in zip(fitted, w)))
+            setattr(out, name, mix(name))
     return out
 
 
