@@ -167,15 +167,18 @@ def _max_support_vectors(params: Params, ctx: TrainContext) -> int:
     return max(1000, (ctx.worker_memory // 4 - 200 * 2**20) // row_bytes)
 
 
+def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
+    """Chunks cut in one read pass: their pieces may take a quarter of the cluster's memory."""
+    if not ctx.worker_memory:
+        return n_chunks
+    budget = ctx.worker_memory * ctx.n_workers // 4 // (8 * (ctx.n_features + 2))
+    return max(1, min(n_chunks, max(ctx.max_in_flight, budget // params.chunk_rows)))
+
+
 def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights: Any) -> BaseEstimator:
     n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
-    row_bytes = 8 * (ctx.n_features + 2)
-    if ctx.worker_memory:  # pieces of one group of chunks may take a quarter of the cluster's memory
-        budget = ctx.worker_memory * ctx.n_workers // 4 // row_bytes
-        group = min(n_chunks, max(ctx.max_in_flight, budget // params.chunk_rows))
-    else:
-        group = n_chunks
-    plan = CascadePlan(n_chunks, params.chunk_rows, max(1, group), _max_support_vectors(params, ctx),
+    group = _chunks_per_read(n_chunks, params, ctx)
+    plan = CascadePlan(n_chunks, params.chunk_rows, group, _max_support_vectors(params, ctx),
                        params.max_passes, params.feedback_tol)
     svc = {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
            "coef0": params.coef0, "tol": params.tol, "class_weight": weights}
