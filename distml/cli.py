@@ -50,6 +50,38 @@ class Size(click.ParamType):
         return str(value)
 
 
+class StorageOption(click.ParamType):
+    """``KEY=VALUE``, one fsspec option for an s3:// store; a dotted key nests (``client_kwargs.region_name=…``)."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, raw = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail("expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000", param, ctx)  # no echo: a secret
+        return key.strip(), {"true": True, "false": False}.get(raw.lower(), raw)  # other values stay strings
+
+
+def storage_options(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """``-o`` pairs as the nested dict fsspec takes (the same shape as a job file's ``storage_options``)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+storage_option = click.option(
+    "-o", "--storage-option", "options", type=StorageOption(), multiple=True, metavar="KEY=VALUE",
+    help="fsspec option for an s3:// store, repeatable (endpoint_url=URL, key=…, secret=…, "
+         "client_kwargs.region_name=…); without it credentials come from the usual AWS environment variables.")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="distml")
 def main() -> None:
@@ -168,11 +200,12 @@ def models() -> None:
 
 @models.command("list")
 @click.argument("store", default="./models")
-def models_list(store: str) -> None:
+@storage_option
+def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
     """List the models and versions in STORE."""
     from distml.store import Store
 
-    st = Store(store, {})
+    st = Store(store, storage_options(options))
     names = st.models()
     if not names:
         click.echo(f"no models in {store}", err=True)
@@ -186,12 +219,13 @@ def models_list(store: str) -> None:
 
 @models.command("show")
 @click.argument("uri")
-def models_show(uri: str) -> None:
+@storage_option
+def models_show(uri: str, options: tuple[tuple[str, Any], ...]) -> None:
     """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``)."""
     from distml.errors import StoreError
     from distml.store import split_uri
 
-    st, name, version = split_uri(uri)
+    st, name, version = split_uri(uri, storage_options(options))
     if version is None:
         versions = st.versions(name)
         if not versions:
@@ -200,10 +234,11 @@ def models_show(uri: str) -> None:
     click.echo(json.dumps(st.read_manifest(name, version), indent=2))
 
 
-jobs_store_option = click.option(
-    "--store", default="./models", envvar="DISTML_STORE", show_default=True, metavar="URL",
-    help="Model store holding the job records in _jobs/ (env DISTML_STORE); s3:// credentials come "
-         "from the usual AWS environment variables.")
+def jobs_store_option(command: Any) -> Any:
+    """``--store`` and ``-o`` for the job commands, which read the records in the store's ``_jobs/``."""
+    command = storage_option(command)
+    return click.option("--store", default="./models", envvar="DISTML_STORE", show_default=True, metavar="URL",
+                        help="Model store holding the job records in _jobs/ (env DISTML_STORE).")(command)
 
 
 @main.group(cls=Group)
@@ -211,29 +246,28 @@ def jobs() -> None:
     """List, follow, cancel and wait for jobs (their records live in <store>/_jobs/)."""
 
 
-def _records(store: str) -> Any:
+def _records(store: str, options: tuple[tuple[str, Any], ...]) -> Any:
     from distml.jobs import JobRecords
 
-    return JobRecords(store)
+    return JobRecords(store, storage_options(options))
 
 
-def _look(store: str, job_id: str) -> dict[str, Any]:
+def _look(records: Any, job_id: str) -> dict[str, Any]:
     """A job's record, closed as failed first if its driver is gone."""
     from distml.service import reconcile
 
-    records = _records(store)
     return reconcile(records, records.read(job_id))
 
 
 @jobs.command("list")
 @jobs_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the records (without their events) as JSON.")
-def jobs_list(store: str, as_json: bool) -> None:
+def jobs_list(store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -> None:
     """List the jobs recorded in the store, oldest first."""
     from distml.jobs import elapsed
     from distml.service import reconcile
 
-    records = _records(store)
+    records = _records(store, options)
     found = [reconcile(records, r) for r in records.list()]
     if as_json:
         click.echo(json.dumps([{k: v for k, v in r.items() if k != "events"} for r in found], indent=2))
@@ -250,11 +284,11 @@ def jobs_list(store: str, as_json: bool) -> None:
 @click.argument("job_id")
 @jobs_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record (without its events) as JSON.")
-def jobs_status(job_id: str, store: str, as_json: bool) -> None:
+def jobs_status(job_id: str, store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -> None:
     """Show a job's state, phase, progress, elapsed time and dashboard link."""
     from distml.jobs import elapsed
 
-    r = _look(store, job_id)
+    r = _look(_records(store, options), job_id)
     if as_json:
         click.echo(json.dumps({k: v for k, v in r.items() if k != "events"}, indent=2))
         return
@@ -273,13 +307,13 @@ def jobs_status(job_id: str, store: str, as_json: bool) -> None:
 @click.argument("job_id")
 @jobs_store_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events until the job ends.")
-def jobs_logs(job_id: str, store: str, follow: bool) -> None:
+def jobs_logs(job_id: str, store: str, options: tuple[tuple[str, Any], ...], follow: bool) -> None:
     """Print the job's events with their times: phases, epochs, losses, warnings."""
     from distml.jobs import TERMINAL
 
-    shown = 0
+    records, shown = _records(store, options), 0
     while True:
-        r = _look(store, job_id)
+        r = _look(records, job_id)
         for when, message in r.get("events", [])[shown:]:
             click.echo(f"{when}  {message}")
         shown = len(r.get("events", []))
@@ -291,11 +325,11 @@ def jobs_logs(job_id: str, store: str, follow: bool) -> None:
 @jobs.command("cancel")
 @click.argument("job_id")
 @jobs_store_option
-def jobs_cancel(job_id: str, store: str) -> None:
+def jobs_cancel(job_id: str, store: str, options: tuple[tuple[str, Any], ...]) -> None:
     """Cancel a queued or running job: its tasks stop on the cluster and no model is saved."""
     from distml.service import cancel
 
-    r = cancel(_records(store), job_id)
+    r = cancel(_records(store, options), job_id)
     click.echo(f"job {job_id} {r['state']}" + (f": {r['error']}" if r.get("error") else ""))
 
 
@@ -303,12 +337,12 @@ def jobs_cancel(job_id: str, store: str) -> None:
 @click.argument("job_id")
 @jobs_store_option
 @click.option("--timeout", type=click.FloatRange(0), default=None, help="Give up after this many seconds.")
-def jobs_wait(job_id: str, store: str, timeout: float | None) -> None:
+def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], timeout: float | None) -> None:
     """Wait for a job to end; exit 0 if it succeeded, 1 if it failed or was cancelled."""
     from distml.errors import JobCancelled, JobFailed
     from distml.service import wait
 
-    r = wait(_records(store), job_id, timeout)
+    r = wait(_records(store, options), job_id, timeout)
     if r["state"] == "succeeded":
         click.echo(r["model"])
     elif r["state"] == "cancelled":

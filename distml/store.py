@@ -155,14 +155,14 @@ def _check_name(name: str) -> None:
         raise StoreError(f"model name {name!r} is not valid; expected lowercase letters, digits and dashes")
 
 
-def split_uri(uri: str) -> tuple[Store, str, str | None]:
+def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Store, str, str | None]:
     """``<store>/<name>[/<version>]`` -> (store, name, version or None for the latest)."""
     trimmed = uri.rstrip("/")
     head, last = posixpath.split(trimmed)
     if VERSION.match(last):
         store_url, name = posixpath.split(head)
-        return Store(store_url, {}), name, last
-    return Store(head, {}), last, None
+        return Store(store_url, storage_options or {}), name, last
+    return Store(head, storage_options or {}), last, None
 
 
 def load_model(uri: str, storage_options: dict[str, Any] | None = None) -> Pipeline:
@@ -183,8 +183,7 @@ def load_model(uri: str, storage_options: dict[str, Any] | None = None) -> Pipel
     """
     import skops.io as sio
 
-    store, name, version = split_uri(uri)
-    store = Store(store.url, storage_options or {})
+    store, name, version = split_uri(uri, storage_options)
     _check_name(name)
     if version is None:
         versions = store.versions(name)

@@ -114,6 +114,18 @@ def test_s3_data_and_store_round_trip_and_no_secret_leaks(client, tmp_path, smal
     pipeline = load_model(uri, storage_options=opts)
     raw = pd.read_parquet(small[1])
     assert (pipeline.predict(raw.drop(columns=["target"])) == raw["target"]).mean() > 0.8
+    # the read-side commands reach the same store with -o options, no AWS environment needed
+    o = ["-o", f"key={opts['key']}", "-o", f"secret={opts['secret']}", "-o",
+         f"client_kwargs.endpoint_url={s3['endpoint']}", "-o", "client_kwargs.region_name=us-east-1"]
+    listed = CliRunner().invoke(main, ["models", "list", f"s3://{s3['bucket']}/models", *o])
+    assert listed.exit_code == 0 and listed.stdout.startswith(f"{spec.name}  {uri.rsplit('/', 1)[-1]}  "), listed.output
+    shown = CliRunner().invoke(main, ["models", "show", uri, *o])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["job"]["output"]["storage_options"]["secret"] == "***"
+    jobs = CliRunner().invoke(main, ["jobs", "list", "--store", f"s3://{s3['bucket']}/models", "--json", *o])
+    assert jobs.exit_code == 0 and [r["state"] for r in json.loads(jobs.stdout)] == ["succeeded"], jobs.output
+    assert SECRET not in listed.output + shown.output + jobs.output
+    bad = CliRunner().invoke(main, ["models", "list", f"s3://{s3['bucket']}/models", "-o", opts["secret"]])
+    assert bad.exit_code == 2 and "expected KEY=VALUE" in bad.stderr and opts["secret"] not in bad.stderr
 
 
 def test_wrong_store_credentials_fail_before_training_without_echoing_them(tmp_path, small, s3):
