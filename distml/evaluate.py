@@ -38,8 +38,16 @@ class RegressionSums:
     sae: float
 
 
-def _scores(model: Any, X: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Class probabilities if the model has them, and a binary score in [0, 1] for the AUC."""
+def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Predicted labels, class probabilities if the model has them, and a binary score in [0, 1] for the AUC.
+
+    A binary ``SVC`` without probabilities predicts the sign of its decision
+    function (libsvm's vote between two classes), so its labels are taken from
+    the decision values already computed for the AUC: one pass over the
+    support vectors instead of two, half of a kernel SVM's evaluation time.
+    """
+    from sklearn.svm import SVC
+
     proba = None
     if hasattr(model, "predict_proba"):
         try:
@@ -47,12 +55,15 @@ def _scores(model: Any, X: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | 
         except AttributeError:  # e.g. SVC(probability=False), hinge-loss SGD
             proba = None
     if proba is not None:
-        return proba, proba[:, 1] if proba.shape[1] == 2 else None
+        return model.predict(X), proba, proba[:, 1] if proba.shape[1] == 2 else None
     if hasattr(model, "decision_function"):
         decision = model.decision_function(X)
         if decision.ndim == 1:
-            return None, 1.0 / (1.0 + np.exp(-np.clip(decision, -500, 500)))
-    return None, None
+            score = 1.0 / (1.0 + np.exp(-np.clip(decision, -500, 500)))
+            if isinstance(model, SVC):
+                return model.classes_[(decision > 0).astype(np.int64)], None, score
+            return model.predict(X), None, score
+    return model.predict(X), None, None
 
 
 def _metrics_part(source: Any, model: Any, classes: np.ndarray | None) -> ClassificationSums | RegressionSums:
@@ -70,9 +81,8 @@ def _metrics_part(source: Any, model: Any, classes: np.ndarray | None) -> Classi
     if not len(y):
         return ClassificationSums(confusion, 0.0, hist)
     true_idx = np.searchsorted(classes, y)
-    pred_idx = np.searchsorted(classes, model.predict(X))
-    np.add.at(confusion, (true_idx, pred_idx), 1)
-    proba, score = _scores(model, X)
+    pred, proba, score = predictions(model, X)
+    np.add.at(confusion, (true_idx, np.searchsorted(classes, pred)), 1)
     log_loss = float("nan")
     if proba is not None:
         log_loss = float(-np.log(np.clip(proba[np.arange(len(y)), true_idx], 1e-15, 1.0)).sum())

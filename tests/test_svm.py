@@ -174,3 +174,17 @@ def test_data_that_cannot_train_fails_early_with_one_line_and_no_artifact(client
         run_job(job, client)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "models" / "svm-bad").exists()
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes):
+    from sklearn.svm import SVC
+
+    from distml.evaluate import predictions
+    from distml.synth import make_nonlinear_rows
+
+    X, y = make_nonlinear_rows(3_000, 8, classes, seed=1, stream=0)
+    model = SVC(gamma=0.1).fit(X[:2_000], y[:2_000])
+    pred, proba, score = predictions(model, X[2_000:])
+    np.testing.assert_array_equal(pred, model.predict(X[2_000:]))
+    assert proba is None and (score is not None) == (classes == 2)
