@@ -87,9 +87,12 @@ def test_same_seed_gives_identical_support_vectors_however_chunks_are_read(clien
     from distml.models import svm
 
     folder = nonlinear(6_000, 3)
-    models = [load_model(run_job(svm_job(folder, tmp_path / "0", chunk_rows=1000), client).uri)[-1]]
+    params = {"chunk_rows": 1000, "feedback_tol": 0.0, "max_passes": 3}  # every violator is refitted
+    events: list[str] = []
+    models = [load_model(run_job(svm_job(folder, tmp_path / "0", **params), client, log=events.append).uri)[-1]]
+    assert any("refitted with" in e for e in events), events
     monkeypatch.setattr(svm, "_chunks_per_read", lambda n_chunks, params, ctx: 2)  # as when memory is short
-    models.append(load_model(run_job(svm_job(folder, tmp_path / "1", chunk_rows=1000), client).uri)[-1])
+    models.append(load_model(run_job(svm_job(folder, tmp_path / "1", **params), client).uri)[-1])
     assert len(models[0].support_vectors_) > 0
     np.testing.assert_array_equal(models[0].support_vectors_, models[1].support_vectors_)
     np.testing.assert_array_equal(models[0].dual_coef_, models[1].dual_coef_)

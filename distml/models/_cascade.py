@@ -67,13 +67,13 @@ class SVSet:
         return len(self.ids)
 
 
-def _concat(sets: list[SVSet], dropped: int = 0) -> SVSet:
+def _concat(sets: list[SVSet]) -> SVSet:
     """Union of row sets, deduplicated and ordered by id (so row order never depends on scheduling)."""
     ids = np.concatenate([s.ids for s in sets])
     ids, first = np.unique(ids, return_index=True)
     X = np.concatenate([s.X for s in sets])[first]
     y = np.concatenate([s.y for s in sets])[first]
-    return SVSet(X, y, ids, dropped=dropped + sum(s.dropped for s in sets))
+    return SVSet(X, y, ids, dropped=sum(s.dropped for s in sets))
 
 
 def _cut_part(source: Any, n_chunks: int, lo: int, hi: int) -> list[SVSet]:
@@ -235,7 +235,9 @@ def _final_fit_part(final: SVSet, svc_params: dict[str, Any]) -> SVC:
 
 # --- runs on the client ------------------------------------------------------
 
-FAN_IN = 3  # sets merged per fit: at 40k rows, 12.0 s of training against 14.4 s for pairs (2) and 12.4 s for all (9)
+# Sets merged per fit, and at most this many sets screen for the top layer. At 50k rows: 10.3 s of
+# training with pairs (2, one more sequential layer), about 7 s with 3 or 4 (4 leaves twice the violators).
+FAN_IN = 3
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,9 @@ class Cascade:
                                      for j, f in enumerate(sets)])
         return sum(n for n, _ in counts), sum(d for _, d in counts)
 
+    def _ids(self, svs: Any, pas: int) -> np.ndarray:
+        return self.client.submit(operator.attrgetter("ids"), svs, key=self.ctx.key("size", pas, "ids")).result()
+
     def _progress(self, pas: int, step: int, steps: int, message: str, started: float) -> None:
         self.ctx.log(f"cascade pass {pas} {message}, {time.perf_counter() - started:.2f}s")
         self.ctx.report("train", min(0.99, (pas - 1 + step / steps) / self.plan.max_passes))
@@ -344,7 +349,8 @@ class Cascade:
         for depth, layer in enumerate(layers, start=1):
             total, dropped = self._sizes(f"l{depth}", layer)  # dropped rows are carried up the tree
             self._progress(1, depth, steps, f"layer {depth}/{steps}: {len(layer)} sets, {total:,} support vectors"
-                           + (f" ({dropped} rows over chunk_rows left out)" if dropped else ""), started)
+                           + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else ""),
+                           started)
         if len(below) == 1:
             return below[0], total
         candidates = self._per_partition("screen", 1, _screen_part, below)
@@ -359,7 +365,6 @@ class Cascade:
         """Pass 1, then feedback passes until converged; returns the fitted ``SVC``."""
         plan, ctx, client = self.plan, self.ctx, self.client
         final, n_sv = self._pass_one()
-        ids = client.submit(operator.attrgetter("ids"), final, key=ctx.key("size", 1, "ids")).result()
         for pas in range(2, plan.max_passes + 1):
             started = time.perf_counter()
             violators = self._per_partition("kkt", pas, _kkt_part, final, 2.0 * self.svc["tol"])
@@ -368,10 +373,10 @@ class Cascade:
             if n_bad <= plan.feedback_tol * n_sv:  # each violator would join the SVs: the set is settled
                 ctx.log(f"cascade converged after pass {pas}: {n_bad:,} rows violate the margins of {n_sv:,} SVs")
                 break
+            ids = self._ids(final, pas - 1)  # the SVs' draws: ids only, never rows, reach the client
             final = client.submit(_refit_part, final, violators, self.svc, plan.limit, key=ctx.key("refit", pas))
-            new_ids = client.submit(operator.attrgetter("ids"), final, key=ctx.key("size", pas, "ids")).result()
-            changed = len(np.setxor1d(ids, new_ids))
-            ids, n_sv = new_ids, len(new_ids)
+            new_ids = self._ids(final, pas)
+            changed, n_sv = len(np.setxor1d(ids, new_ids)), len(new_ids)
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
                            f"{changed:,} changed", started)
             if changed <= plan.feedback_tol * n_sv:

@@ -47,7 +47,8 @@ class Params(FamilyParams):
     probability: bool = False
     chunk_rows: int = Field(5000, ge=2, le=10_000_000, description="rows per first-layer SVC (cascade)")
     max_passes: int = Field(2, ge=1, le=50, description="cascade passes: the first and its feedback passes")
-    feedback_tol: float = Field(0.01, ge=0.0, le=1.0, description="stop once fewer SVs than this fraction change")
+    feedback_tol: float = Field(0.01, ge=0.0, le=1.0, description="stop once fewer rows than this fraction of "
+                                "the SVs violate their margins, or change in a refit")
     max_support_vectors: int | None = Field(None, ge=1, description="default: sized from worker memory")
     approximation: Literal["nystroem", "rbf_sampler"] | None = None
     n_components: int = Field(300, ge=1, le=20_000, description="kernel approximation features")
