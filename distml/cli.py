@@ -173,8 +173,8 @@ def _metric(name: str, value: float) -> str:
 
 @main.command("make-data")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification",
-              show_default=True, help="What the target is.")
+@click.option("--kind", type=click.Choice(["classification", "regression", "nonlinear"]), default="classification",
+              show_default=True, help="What the target is; nonlinear: classes with curved boundaries (kernel SVMs).")
 @click.option("--rows", type=click.IntRange(10), default=100_000, show_default=True, help="Training rows.")
 @click.option("--features", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Feature columns.")
 @click.option("--files", type=click.IntRange(1), default=4, show_default=True, help="Parquet files to write.")
@@ -186,10 +186,15 @@ def _metric(name: str, value: float) -> str:
 def make_data(out: str, kind: str, rows: int, features: int, files: int, classes: int, seed: int,
               sort_by_target: bool, string_labels: bool) -> None:
     """Write a synthetic Parquet dataset to OUT/ and a test file OUT-test.parquet."""
-    from distml.synth import make_dataset
+    from distml.synth import make_dataset, make_nonlinear_dataset
 
-    folder, test = make_dataset(out, kind, rows, features, files, classes, seed, sort_by_target,
-                                string_labels=string_labels)
+    if kind == "nonlinear":
+        if sort_by_target or string_labels:
+            raise click.UsageError("--sorted and --string-labels apply to --kind classification or regression")
+        folder, test = make_nonlinear_dataset(out, rows, features, files, classes, seed)
+    else:
+        folder, test = make_dataset(out, kind, rows, features, files, classes, seed, sort_by_target,
+                                    string_labels=string_labels)
     click.echo(f"wrote {rows:,} rows in {files} files to {folder}/ and a test file {test}")
 
 
