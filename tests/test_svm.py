@@ -179,15 +179,20 @@ def test_data_that_cannot_train_fails_early_with_one_line_and_no_artifact(client
     assert not (tmp_path / "models" / "svm-bad").exists()
 
 
-@pytest.mark.parametrize("classes", [2, 3])
-def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes):
+@pytest.mark.parametrize("classes, kernel", [(2, "rbf"), (2, "poly"), (2, "sigmoid"), (3, "rbf")])
+def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes, kernel):
     from sklearn.svm import SVC
 
     from distml.evaluate import predictions
+    from distml.kernels import binary_decision
     from distml.synth import make_nonlinear_rows
 
     X, y = make_nonlinear_rows(3_000, 8, classes, seed=1, stream=0)
-    model = SVC(gamma=0.1).fit(X[:2_000], y[:2_000])
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    model = SVC(kernel=kernel, gamma=0.1).fit(X[:2_000], y[:2_000])
     pred, proba, score = predictions(model, X[2_000:])
     np.testing.assert_array_equal(pred, model.predict(X[2_000:]))
     assert proba is None and (score is not None) == (classes == 2)
+    if classes == 2:
+        np.testing.assert_allclose(binary_decision(model, X[2_000:]), model.decision_function(X[2_000:]),
+                                   rtol=0, atol=1e-9)

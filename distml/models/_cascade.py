@@ -40,14 +40,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.errors import JobFailed
+from distml.kernels import margins
 
 if TYPE_CHECKING:
     from sklearn.svm import SVC
 
     from distml.features import Partitions
     from distml.models.base import TrainContext
-
-KERNEL_BLOCK = 2**20  # kernel entries computed at once in a margin check (4 MiB of float32: fastest measured)
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -122,60 +121,6 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
 def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int) -> SVSet:
     """A merge layer: refit on the union of a few support-vector sets."""
     return _fit(_concat(sets), _sv_heavy(svc_params), limit)
-
-
-def kernel_matrix(X: np.ndarray, S: np.ndarray, model: SVC) -> np.ndarray:
-    """K(X, S) for the model's kernel in float32, one BLAS product per block (libsvm's predict is ~10x slower).
-
-    For rbf, ``-gamma |x - s|^2`` comes out of a single product of augmented rows
-    ``[x, 1, |x|^2] . [2 gamma s, -gamma |s|^2, -gamma]``; float32 keeps the
-    margins within ~1e-4 of libsvm's, well inside the check's slack.
-    """
-    gamma = np.float32(model.gamma)  # always a number here: the cascade computes "scale" globally
-    if model.kernel == "rbf":
-        A = np.empty((len(X), X.shape[1] + 2), np.float32)
-        A[:, :-2], A[:, -2], A[:, -1] = X, 1.0, (X**2).sum(axis=1)
-        B = np.empty((len(S), S.shape[1] + 2), np.float32)
-        B[:, :-2], B[:, -2], B[:, -1] = 2.0 * gamma * S, -gamma * (S**2).sum(axis=1), -gamma
-        K = A @ B.T
-        np.minimum(K, 0.0, out=K)
-        return np.exp(K, out=K)
-    K = X.astype(np.float32) @ S.astype(np.float32).T
-    if model.kernel == "linear":
-        return K
-    K *= gamma
-    K += np.float32(model.coef0)
-    return np.tanh(K, out=K) if model.kernel == "sigmoid" else np.power(K, model.degree, out=K)
-
-
-def margins(model: SVC, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each row's functional margin ``y f(x)``, the smallest over the one-vs-one pairs of its class.
-
-    A row whose class the model never saw gets ``-inf``: it violates any margin.
-    """
-    classes = model.classes_
-    out = np.full(len(y), np.inf)
-    starts = np.concatenate([[0], np.cumsum(model.n_support_)])
-    coef = model.dual_coef_.astype(np.float32)
-    step = max(1, KERNEL_BLOCK // max(1, len(model.support_vectors_)))
-    for lo in range(0, len(y), step):
-        K = kernel_matrix(X[lo:lo + step], model.support_vectors_, model)
-        yb = y[lo:lo + step]
-        if len(classes) == 2:  # sklearn's binary sign: positive means classes_[1]
-            f = K @ coef[0] + model.intercept_[0]
-            out[lo:lo + step] = np.where(yb == classes[1], f, -f)
-            continue
-        pair = 0
-        for i in range(len(classes)):
-            for j in range(i + 1, len(classes)):
-                si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
-                f = K[:, si] @ coef[j - 1, si] + K[:, sj] @ coef[i, sj] + model.intercept_[pair]  # > 0 votes i
-                block = out[lo:lo + step]
-                block[yb == classes[i]] = np.minimum(block[yb == classes[i]], f[yb == classes[i]])
-                block[yb == classes[j]] = np.minimum(block[yb == classes[j]], -f[yb == classes[j]])
-                pair += 1
-    out[~np.isin(y, classes)] = -np.inf
-    return out
 
 
 def _screen_part(source: Any, below: list[SVSet]) -> SVSet:
