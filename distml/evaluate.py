@@ -45,7 +45,7 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     function (libsvm's vote between two classes), so its labels come from the
     decision values computed for the AUC, and those from BLAS blocks
     (``distml.kernels``): one pass over the support vectors instead of two
-    libsvm passes, about 10x faster, equal to libsvm's values to ~1e-12.
+    libsvm passes, about 7x faster, equal to libsvm's values within 1e-9.
     """
     from sklearn.svm import SVC
 

@@ -1,7 +1,8 @@
 """Kernel SVM arithmetic with BLAS: K(X, S) in blocks, and margins and decision values of a fitted SVC.
 
-libsvm evaluates a kernel row by row; one matrix product per block of rows is
-10-25x faster. The cascade checks margins in float32; evaluation uses float64.
+libsvm evaluates a kernel entry by entry; one matrix product per block of rows
+is about 4x faster in float64 and 13x in float32 (measured: 40k rows against 9k
+support vectors). The cascade checks margins in float32; evaluation uses float64.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def kernel_matrix(X: np.ndarray, S: np.ndarray, model: SVC, dtype: type = np.flo
 
     For rbf, ``-gamma |x - s|^2`` comes out of a single product of augmented rows
     ``[x, 1, |x|^2] . [2 gamma s, -gamma |s|^2, -gamma]``. float32 is 3x faster and
-    keeps margins within ~1e-4 of libsvm's; float64 agrees with libsvm to ~1e-12.
+    keeps margins within ~1e-4 of libsvm's; float64 agrees with libsvm within 1e-9.
     """
     gamma = dtype(model.gamma)  # a number: distml computes gamma "scale" itself, from the whole dataset
     if model.kernel == "rbf":
@@ -45,7 +46,7 @@ def _step(model: SVC) -> int:
 
 
 def binary_decision(model: SVC, X: np.ndarray) -> np.ndarray:
-    """``model.decision_function(X)`` of a binary SVC, in float64 BLAS blocks (~10x faster than libsvm)."""
+    """``model.decision_function(X)`` of a binary SVC, in float64 BLAS blocks (~4x faster than libsvm)."""
     out = np.empty(len(X))
     step = _step(model)
     for lo in range(0, len(X), step):
