@@ -74,7 +74,8 @@ def run_cascade(folder: Path, store: Path, workers: int, params: dict) -> dict:
         with get_task_stream(client) as stream:
             result = run_job(spec, client, log=events.append)
     model = load_model(result.uri)
-    return {"seconds": result.timings["train"], "accuracy": result.metrics["accuracy"],
+    return {"seconds": result.timings["train"], "eval_seconds": result.timings["eval"],
+            "accuracy": result.metrics["accuracy"],
             "phases": phase_spans(stream.data),
             "chunks": int(next(CHUNKS.search(e) for e in events if CHUNKS.search(e)).group(1)),
             "support_vectors": len(model[-1].support_), "model": model,
@@ -124,6 +125,7 @@ def main() -> None:
                "ratio": round(cascade["seconds"] / reference["seconds"], 3)}
         rows_out.append(row)
         phases = ", ".join(f"{k} {v:.1f}" for k, v in cascade["phases"].items())
+        phases += f"; the job's eval phase {cascade['eval_seconds']:.2f}"
         print(f"{size:>8} {row['train_rows']:>7} {cascade['seconds']:>10.1f} {reference['seconds']:>8.1f} "
               f"{row['ratio']:>6.2f} {cascade['accuracy']:>12.4f} {reference['accuracy']:>8.4f} "
               f"{cascade['support_vectors']:>12} {reference['support_vectors']:>8} {cascade['passes']:>6}  {phases}",
