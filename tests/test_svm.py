@@ -179,7 +179,7 @@ def test_data_that_cannot_train_fails_early_with_one_line_and_no_artifact(client
     assert not (tmp_path / "models" / "svm-bad").exists()
 
 
-@pytest.mark.parametrize("classes, kernel", [(2, "rbf"), (2, "poly"), (2, "sigmoid"), (3, "rbf")])
+@pytest.mark.parametrize("classes, kernel", [(2, "rbf"), (2, "poly"), (2, "sigmoid"), (3, "rbf"), (4, "poly")])
 def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes, kernel):
     from sklearn.svm import SVC
 
@@ -191,6 +191,7 @@ def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes, kerne
     X = (X - X.mean(axis=0)) / X.std(axis=0)
     model = SVC(kernel=kernel, gamma=0.1).fit(X[:2_000], y[:2_000])
     pred, proba, score = predictions(model, X[2_000:])
+    assert len(set(pred)) == classes
     np.testing.assert_array_equal(pred, model.predict(X[2_000:]))
     assert proba is None and (score is not None) == (classes == 2)
     if classes == 2:
