@@ -91,14 +91,19 @@ def test_detached_jobs_outlive_the_submitter_run_concurrently_and_progress_never
     assert "phase train started" in logs.stdout and "epoch" in logs.stdout and "job succeeded" in logs.stdout
 
 
+def submit_long_job(scheduler: str, make_data, job_file, tmp_path: Path, name: str) -> tuple[Path, str]:
+    """Submit a slow job detached to ``scheduler``; returns its store and job id."""
+    folder, _ = make_data(rows=4000, files=2)
+    store = tmp_path / "models"
+    job = job_file(name=name, data={"path": str(folder), "target": "target"}, model=LONG_MODEL,
+                   output={"store": str(store)})
+    return store, distml("submit", job, "--scheduler", scheduler, "--detach").stdout.split()[0]
+
+
 def test_cancel_ends_a_running_job_within_10s_and_saves_nothing(dask_processes, make_data, job_file, tmp_path):
     from distributed import Client
 
-    folder, _ = make_data(rows=4000, files=2)
-    store = tmp_path / "models"
-    job = job_file(name="long", data={"path": str(folder), "target": "target"}, model=LONG_MODEL,
-                   output={"store": str(store)})
-    job_id = distml("submit", job, "--scheduler", dask_processes, "--detach").stdout.split()[0]
+    store, job_id = submit_long_job(dask_processes, make_data, job_file, tmp_path, "long")
     poll(lambda: JobRecords(str(store)).read(job_id)["phase"] == "train", 60)
     started = time.monotonic()
     out = distml("jobs", "cancel", job_id, "--store", store)
@@ -120,11 +125,7 @@ def test_cancel_ends_a_running_job_within_10s_and_saves_nothing(dask_processes, 
 def test_a_job_whose_driver_worker_dies_is_reported_failed(dask_processes, make_data, job_file, tmp_path):
     from distributed import Client
 
-    folder, _ = make_data(rows=4000, files=2)
-    store = tmp_path / "models"
-    job = job_file(name="orphan", data={"path": str(folder), "target": "target"}, model=LONG_MODEL,
-                   output={"store": str(store)})
-    job_id = distml("submit", job, "--scheduler", dask_processes, "--detach").stdout.split()[0]
+    store, job_id = submit_long_job(dask_processes, make_data, job_file, tmp_path, "orphan")
     record = poll(lambda: (r := JobRecords(str(store)).read(job_id))["phase"] == "train" and r, 60)
     with Client(dask_processes, set_as_default=False) as client:
         pid = client.run(os.getpid, workers=[record["driver"]["worker"]])[record["driver"]["worker"]]
