@@ -197,3 +197,32 @@ def test_evaluation_labels_are_exactly_the_saved_svcs_predictions(classes, kerne
     if classes == 2:
         np.testing.assert_allclose(binary_decision(model, X[2_000:]), model.decision_function(X[2_000:]),
                                    rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("classes, kernel, weights", [(2, "rbf", None), (2, "poly", None), (2, "sigmoid", None),
+                                                      (3, "rbf", "balanced"), (4, "poly", None)])
+def test_an_svc_solved_on_a_gram_matrix_is_the_svc_libsvm_fits_on_the_rows(classes, kernel, weights):
+    import skops.io as sio
+    from sklearn.svm import SVC
+
+    from distml.kernels import fit_svc
+    from distml.synth import make_nonlinear_rows
+
+    X, y = make_nonlinear_rows(3_000, 8, classes, seed=2, stream=0)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    params = {"kernel": kernel, "C": 1.0, "gamma": 0.1, "coef0": 0.5, "class_weight": weights}
+    reference = SVC(**params).fit(X[:2_000], y[:2_000])
+    model = fit_svc(X[:2_000], y[:2_000], params, gram_bytes=8 * 2_000**2)
+    assert type(model) is SVC and model.get_params() == reference.get_params()
+    # float32 kernel entries (~1e-6 off) move a few borderline rows at most; libsvm's tolerance is 1e-3
+    assert len(np.setxor1d(model.support_, reference.support_)) <= 0.01 * len(reference.support_)
+    np.testing.assert_allclose(model.support_vectors_, X[:2_000][model.support_])
+    held_out = X[2_000:]
+    np.testing.assert_allclose(model.decision_function(held_out), reference.decision_function(held_out), atol=2e-2)
+    assert (model.predict(held_out) == reference.predict(held_out)).mean() >= 0.995
+    restored = sio.loads(sio.dumps(model), trusted=sio.get_untrusted_types(data=sio.dumps(model)))
+    np.testing.assert_array_equal(restored.predict(held_out), model.predict(held_out))
+    # a matrix over the budget: libsvm's own kernel, the very same fit
+    native = fit_svc(X[:2_000], y[:2_000], params, gram_bytes=8 * 2_000**2 - 1)
+    np.testing.assert_array_equal(native.support_, reference.support_)
+    np.testing.assert_array_equal(native.dual_coef_, reference.dual_coef_)

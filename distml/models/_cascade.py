@@ -7,9 +7,9 @@ its chunk pieces on its worker (``_cut_part``); a first-layer task gathers one
 chunk's pieces (at most ``chunk_rows`` rows), fits an ``SVC`` and keeps only
 the support vectors. Support-vector sets are merged three at a time (Graf's
 tree with a fan-in of 3 rather than 2: fewer sequential layers) and refitted
-until at most three remain. The top layer is not fitted on their union alone:
-every partition is screened against the average margin of those sets, and the
-top SVC is fitted on the rows inside it. Those are the rows the feedback pass
+until two remain, the last layer merging up to five. The top layer is not
+fitted on their union alone: every partition is screened against the average
+margin of those two sets, and the top SVC is fitted on the rows inside it. Those are the rows the feedback pass
 would otherwise bring back one pass later (and refit the whole top problem
 for); screening first measured 3.5 s against 3.4 s + 2.9 s of refit at 40k
 rows, with 53 violators left instead of 168.
@@ -24,6 +24,9 @@ when fewer rows than ``feedback_tol`` of the SVs violate the conditions (none:
 the global optimum of the full problem), when fewer than that fraction of the
 SVs changed in a refit, or after ``max_passes``.
 
+Every fit goes through ``distml.kernels.fit_svc``: on a kernel matrix computed
+with BLAS when it fits the worker's memory budget, else on libsvm's own kernel.
+
 Only chunk pieces, screened rows and support vectors move between workers; the
 client sees row counts and the final SVC. Rows keep their draw ``u`` as an id,
 so unions are deduplicated and ordered the same way on every run: same seed,
@@ -31,6 +34,7 @@ same model.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import time
@@ -40,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.errors import JobFailed
-from distml.kernels import margins
+from distml.kernels import fit_svc, margins
 
 if TYPE_CHECKING:
     from sklearn.svm import SVC
@@ -86,27 +90,25 @@ def _cut_part(source: Any, n_chunks: int, lo: int, hi: int) -> list[SVSet]:
     return pieces
 
 
-def _fit(rows: SVSet, svc_params: dict[str, Any], limit: int | None) -> SVSet:
+def _fit(rows: SVSet, svc_params: dict[str, Any], limit: int | None, gram_bytes: int) -> SVSet:
     """Fit an SVC on ``rows`` and keep its support vectors; refuse a union of SVs beyond ``limit``."""
-    from sklearn.svm import SVC
-
     if limit is not None and len(rows) > limit:
         raise JobFailed(
             f"the cascade SVM found {len(rows):,} support vectors, more than model.params.max_support_vectors="
             f"{limit:,}; use kernel: linear, or a kernel approximation (approximation: nystroem) for data this large")
     if len(np.unique(rows.y)) < 2:  # a chunk with a single class: pass its rows on to meet the others
         return rows
-    model = SVC(**svc_params).fit(rows.X, rows.y)
+    model = fit_svc(rows.X, rows.y, svc_params, gram_bytes)
     keep = model.support_
     return SVSet(rows.X[keep], rows.y[keep], rows.ids[keep], model, rows.dropped, fitted=rows.ids)
 
 
-def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any]) -> SVSet:
+def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any], gram_bytes: int) -> SVSet:
     """First layer: one chunk (at most ``cap`` rows, lowest ids kept) -> its support vectors."""
     rows = _concat(pieces)
     if len(rows) > cap:
         rows = SVSet(rows.X[:cap], rows.y[:cap], rows.ids[:cap], dropped=len(rows) - cap)
-    return _fit(rows, svc_params, None)  # chunk rows, not support vectors: bounded by chunk_rows
+    return _fit(rows, svc_params, None, gram_bytes)  # chunk rows, not support vectors: bounded by chunk_rows
 
 
 def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +120,9 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
     return {**svc_params, "shrinking": False}
 
 
-def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int) -> SVSet:
+def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int, gram_bytes: int) -> SVSet:
     """A merge layer: refit on the union of a few support-vector sets."""
-    return _fit(_concat(sets), _sv_heavy(svc_params), limit)
+    return _fit(_concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _screen_part(source: Any, below: list[SVSet]) -> SVSet:
@@ -139,10 +141,11 @@ def _screen_part(source: Any, below: list[SVSet]) -> SVSet:
     return SVSet(block.X[keep], block.y[keep], block.u[keep])
 
 
-def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str, Any], limit: int) -> SVSet:
+def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str, Any], limit: int,
+              gram_bytes: int) -> SVSet:
     """Top layer: one SVC on the screened candidates (plus the rows of any set below left unfitted)."""
     unfitted = [SVSet(s.X, s.y, s.ids) for s in below if s.model is None]  # single-class sets: not screened
-    return _fit(_concat(candidates + unfitted), _sv_heavy(svc_params), limit)
+    return _fit(_concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
@@ -157,32 +160,36 @@ def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
     return SVSet(block.X[bad], block.y[bad], block.u[bad])
 
 
-def _refit_part(final: SVSet, violators: list[SVSet], svc_params: dict[str, Any], limit: int) -> SVSet:
+def _refit_part(final: SVSet, violators: list[SVSet], svc_params: dict[str, Any], limit: int,
+                gram_bytes: int) -> SVSet:
     """Feedback refit: the final support vectors together with every violator, in one SVC."""
     rows = _concat([SVSet(final.X, final.y, final.ids), *violators])
     if len(rows) > limit:
         raise JobFailed(f"the cascade SVM found {len(rows):,} support vectors and rows violating their margins, "
                         f"more than model.params.max_support_vectors={limit:,}; use kernel: linear, or a kernel "
                         "approximation (approximation: nystroem) for data this large")
-    return _fit(rows, _sv_heavy(svc_params), None)
+    return _fit(rows, _sv_heavy(svc_params), None, gram_bytes)
 
 
 def _count_part(rows: SVSet) -> tuple[int, int]:
     return len(rows), rows.dropped
 
 
-def _final_fit_part(final: SVSet, svc_params: dict[str, Any]) -> SVC:
+def _final_fit_part(final: SVSet, svc_params: dict[str, Any], gram_bytes: int) -> SVC:
     """The saved SVC: fitted on the final support vectors alone (with Platt scaling if asked)."""
-    from sklearn.svm import SVC
-
-    return SVC(**_sv_heavy(svc_params)).fit(final.X, final.y)
+    return fit_svc(final.X, final.y, _sv_heavy(svc_params), gram_bytes)
 
 
 # --- runs on the client ------------------------------------------------------
 
-# Sets merged per fit, and at most this many sets screen for the top layer. At 50k rows: 10.3 s of
-# training with pairs (2, one more sequential layer), about 7 s with 3 or 4 (4 leaves twice the violators).
+# Sets merged per fit below the last merge layer. At 50k rows: 10.3 s of training with pairs (one more
+# sequential layer than with 3), about 7 s with 3 or 4.
 FAN_IN = 3
+# The last merge layer leaves two sets to screen the top layer with (each fitted on about half the rows),
+# merging up to this many sets per fit to get there in one layer. Measured at 40k training rows, 9
+# chunks: screening with 2 sets keeps 10.5k candidates and the top fit takes 1.8 s; with 3 sets 11.3k and
+# 2.5 s (same violators, 49 vs 48); with 1 set 9.2k, but 548 violators and a refit.
+TOP_SETS, TOP_FAN_IN = 2, 5
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,7 @@ class CascadePlan:
     chunk_rows: int
     group: int  # chunks whose pieces are cut in one read pass (bounds rows held in the cluster)
     limit: int  # max_support_vectors
+    gram_bytes: int  # largest precomputed kernel matrix one fit may hold (see ``fit_svc``)
     max_passes: int
     feedback_tol: float
 
@@ -235,24 +243,29 @@ class Cascade:
         leaves: list[Any] = []
         for c, pieces in self._pieces():
             leaves.append(self.client.submit(_first_part, pieces, self.plan.chunk_rows, self.svc,
-                                             key=self.ctx.key("svm", 1, c)))
+                                             self.plan.gram_bytes, key=self.ctx.key("svm", 1, c)))
             if len(leaves) % self.plan.group == 0 and len(leaves) < self.plan.n_chunks:
                 self._wait(leaves[-self.plan.group:])
         return leaves
 
     def _tree(self, leaves: list[Any]) -> list[list[Any]]:
-        """Merge ``FAN_IN`` sets at a time, layer by layer in chunk order, until at most ``FAN_IN`` remain.
+        """Merge sets layer by layer in chunk order until ``TOP_SETS`` remain.
 
-        Merging a few sets at once instead of pairs makes the tree shallower: its upper layers
-        are sequential fits on ever larger support-vector sets, and there are fewer of them.
+        ``FAN_IN`` sets per fit while there are many, then one last layer into
+        ``TOP_SETS`` groups. Merging a few sets at once instead of pairs makes the
+        tree shallower: its upper layers are sequential fits on ever larger
+        support-vector sets, and there are fewer of them.
         """
         layers = [leaves]
-        while len(layers[-1]) > FAN_IN:
+        while len(layers[-1]) > TOP_SETS:
             below = layers[-1]
-            layers.append([self.client.submit(_merge_part, below[j:j + FAN_IN], self.svc, self.plan.limit,
-                                              key=self.ctx.key("layer", 1, len(layers), j // FAN_IN))
-                           if len(below[j:j + FAN_IN]) > 1 else below[j]
-                           for j in range(0, len(below), FAN_IN)])
+            groups = TOP_SETS if len(below) <= TOP_SETS * TOP_FAN_IN else math.ceil(len(below) / FAN_IN)
+            bounds = np.linspace(0, len(below), groups + 1).round().astype(int)
+            layers.append([self.client.submit(_merge_part, below[lo:hi], self.svc, self.plan.limit,
+                                              self.plan.gram_bytes,
+                                              key=self.ctx.key("layer", 1, len(layers), g))
+                           if hi - lo > 1 else below[lo]
+                           for g, (lo, hi) in enumerate(itertools.pairwise(bounds))])
         return layers
 
     def _per_partition(self, phase: str, pas: int, fn: Any, *args: Any) -> list[Any]:
@@ -299,7 +312,8 @@ class Cascade:
         if len(below) == 1:
             return below[0], total
         candidates = self._per_partition("screen", 1, _screen_part, below)
-        top = self.client.submit(_top_part, candidates, below, self.svc, self.plan.limit, key=self.ctx.key("top", 1))
+        top = self.client.submit(_top_part, candidates, below, self.svc, self.plan.limit, self.plan.gram_bytes,
+                                 key=self.ctx.key("top", 1))
         n_candidates, _ = self._sizes("screen", candidates)
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
@@ -319,7 +333,8 @@ class Cascade:
                 ctx.log(f"cascade converged after pass {pas}: {n_bad:,} rows violate the margins of {n_sv:,} SVs")
                 break
             ids = self._ids(final, pas - 1)  # the SVs' draws: ids only, never rows, reach the client
-            final = client.submit(_refit_part, final, violators, self.svc, plan.limit, key=ctx.key("refit", pas))
+            final = client.submit(_refit_part, final, violators, self.svc, plan.limit, plan.gram_bytes,
+                                  key=ctx.key("refit", pas))
             new_ids = self._ids(final, pas)
             changed, n_sv = len(np.setxor1d(ids, new_ids)), len(new_ids)
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
@@ -334,5 +349,6 @@ class Cascade:
         """The fitted SVC: the top layer's own, or a refit on the SVs when Platt scaling is asked."""
         if self.probability:
             params = {**self.svc, "probability": True, "random_state": self.seed}
-            return self.client.submit(_final_fit_part, final, params, key=self.ctx.key("refit", "final")).result()
+            return self.client.submit(_final_fit_part, final, params, self.plan.gram_bytes,
+                                      key=self.ctx.key("refit", "final")).result()
         return self.client.submit(operator.attrgetter("model"), final, key=self.ctx.key("size", "model")).result()

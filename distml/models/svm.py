@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
 SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
+DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
 _CASCADE_ONLY = {"tol", "probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
 _SGD_ONLY = {"alpha", "loss", "epochs"}
 _KERNEL_ONLY = {"gamma", "degree", "coef0"}
@@ -168,6 +169,14 @@ def _max_support_vectors(params: Params, ctx: TrainContext) -> int:
     return max(1000, (ctx.worker_memory // 4 - 200 * 2**20) // row_bytes)
 
 
+def _gram_bytes(ctx: TrainContext) -> int:
+    """Largest precomputed kernel matrix one fit may build: a quarter of a worker thread's memory share."""
+    if not ctx.worker_memory:
+        return DEFAULT_GRAM_BYTES
+    threads_per_worker = max(1, ctx.max_in_flight // max(1, ctx.n_workers))
+    return ctx.worker_memory // 4 // threads_per_worker
+
+
 def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
     """Chunks cut in one read pass: their pieces may take a quarter of the cluster's memory."""
     if not ctx.worker_memory:
@@ -179,7 +188,7 @@ def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
 def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights: Any) -> BaseEstimator:
     n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
     group = _chunks_per_read(n_chunks, params, ctx)
-    plan = CascadePlan(n_chunks, params.chunk_rows, group, _max_support_vectors(params, ctx),
+    plan = CascadePlan(n_chunks, params.chunk_rows, group, _max_support_vectors(params, ctx), _gram_bytes(ctx),
                        params.max_passes, params.feedback_tol)
     svc = {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
            "coef0": params.coef0, "tol": params.tol, "class_weight": weights}

@@ -55,7 +55,7 @@ def phase_spans(tasks: list[dict]) -> dict[str, float]:
     return {PHASES[p]: round(hi - lo, 3) for p, (lo, hi) in spans.items()}
 
 
-def run_cascade(folder: Path, store: Path, workers: int, params: dict) -> dict:
+def run_cascade(folder: Path, store: Path, workers: int, params: dict, memory: str) -> dict:
     from distributed import Client, LocalCluster, get_task_stream
 
     from distml import load_model
@@ -68,7 +68,7 @@ def run_cascade(folder: Path, store: Path, workers: int, params: dict) -> dict:
                       "output": {"store": str(store)}}, "bench")
     events: list[str] = []
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit="3GiB", silence_logs=40) as cluster, \
+                      dashboard_address=None, memory_limit=memory, silence_logs=40) as cluster, \
             Client(cluster, set_as_default=False) as client:
         client.run(_warm_up)  # a running cluster has its imports done, as this process has for the reference
         with get_task_stream(client) as stream:
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=5000)
     parser.add_argument("--C", type=float, default=1.0, help="SVC's C, for the cascade and the reference")
     parser.add_argument("--noise", type=float, default=0.3, help="label noise of the synthetic data")
+    parser.add_argument("--worker-memory", default="auto",
+                        help="each worker's memory limit (auto: LocalCluster's share of this machine's memory)")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
     params = {"chunk_rows": args.chunk_rows, "C": args.C}
@@ -119,7 +121,7 @@ def main() -> None:
           f"{'acc SVC':>8} {'SVs cascade':>12} {'SVs SVC':>8} {'passes':>6}  cascade phases (s)")
     for size in [int(s) for s in args.sizes.split(",")]:
         folder = dataset(size)
-        cascade = run_cascade(folder, tmp / "models", 2, params)
+        cascade = run_cascade(folder, tmp / "models", 2, params, args.worker_memory)
         reference = run_reference(folder, cascade.pop("model"))
         row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "cascade": cascade, "svc": reference,
                "ratio": round(cascade["seconds"] / reference["seconds"], 3)}
@@ -133,7 +135,7 @@ def main() -> None:
     scaling, speedup = {}, None
     if args.scaling_size:
         folder = dataset(args.scaling_size)
-        scaling = {w: run_cascade(folder, tmp / "models", w, params) for w in (1, 2)}
+        scaling = {w: run_cascade(folder, tmp / "models", w, params, args.worker_memory) for w in (1, 2)}
         for run in scaling.values():
             run.pop("model")
         first = {w: run["phases"]["first layer"] for w, run in scaling.items()}
