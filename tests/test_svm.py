@@ -83,7 +83,7 @@ def test_linear_kernel_is_within_half_a_point_of_linearsvc(client, make_data, tm
 
 def test_same_seed_gives_identical_support_vectors_however_chunks_are_read(client, nonlinear, tmp_path,
                                                                            monkeypatch):
-    from distml import load_model
+    from distml import load_model, runner
     from distml.models import svm
 
     folder = nonlinear(6_000, 3)
@@ -91,8 +91,11 @@ def test_same_seed_gives_identical_support_vectors_however_chunks_are_read(clien
     events: list[str] = []
     models = [load_model(run_job(svm_job(folder, tmp_path / "0", **params), client, log=events.append).uri)[-1]]
     assert any("refitted with" in e for e in events), events
-    monkeypatch.setattr(svm, "_chunks_per_read", lambda n_chunks, params, ctx: 2)  # as when memory is short
-    models.append(load_model(run_job(svm_job(folder, tmp_path / "1", **params), client).uri)[-1])
+    monkeypatch.setattr(svm, "_chunks_per_read", lambda n_chunks, params, ctx: 2)  # as when memory is short:
+    monkeypatch.setattr(runner, "PERSIST_FRACTION", 0.0)  # blocks read from storage, screened in one read each
+    events.clear()
+    models.append(load_model(run_job(svm_job(folder, tmp_path / "1", **params), client, log=events.append).uri)[-1])
+    assert any("re-reading Parquet at every pass" in e for e in events), events
     assert len(models[0].support_vectors_) > 0
     np.testing.assert_array_equal(models[0].support_vectors_, models[1].support_vectors_)
     np.testing.assert_array_equal(models[0].dual_coef_, models[1].dual_coef_)

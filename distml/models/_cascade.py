@@ -125,20 +125,38 @@ def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int, gram_
     return _fit(_concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
 
 
-def _screen_part(source: Any, below: list[SVSet]) -> SVSet:
-    """Top-layer candidates of one partition: rows inside the margin of the layer below, averaged.
+def _margins_under(block: Any, rows: SVSet) -> np.ndarray | None:
+    """A block's margins under the SVC fitted on ``rows`` (None when that set was left unfitted)."""
+    return None if rows.model is None else margins(rows.model, block.X, block.y)
+
+
+def _candidates(block: Any, set_margins: list[np.ndarray | None]) -> SVSet:
+    """Top-layer candidates of a block: its rows inside the margin of the sets below, averaged.
 
     The sets below were each fitted on a share of the data; a row their average
     puts outside the margin (``y f(x) >= 1``) is very unlikely to be a support
     vector of the whole problem, and the feedback check catches any that is.
     """
-    block = source.load()
-    models = [s.model for s in below if s.model is not None]
-    if not models:
+    fitted = [m for m in set_margins if m is not None]
+    if not fitted:
         return SVSet(block.X[:0], block.y[:0], block.u[:0])
-    average = np.mean([margins(m, block.X, block.y) for m in models], axis=0)
-    keep = average < 1.0
+    keep = np.mean(fitted, axis=0) < 1.0
     return SVSet(block.X[keep], block.y[keep], block.u[keep])
+
+
+def _screen_part(source: Any, below: list[SVSet]) -> SVSet:
+    """One partition's top-layer candidates, from one read of it."""
+    block = source.load()
+    return _candidates(block, [_margins_under(block, rows) for rows in below])
+
+
+def _margin_part(source: Any, rows: SVSet) -> np.ndarray | None:
+    """One partition's margins under one set's SVC: for blocks held in memory, one task per set."""
+    return _margins_under(source.load(), rows)
+
+
+def _select_part(source: Any, set_margins: list[np.ndarray | None]) -> SVSet:
+    return _candidates(source.load(), set_margins)
 
 
 def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str, Any], limit: int,
@@ -285,6 +303,21 @@ class Cascade:
             running.add(out[-1])
         return out
 
+    def _screen(self, below: list[Any]) -> list[Any]:
+        """Each partition's top-layer candidates (futures).
+
+        Blocks held in cluster memory are screened one set at a time, so a worker
+        starts on the first set's margins while the last merge still runs (the two
+        merges differ in size). Blocks read from storage are screened in one read.
+        """
+        if not self.parts.persisted:
+            return self._per_partition("screen", 1, _screen_part, below)
+        submit, key, train = self.client.submit, self.ctx.key, self.parts.train
+        per_set = [[submit(_margin_part, source, rows, key=key("screen", "margins", k, i))
+                    for i, source in enumerate(train)] for k, rows in enumerate(below)]
+        return [submit(_select_part, source, [m[i] for m in per_set], key=key("screen", 1, i))
+                for i, source in enumerate(train)]
+
     def _sizes(self, phase: str, sets: list[Any]) -> tuple[int, int]:
         """Rows and left-out rows of a list of SVSet futures (only the counts travel to the client)."""
         counts = self.client.gather([self.client.submit(_count_part, f, key=self.ctx.key("size", phase, j))
@@ -304,6 +337,8 @@ class Cascade:
         layers = self._tree(self._first_layer())
         below = layers[-1]
         steps = len(layers) + (len(below) > 1)
+        # blocks in memory: the screen is submitted at once, to start on each set as soon as it is fitted
+        top = self._top(below) if self.parts.persisted and len(below) > 1 else None
         for depth, layer in enumerate(layers, start=1):
             total, dropped = self._sizes(f"l{depth}", layer)  # dropped rows are carried up the tree
             self._progress(1, depth, steps, f"layer {depth}/{steps}: {len(layer)} sets, {total:,} support vectors"
@@ -311,14 +346,18 @@ class Cascade:
                            started)
         if len(below) == 1:
             return below[0], total
-        candidates = self._per_partition("screen", 1, _screen_part, below)
-        top = self.client.submit(_top_part, candidates, below, self.svc, self.plan.limit, self.plan.gram_bytes,
-                                 key=self.ctx.key("top", 1))
+        candidates, top = top or self._top(below)
         n_candidates, _ = self._sizes("screen", candidates)
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
                        f"{n_candidates:,} rows inside the margins of the {len(below)} sets below", started)
         return top, n_sv
+
+    def _top(self, below: list[Any]) -> tuple[list[Any], Any]:
+        """Submit the screen and the top layer's fit: (candidate futures, top future)."""
+        candidates = self._screen(below)
+        return candidates, self.client.submit(_top_part, candidates, below, self.svc, self.plan.limit,
+                                              self.plan.gram_bytes, key=self.ctx.key("top", 1))
 
     def run(self) -> SVC:
         """Pass 1, then feedback passes until converged; returns the fitted ``SVC``."""
@@ -326,6 +365,7 @@ class Cascade:
         final, n_sv = self._pass_one()
         for pas in range(2, plan.max_passes + 1):
             started = time.perf_counter()
+            client.replicate([final])  # on every worker: each partition is checked where it is, not all at one
             violators = self._per_partition("kkt", pas, _kkt_part, final, 2.0 * self.svc["tol"])
             n_bad, _ = self._sizes(f"kkt{pas}", violators)
             self._progress(pas, 1, 2, f"layer 1/2: {n_bad:,} KKT violators against {n_sv:,} SVs", started)
