@@ -9,10 +9,10 @@ the support vectors. Support-vector sets are merged three at a time (Graf's
 tree with a fan-in of 3 rather than 2: fewer sequential layers) and refitted
 until two remain, the last layer merging up to five. The top layer is not
 fitted on their union alone: every partition is screened against the average
-margin of those two sets, and the top SVC is fitted on the rows inside it. Those are the rows the feedback pass
-would otherwise bring back one pass later (and refit the whole top problem
-for); screening first measured 3.5 s against 3.4 s + 2.9 s of refit at 40k
-rows, with 53 violators left instead of 168.
+margin of those two sets, and the top SVC is fitted on the rows inside it.
+Those are the rows the feedback pass would otherwise bring back one pass later
+(and refit the whole top problem for); screening first measured 3.5 s against
+3.4 s + 2.9 s of refit at 40k rows, with 53 violators left instead of 168.
 
 Feedback passes. The final SVs go back to every partition, which keeps only
 its rows that violate the final model's KKT conditions (margin
@@ -25,7 +25,9 @@ the global optimum of the full problem), when fewer than that fraction of the
 SVs changed in a refit, or after ``max_passes``.
 
 Every fit goes through ``distml.kernels.fit_svc``: on a kernel matrix computed
-with BLAS when it fits the worker's memory budget, else on libsvm's own kernel.
+with BLAS when its ``8 n^2`` bytes fit ``gram_bytes`` (a quarter of a worker
+thread's memory share), else on libsvm's own kernel. Besides that matrix, a task
+holds at most ``chunk_rows`` rows plus the support vectors it was handed.
 
 Only chunk pieces, screened rows and support vectors move between workers; the
 client sees row counts and the final SVC. Rows keep their draw ``u`` as an id,
@@ -115,7 +117,8 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
     """SVC parameters for problems made mostly of support vectors (merges, top, refits).
 
     libsvm's shrinking pays off when most rows end with a zero weight; when most
-    are support vectors it only costs time (2.6 s instead of 3.0 s at 10k rows).
+    are support vectors it only costs time (2.6 s instead of 3.0 s at 10k rows) on
+    libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
     """
     return {**svc_params, "shrinking": False}
 
