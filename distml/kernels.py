@@ -29,13 +29,13 @@ class KernelBlocks:
     """
 
     def __init__(self, S: np.ndarray, model: SVC, dtype: type, rows: int) -> None:
-        self.kernel, self.dtype = model.kernel, dtype
+        self.kernel = model.kernel
         # gamma is a number: distml computes gamma "scale" itself, from the whole dataset
         self.gamma, self.coef0, self.degree = dtype(model.gamma), dtype(model.coef0), model.degree
         if self.kernel == "rbf":
+            gamma = self.gamma
             self._B = np.empty((len(S), S.shape[1] + 2), dtype)
-            self._B[:, :-2], self._B[:, -2], self._B[:, -1] = 2.0 * self.gamma * S, -self.gamma * (S**2).sum(axis=1), \
-                -self.gamma
+            self._B[:, :-2], self._B[:, -2], self._B[:, -1] = 2.0 * gamma * S, -gamma * (S**2).sum(axis=1), -gamma
             self._A = np.empty((rows, S.shape[1] + 2), dtype)
             self._A[:, -2] = 1.0
         else:
