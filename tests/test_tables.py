@@ -93,6 +93,11 @@ def test_table_with_categories_and_nulls_scores_within_a_point_of_sklearn(client
     odd = pd.DataFrame({"x0": [np.nan, 1.0], "x1": [None, 2.0], "x2": [0.0, np.nan], "x3": [1.0, 1.0],
                         "color": ["purple", None], "city": [np.nan, "city-99"], "flag": [None, True]})
     assert set(saved.predict(odd)) <= {"label-a", "label-b"}  # unseen categories and nulls: no crash
+    nullable = test[FEATURES].convert_dtypes()  # pd.NA in the text and boolean columns: README's two lines
+    assert nullable[["color", "city", "flag"]].isna().any().all()
+    text = nullable.select_dtypes(exclude="number").columns
+    nullable[text] = nullable[text].astype(object).where(nullable[text].notna(), None)
+    np.testing.assert_array_equal(saved.predict(nullable), saved.predict(test[FEATURES]))
 
 
 def test_median_imputation_comes_from_the_cluster_sketch(client, tmp_path, table):
