@@ -201,3 +201,20 @@ def test_bad_forest_params_are_one_line_errors_naming_the_field(params, field):
                    "model": {"kind": "forest", "params": params}}, "job.yaml")
     assert "\n" not in str(info.value) and "model.params" in str(info.value) and field in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_tree_size_limits_and_pruning_act_as_in_sklearn(client, data):
+    folder, test = data("classification")
+    params = {"n_estimators": 20, "max_samples": 0.3, "max_leaf_nodes": 64, "ccp_alpha": 1e-3,
+              "min_impurity_decrease": 1e-5}
+    ours = _fit(client, folder, params)
+    train, holdout = _frames(folder, test)
+    theirs = _reference(RandomForestClassifier, train, **params)
+    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.01, (ours.score(X, y), theirs.score(X, y))
+    model = ours[-1]
+    assert (model.max_leaf_nodes, model.ccp_alpha, model.min_impurity_decrease) == (64, 1e-3, 1e-5)
+    leaves = [tree.get_n_leaves() for tree in model.estimators_]
+    assert max(leaves) <= 64 and np.mean(leaves) < 0.8 * 64  # capped, and pruning cut the trees below the cap
+    assert np.mean(leaves) == pytest.approx(
+        np.mean([tree.get_n_leaves() for tree in theirs.estimators_]), rel=0.2)

@@ -47,6 +47,11 @@ _NUMBERS = {"max_features": (1, True), "min_samples_split": (2, True), "min_samp
             "max_samples": (1, True)}  # least count, and whether the fraction 1.0 is allowed
 
 
+# Tree parameters that mean the same on a worker's drawn rows as in scikit-learn's forest: a tree there is
+# fitted on all rows with bootstrap counts as weights, and these use only the weighted impurity and counts.
+PASSED_TO_TREES = ("max_leaf_nodes", "min_impurity_decrease", "ccp_alpha")
+
+
 class Params(FamilyParams):
     task: Literal["classification", "regression"] | None = Field(
         None, description="what the target is; absent: inferred from the target column")
@@ -60,6 +65,9 @@ class Params(FamilyParams):
     min_samples_leaf: Union[int, float] = 1  # noqa: UP007
     max_samples: Union[int, float, None] = Field(  # noqa: UP007
         None, description="rows per tree (int) or fraction of the training rows (float); absent: all")
+    max_leaf_nodes: int | None = Field(None, ge=2, description="grow each tree best-first to at most this many leaves")
+    min_impurity_decrease: float = Field(0.0, ge=0.0, description="split only if impurity falls at least this much")
+    ccp_alpha: float = Field(0.0, ge=0.0, description="minimal cost-complexity pruning of each tree; 0: none")
     bootstrap: bool = True
     class_weight: Literal["balanced", "balanced_subsample"] | dict[str | int, float] | None = None
 
@@ -328,7 +336,8 @@ def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[st
     # scikit-learn's forest fits every tree on all n rows (bootstrap as weights): fractions are of n
     return {"criterion": criterion, "max_depth": params.max_depth, "max_features": max_features,
             "min_samples_split": split if isinstance(split, int) else max(2, math.ceil(split * n)),
-            "min_samples_leaf": leaf if isinstance(leaf, int) else math.ceil(leaf * n)}
+            "min_samples_leaf": leaf if isinstance(leaf, int) else math.ceil(leaf * n),
+            **{name: getattr(params, name) for name in PASSED_TO_TREES}}
 
 
 def _draw_rates(params: Params, ctx: TrainContext,
@@ -413,7 +422,8 @@ def _assemble(trees: list[Any], params: Params, tree_params: dict[str, Any],
     settings = {"n_estimators": params.n_estimators, "criterion": tree_params["criterion"],
                 "max_depth": params.max_depth, "max_features": tree_params["max_features"],
                 "min_samples_split": params.min_samples_split, "min_samples_leaf": params.min_samples_leaf,
-                "max_samples": params.max_samples, "bootstrap": params.bootstrap, "random_state": ctx.seed}
+                "max_samples": params.max_samples, "bootstrap": params.bootstrap, "random_state": ctx.seed,
+                **{name: getattr(params, name) for name in PASSED_TO_TREES}}
     if not regression:
         settings["class_weight"] = params.class_weight
     forest = cls(**settings)
