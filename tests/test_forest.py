@@ -60,6 +60,13 @@ def _reference(cls, train: pd.DataFrame, **params):
     return cls(**params, random_state=0, n_jobs=1).fit(train.drop(columns=["target"]), train["target"])
 
 
+def _side_by_side(client, folder, test, cls, params, **fit):
+    """distml's forest and scikit-learn's fitted on the same rows: (ours, theirs, holdout X, holdout y)."""
+    ours = _fit(client, folder, params, **fit)
+    train, holdout = _frames(folder, test)
+    return ours, _reference(cls, train, **params), holdout.drop(columns=["target"]), holdout["target"]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """30k training rows in 4 files and a 20k-row test file; made once for the module."""
@@ -74,11 +81,7 @@ def data(tmp_path_factory):
 
 @pytest.mark.parametrize("sort_by_target", [False, True], ids=["shuffled-files", "label-sorted-files"])
 def test_forest_accuracy_within_half_a_point_of_sklearn(client, data, sort_by_target):
-    folder, test = data("classification", sort_by_target)
-    ours = _fit(client, folder, TREES)
-    train, holdout = _frames(folder, test)
-    theirs = _reference(RandomForestClassifier, train, **TREES)
-    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    ours, theirs, X, y = _side_by_side(client, *data("classification", sort_by_target), RandomForestClassifier, TREES)
     assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.005, (ours.score(X, y), theirs.score(X, y))
     model = ours[-1]
     assert isinstance(model, RandomForestClassifier) and len(model.estimators_) == 40
@@ -87,12 +90,8 @@ def test_forest_accuracy_within_half_a_point_of_sklearn(client, data, sort_by_ta
 
 
 def test_forest_regression_r2_within_a_hundredth_of_sklearn(client, data):
-    folder, test = data("regression", classes=2)
     params = {"n_estimators": 30, "max_depth": 12, "max_samples": 0.5}
-    ours = _fit(client, folder, params, keep=True)
-    train, holdout = _frames(folder, test)
-    theirs = _reference(RandomForestRegressor, train, **params)
-    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    ours, theirs, X, y = _side_by_side(client, *data("regression", classes=2), RandomForestRegressor, params, keep=True)
     assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.01, (ours.score(X, y), theirs.score(X, y))
     assert isinstance(ours[-1], RandomForestRegressor) and ours[-1].max_features == 1.0
 
@@ -204,13 +203,9 @@ def test_bad_forest_params_are_one_line_errors_naming_the_field(params, field):
 
 
 def test_tree_size_limits_and_pruning_act_as_in_sklearn(client, data):
-    folder, test = data("classification")
     params = {"n_estimators": 20, "max_samples": 0.3, "max_leaf_nodes": 64, "ccp_alpha": 1e-3,
               "min_impurity_decrease": 1e-5}
-    ours = _fit(client, folder, params)
-    train, holdout = _frames(folder, test)
-    theirs = _reference(RandomForestClassifier, train, **params)
-    X, y = holdout.drop(columns=["target"]), holdout["target"]
+    ours, theirs, X, y = _side_by_side(client, *data("classification"), RandomForestClassifier, params)
     assert abs(ours.score(X, y) - theirs.score(X, y)) < 0.01, (ours.score(X, y), theirs.score(X, y))
     model = ours[-1]
     assert (model.max_leaf_nodes, model.ccp_alpha, model.min_impurity_decrease) == (64, 1e-3, 1e-5)
