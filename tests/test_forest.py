@@ -193,6 +193,7 @@ def test_bad_data_for_a_forest_fails_before_work_with_one_line_and_no_artifact(c
     ({"bootstrap": False, "max_samples": 0.5}, "max_samples"),
     ({"task": "regression", "criterion": "gini"}, "criterion"),
     ({"max_depth": 0}, "max_depth"),
+    ({"bootstrap": False, "oob_score": True}, "oob_score"),
 ])
 def test_bad_forest_params_are_one_line_errors_naming_the_field(params, field):
     with pytest.raises(SpecError) as info:
@@ -213,3 +214,17 @@ def test_tree_size_limits_and_pruning_act_as_in_sklearn(client, data):
     assert max(leaves) <= 64 and np.mean(leaves) < 0.8 * 64  # capped, and pruning cut the trees below the cap
     assert np.mean(leaves) == pytest.approx(
         np.mean([tree.get_n_leaves() for tree in theirs.estimators_]), rel=0.2)
+
+
+@pytest.mark.parametrize("kind, cls", [("classification", RandomForestClassifier), ("regression", RandomForestRegressor)])
+def test_out_of_bag_score_agrees_with_sklearns_and_the_holdout(client, data, kind, cls):
+    params = {"n_estimators": 30, "max_depth": 10, "max_samples": 0.5, "oob_score": True}
+    logs: list[str] = []
+    ours, theirs, X, y = _side_by_side(client, *data(kind, classes=3 if kind == "classification" else 2), cls,
+                                       params, log=logs.append)
+    model = ours[-1]
+    assert model.oob_score and abs(model.oob_score_ - theirs.oob_score_) < 0.01, \
+        (model.oob_score_, theirs.oob_score_)
+    assert abs(model.oob_score_ - ours.score(X, y)) < 0.01, (model.oob_score_, ours.score(X, y))
+    assert any(f"out-of-bag {'accuracy' if kind == 'classification' else 'R²'} {model.oob_score_:.4f} on 30,000 "
+               "training rows" in line for line in logs), logs

@@ -14,7 +14,9 @@ trees picked, with their counts; (2) ``merge``: one task per group concatenates
 its pieces on a worker; (3) ``tree``: tasks fit a few trees each from that
 sample. Only the fitted trees come back to the client. Groups are sized from
 worker memory, and processed in waves when all groups' samples would not fit
-in the cluster at once.
+in the cluster at once. With ``oob_score``, (4) ``oob``: the trees go to every
+worker and each partition scores its rows with the trees whose redrawn count
+for that row is zero; only tallies come back.
 """
 from __future__ import annotations
 
@@ -69,6 +71,8 @@ class Params(FamilyParams):
     min_impurity_decrease: float = Field(0.0, ge=0.0, description="split only if impurity falls at least this much")
     ccp_alpha: float = Field(0.0, ge=0.0, description="minimal cost-complexity pruning of each tree; 0: none")
     bootstrap: bool = True
+    oob_score: bool = Field(False, description="score each training row with the trees that did not draw it "
+                                                "(accuracy or R²), in one more pass over the data")
     class_weight: Literal["balanced", "balanced_subsample"] | dict[str | int, float] | None = None
 
     @model_validator(mode="after")
@@ -81,6 +85,8 @@ class Params(FamilyParams):
                 raise ValueError(f"{name} as a fraction must be in (0, 1{']' if closed else ')'}")
         if not self.bootstrap and self.max_samples is not None:
             raise ValueError("max_samples cannot be set with bootstrap: false (every tree then sees every row)")
+        if not self.bootstrap and self.oob_score:
+            raise ValueError("oob_score needs bootstrap: true (without it no row is left out of any tree)")
         if self.task:
             _check_task(self, self.task)
         return self
@@ -164,19 +170,66 @@ def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
         y = np.asarray(block.y, dtype=np.float64)
     if plan.rates is None:
         return [Sample(X, y, None)]
-    bits = (block.u * 2.0**53).astype(np.uint64)
-    rate = plan.rates[y.astype(np.int64)] if plan.classes is not None else np.full(len(y), plan.rates[0])
+    bits, rate = _draw_inputs(block.u, y, plan)
     out = []
     for seeds in plan.groups:
         counts = np.zeros((len(y), len(seeds)), dtype=np.uint16)
         for j, seed in enumerate(seeds):
-            v = _tree_uniforms(bits, seed)
-            for r in np.unique(rate):
-                rows = rate == r
-                counts[rows, j] = _poisson(v[rows], float(r))
+            counts[:, j] = _tree_counts(bits, rate, seed)
         keep = counts.any(axis=1)
         out.append(Sample(X[keep], y[keep], counts[keep]))
     return out
+
+
+def _draw_inputs(u: np.ndarray, y: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' draws as bits, and each row's Poisson rate (by class code, or the one rate)."""
+    rate = plan.rates[y.astype(np.int64)] if plan.classes is not None else np.full(len(y), plan.rates[0])
+    return (u * 2.0**53).astype(np.uint64), rate
+
+
+def _tree_counts(bits: np.ndarray, rate: np.ndarray, seed: int) -> np.ndarray:
+    """How many times the tree drawing with ``seed`` picked each row."""
+    v = _tree_uniforms(bits, seed)
+    counts = np.zeros(len(v), dtype=np.uint16)
+    for r in np.unique(rate):
+        rows = rate == r
+        counts[rows] = _poisson(v[rows], float(r))
+    return counts
+
+
+@dataclass(frozen=True)
+class OobStats:
+    """One partition's out-of-bag tallies: rows scored, and correct labels or the sums R² needs."""
+
+    scored: int
+    unscored: int  # rows every tree drew
+    correct: int = 0
+    sse: float = 0.0  # regression: sum of squared errors, and of y and y^2 over the scored rows
+    sum_y: float = 0.0
+    sum_y2: float = 0.0
+
+
+def _oob_part(source: Any, trees: list[Any], plan: SamplePlan) -> OobStats:
+    """Score this partition's rows with the trees that did not draw them (only the tallies travel back)."""
+    block = source.load()
+    X = np.asarray(block.X, dtype=np.float32)
+    y = np.searchsorted(plan.classes, block.y) if plan.classes is not None else np.asarray(block.y, np.float64)
+    bits, rate = _draw_inputs(block.u, y, plan)
+    (seeds,) = plan.groups
+    votes = np.zeros((len(y), len(plan.classes) if plan.classes is not None else 1))
+    voters = np.zeros(len(y), dtype=np.int64)
+    for tree, seed in zip(trees, seeds, strict=True):
+        out = _tree_counts(bits, rate, seed) == 0
+        if out.any():
+            votes[out] += tree.predict_proba(X[out]) if plan.classes is not None else tree.predict(X[out])[:, None]
+            voters += out
+    scored = voters > 0
+    if plan.classes is not None:
+        correct = int((votes[scored].argmax(axis=1) == y[scored]).sum())
+        return OobStats(int(scored.sum()), int((~scored).sum()), correct=correct)
+    truth, predicted = y[scored], votes[scored, 0] / voters[scored]
+    return OobStats(int(scored.sum()), int((~scored).sum()), sse=float(((truth - predicted) ** 2).sum()),
+                    sum_y=float(truth.sum()), sum_y2=float((truth**2).sum()))
 
 
 def _pick_part(samples: list[Sample], j: int) -> Sample:
@@ -277,7 +330,39 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
         _collect(fits, trees, params.n_estimators, ctx)
-    return _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
+    forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
+    if params.oob_score:
+        forest.oob_score_ = _oob_score(parts, forest.estimators_, SamplePlan(
+            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.classes)), ctx)
+    return forest
+
+
+def _oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: TrainContext) -> float:
+    """Out-of-bag accuracy (or R²) of the forest over all training rows, from per-partition tallies.
+
+    The trees go to every worker once; each partition redraws its rows' counts
+    from the trees' seeds, so no row leaves its worker. scikit-learn's per-row
+    ``oob_decision_function_`` is not kept: it would bring every row's scores to
+    the client.
+    """
+    from distml.tasks import map_bounded
+
+    [shared] = ctx.client.scatter([trees], broadcast=True)
+    tallies = map_bounded(ctx.client, _oob_part, parts.train, key=lambda i: ctx.key("oob", i),
+                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan)
+    scored, unscored = sum(t.scored for t in tallies), sum(t.unscored for t in tallies)
+    if not scored:
+        raise DataError("model.params.oob_score: every training row was drawn by every tree, so none has an "
+                        "out-of-bag score; use fewer trees or a smaller max_samples")
+    if plan.classes is not None:
+        score, what = sum(t.correct for t in tallies) / scored, "accuracy"
+    else:
+        sse, sum_y, sum_y2 = (sum(getattr(t, f) for t in tallies) for f in ("sse", "sum_y", "sum_y2"))
+        total = sum_y2 - sum_y**2 / scored
+        score, what = (1.0 - sse / total if total > 0 else 0.0), "R²"
+    ctx.log(f"forest: out-of-bag {what} {score:.4f} on {scored:,} training rows"
+            + (f" ({unscored:,} drawn by every tree, not scored)" if unscored else ""))
+    return score
 
 
 def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], total: int, ctx: TrainContext) -> None:
@@ -422,7 +507,8 @@ def _assemble(trees: list[Any], params: Params, tree_params: dict[str, Any],
     settings = {"n_estimators": params.n_estimators, "criterion": tree_params["criterion"],
                 "max_depth": params.max_depth, "max_features": tree_params["max_features"],
                 "min_samples_split": params.min_samples_split, "min_samples_leaf": params.min_samples_leaf,
-                "max_samples": params.max_samples, "bootstrap": params.bootstrap, "random_state": ctx.seed,
+                "max_samples": params.max_samples, "bootstrap": params.bootstrap, "oob_score": params.oob_score,
+                "random_state": ctx.seed,
                 **{name: getattr(params, name) for name in PASSED_TO_TREES}}
     if not regression:
         settings["class_weight"] = params.class_weight
