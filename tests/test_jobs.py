@@ -55,24 +55,27 @@ def test_detached_jobs_outlive_the_submitter_run_concurrently_and_progress_never
     store = tmp_path / "models"
     jobs = [job_file(name=f"det-{i}", data={"path": str(folder), "target": "target"},
                      output={"store": str(store)}) for i in range(2)]
-    ids = []
-    for job in jobs:  # each submitter has exited (subprocess.run waits for it) before its job ends
-        started = time.monotonic()
-        out = distml("submit", job, "--scheduler", dask_processes, "--detach")
-        assert out.returncode == 0, out.stderr
-        assert time.monotonic() - started < 45  # seconds, on a loaded 2-core machine; ~3 s when idle
-        ids.append(out.stdout.strip().splitlines()[0])
+    ids: list[str] = []
     seen: list = []
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_progress, args=(store, ids[0], seen, stop))
-    watcher.start()
+    watcher = None
     try:
+        for job in jobs:  # each submitter has exited (subprocess.run waits for it) before its job ends
+            started = time.monotonic()
+            out = distml("submit", job, "--scheduler", dask_processes, "--detach")
+            assert out.returncode == 0, out.stderr
+            assert time.monotonic() - started < 45  # seconds, on a loaded 2-core machine; ~3 s when idle
+            ids.append(out.stdout.strip().splitlines()[0])
+            if watcher is None:  # the first job, watched from the moment its submitter returns
+                watcher = threading.Thread(target=watch_progress, args=(store, ids[0], seen, stop))
+                watcher.start()
         for job_id in ids:
             waited = distml("jobs", "wait", job_id, "--store", store, "--timeout", 90)
             assert waited.returncode == 0, waited.stderr
     finally:
         stop.set()
-        watcher.join()
+        if watcher is not None:
+            watcher.join()
     models = set()
     for job_id, name in zip(ids, ("det-0", "det-1")):
         status = distml("jobs", "status", job_id, "--store", store)
