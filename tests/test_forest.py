@@ -220,11 +220,15 @@ def test_tree_size_limits_and_pruning_act_as_in_sklearn(client, data):
 def test_out_of_bag_score_agrees_with_sklearns_and_the_holdout(client, data, kind, cls):
     params = {"n_estimators": 30, "max_depth": 10, "max_samples": 0.5, "oob_score": True}
     logs: list[str] = []
+    progress: list[float] = []
     ours, theirs, X, y = _side_by_side(client, *data(kind, classes=3 if kind == "classification" else 2), cls,
-                                       params, log=logs.append)
+                                       params, log=logs.append, report=lambda phase, done: progress.append(done))
     model = ours[-1]
     assert model.oob_score and abs(model.oob_score_ - theirs.oob_score_) < 0.01, \
         (model.oob_score_, theirs.oob_score_)
     assert abs(model.oob_score_ - ours.score(X, y)) < 0.01, (model.oob_score_, ours.score(X, y))
     assert any(f"out-of-bag {'accuracy' if kind == 'classification' else 'R²'} {model.oob_score_:.4f} on 30,000 "
                "training rows" in line for line in logs), logs
+    # trees fill the train phase's bar to 0.9, the out-of-bag pass the rest, and it never goes back
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert pytest.approx(0.9) in progress and any(0.9 < p < 1.0 for p in progress), progress

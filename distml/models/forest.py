@@ -41,6 +41,7 @@ CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
 TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
 WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
+OOB_SHARE = 0.1  # of the train phase's progress bar, for the out-of-bag pass when asked
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
 ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
 
@@ -315,7 +316,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     pending: list[list[tuple[int, Future]]] = []
     for w, wave in enumerate(layout.waves):
         if w >= 2:  # at most two waves' samples are in cluster memory at once
-            _collect(pending[w - 2], trees, params.n_estimators, ctx)
+            _collect(pending[w - 2], trees, params, ctx)
         groups = [layout.groups[g] for g in wave]
         plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
                           None if regression else np.asarray(ctx.classes))
@@ -329,7 +330,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
                 fits.append((chunk[0], ctx.client.submit(_fit_trees_part, sample, spec, key=ctx.key("tree", g, c))))
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
-        _collect(fits, trees, params.n_estimators, ctx)
+        _collect(fits, trees, params, ctx)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
         forest.oob_score_ = _oob_score(parts, forest.estimators_, SamplePlan(
@@ -348,8 +349,10 @@ def _oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: Train
     from distml.tasks import map_bounded
 
     [shared] = ctx.client.scatter([trees], broadcast=True)
+    n = len(parts.train)
     tallies = map_bounded(ctx.client, _oob_part, parts.train, key=lambda i: ctx.key("oob", i),
-                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan)
+                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan,
+                          on_done=lambda done: ctx.report("train", 1.0 - OOB_SHARE * (1.0 - done / n)))
     scored, unscored = sum(t.scored for t in tallies), sum(t.unscored for t in tallies)
     if not scored:
         raise DataError("model.params.oob_score: every training row was drawn by every tree, so none has an "
@@ -365,15 +368,16 @@ def _oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: Train
     return score
 
 
-def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], total: int, ctx: TrainContext) -> None:
-    """Bring fitted trees back as their tasks finish; report trees built / total."""
+def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext) -> None:
+    """Bring fitted trees back as their tasks finish; report trees built / total (up to OOB_SHARE before it)."""
     from distributed import as_completed
 
     first = {id(f): i for i, f in fits}
+    share = 1.0 - OOB_SHARE if params.oob_score else 1.0
     for future in as_completed([f for _, f in fits], loop=ctx.client.loop):
         trees[first[id(future)]] = future.result()
         future.release()
-        ctx.report("train", sum(map(len, trees.values())) / total)
+        ctx.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
 
 
 def _sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: int, group_ids: list[int],
