@@ -159,6 +159,7 @@ def _margin_part(source: Any, rows: SVSet) -> np.ndarray | None:
 
 
 def _select_part(source: Any, set_margins: list[np.ndarray | None]) -> SVSet:
+    """One partition's top-layer candidates, from its margins under each set (see ``_margin_part``)."""
     return _candidates(source.load(), set_margins)
 
 

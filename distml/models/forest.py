@@ -164,11 +164,7 @@ def _poisson(v: np.ndarray, rate: float) -> np.ndarray:
 def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
     """Draw, for every group, the rows of this partition its trees pick, and their counts."""
     block = source.load()
-    X = np.asarray(block.X, dtype=np.float32)
-    if plan.classes is not None:
-        y = np.searchsorted(plan.classes, block.y).astype(np.float64)
-    else:
-        y = np.asarray(block.y, dtype=np.float64)
+    X, y = _tree_rows(block, plan)
     if plan.rates is None:
         return [Sample(X, y, None)]
     bits, rate = _draw_inputs(block.u, y, plan)
@@ -180,6 +176,14 @@ def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
         keep = counts.any(axis=1)
         out.append(Sample(X[keep], y[keep], counts[keep]))
     return out
+
+
+def _tree_rows(block: Any, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    """A block's features as trees use them (float32) and its target (class codes 0..K-1, as floats)."""
+    X = np.asarray(block.X, dtype=np.float32)
+    if plan.classes is not None:
+        return X, np.searchsorted(plan.classes, block.y).astype(np.float64)
+    return X, np.asarray(block.y, dtype=np.float64)
 
 
 def _draw_inputs(u: np.ndarray, y: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
@@ -213,10 +217,9 @@ class OobStats:
 def _oob_part(source: Any, trees: list[Any], plan: SamplePlan) -> OobStats:
     """Score this partition's rows with the trees that did not draw them (only the tallies travel back)."""
     block = source.load()
-    X = np.asarray(block.X, dtype=np.float32)
-    y = np.searchsorted(plan.classes, block.y) if plan.classes is not None else np.asarray(block.y, np.float64)
+    X, y = _tree_rows(block, plan)
     bits, rate = _draw_inputs(block.u, y, plan)
-    (seeds,) = plan.groups
+    (seeds,) = plan.groups  # one group: every tree of the forest
     votes = np.zeros((len(y), len(plan.classes) if plan.classes is not None else 1))
     voters = np.zeros(len(y), dtype=np.int64)
     for tree, seed in zip(trees, seeds, strict=True):
