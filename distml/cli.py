@@ -82,6 +82,12 @@ storage_option = click.option(
          "client_kwargs.region_name=…); without it credentials come from the usual AWS environment variables.")
 
 
+signing_key_option = click.option(
+    "--signing-key-file", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+    help="File holding the manifest signing key (default: $DISTML_SIGNING_KEY); "
+         "with a key, unsigned or badly signed manifests are refused.")
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="distml")
 def main() -> None:
@@ -102,8 +108,10 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--detach/--wait", default=False, show_default=True,
               help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
+@signing_key_option
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
-           threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool) -> None:
+           threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
+           signing_key_file: str | None) -> None:
     """Run the job in JOB_FILE: train, evaluate and save the model."""
     from distml.cluster import connect
     from distml.console import Console
@@ -111,11 +119,14 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.errors import SpecError
     from distml.runner import new_job_id, run_job
     from distml.service import cluster_info
+    from distml.signing import resolve_key
     from distml.spec import load_job
     from distml.store import Store
 
     spec = load_job(job_file).with_overrides(
-        scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store)
+        scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
+        signing_key_file=signing_key_file)
+    resolve_key(key_file=spec.output.signing_key_file)  # an unreadable key file stops the job here
     if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
                         "an embedded cluster stops when distml exits")
@@ -225,18 +236,23 @@ def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
 @models.command("show")
 @click.argument("uri")
 @storage_option
-def models_show(uri: str, options: tuple[tuple[str, Any], ...]) -> None:
-    """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``)."""
-    from distml.errors import StoreError
-    from distml.store import split_uri
+@signing_key_option
+def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file: str | None) -> None:
+    """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``).
 
+    Its signature status goes to stderr; with a signing key, a manifest that is unsigned or
+    does not match the key is refused.
+    """
+    from distml.signing import resolve_key, verify
+    from distml.store import MANIFEST, split_uri
+
+    key = resolve_key(key_file=signing_key_file)
     st, name, version = split_uri(uri, storage_options(options))
-    if version is None:
-        versions = st.versions(name)
-        if not versions:
-            raise StoreError(f"{uri}: no saved versions of model '{name}'")
-        version = versions[-1]
-    click.echo(json.dumps(st.read_manifest(name, version), indent=2))
+    version = version or st.latest(name)
+    manifest = st.read_manifest(name, version)
+    status = verify(manifest, key, st.uri(name, version, MANIFEST))
+    click.echo(json.dumps(manifest, indent=2))
+    click.echo(f"{st.uri(name, version)}: {status}", err=True)
 
 
 def jobs_store_option(command: Any) -> Any:

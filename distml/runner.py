@@ -158,6 +158,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
     from distml.models import FAMILIES
+    from distml.signing import resolve_key
     from distml.store import Store
 
     job_id = tracker.job_id
@@ -195,7 +196,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
-            uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None)
+            uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None,
+                             key=resolve_key(key_file=spec.output.signing_key_file))
     except DistmlError:
         raise
     except Exception as exc:

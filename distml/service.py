@@ -68,6 +68,7 @@ def detach(spec: JobSpec, client: Client) -> str:
 
     from distml.dashboard import register_page
     from distml.runner import new_job_id
+    from distml.signing import fingerprint, resolve_key
     from distml.tasks import task_key
 
     job_id = new_job_id()
@@ -80,7 +81,9 @@ def detach(spec: JobSpec, client: Client) -> str:
     # Only the fields the job file set: defaults are re-derived on the worker, and some validators
     # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
     doc = spec.model_dump(mode="json", exclude_unset=True)
-    future = client.submit(_driver, doc, job_id, key=key, pure=False)
+    # The key itself stays where it is configured; the driver checks it reads the same one.
+    signing = resolve_key(key_file=spec.output.signing_key_file)
+    future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None, key=key, pure=False)
     fire_and_forget(future)
     deadline = time.monotonic() + 10
     while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
@@ -88,14 +91,26 @@ def detach(spec: JobSpec, client: Client) -> str:
     return job_id
 
 
-def _driver(spec_doc: dict[str, Any], job_id: str) -> str:
-    """A detached job's driver; runs on a worker and returns the job's final state."""
+def _driver(spec_doc: dict[str, Any], job_id: str, signing: str | None) -> str:
+    """A detached job's driver; runs on a worker and returns the job's final state.
+
+    ``signing`` is the fingerprint of the submitter's signing key: the driver must read the same key
+    (``DISTML_SIGNING_KEY`` or ``output.signing_key_file`` on the worker) or the job fails unsaved.
+    """
+    from distml.signing import fingerprint, resolve_key
     from distml.spec import JobSpec
 
     output = spec_doc.get("output") or {}
     records = JobRecords(output.get("store", "./models"), output.get("storage_options") or {})
     try:
-        return _drive(JobSpec.model_validate(spec_doc), records, job_id)
+        spec = JobSpec.model_validate(spec_doc)
+        key = resolve_key(key_file=spec.output.signing_key_file)
+        if signing is not None and (key is None or fingerprint(key) != signing):
+            found = "no signing key" if key is None else "another signing key"
+            return mark(records, job_id, "failed", f"the job's driver found {found} on its worker; set "
+                        "DISTML_SIGNING_KEY for the workers or output.signing_key_file to a file they can read, "
+                        "so the model is signed as its submitter asked")["state"]
+        return _drive(spec, records, job_id)
     except BaseException as exc:  # never leave the record behind: say why the driver stopped
         mark(records, job_id, "failed", f"the job's driver failed: {type(exc).__name__}: {str(exc).strip()[:300]}")
         raise

@@ -102,6 +102,7 @@ class ClusterSpec(Strict):
 class OutputSpec(Strict):
     store: str = "./models"
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    signing_key_file: str | None = Field(None, min_length=1, description="file holding the manifest signing key")
 
 
 def _model_union() -> Any:
@@ -128,12 +129,13 @@ class JobSpec(Strict):
 
     def with_overrides(self, **settings: Any) -> JobSpec:
         """Apply command-line flags (they win over the job file); ``None`` means not given."""
-        cluster = {k: v for k, v in settings.items() if k != "store" and v is not None}
+        output = {k: settings.pop(k) for k in ("store", "signing_key_file") if settings.get(k)}
+        cluster = {k: v for k, v in settings.items() if k not in ("store", "signing_key_file") and v is not None}
         update: dict[str, Any] = {}
         if cluster:
             update["cluster"] = ClusterSpec.model_validate({**self.cluster.model_dump(), **cluster})
-        if settings.get("store"):
-            update["output"] = self.output.model_copy(update={"store": settings["store"]})
+        if output:
+            update["output"] = self.output.model_copy(update=output)
         return self.model_copy(update=update)
 
 

@@ -3,7 +3,9 @@
 Layout: ``<store>/<name>/<version>/`` with ``model.skops``, ``report.html``
 and ``manifest.json``. The manifest is written last, create-only: a version
 without one is incomplete and ignored, and an existing version can never be
-overwritten.
+overwritten. Loading verifies every file against the manifest (and the
+manifest's signature when a key is configured) before the model file is read
+as anything but bytes; ``distml.trust`` decides what the model file may hold.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import StoreError, first_line
+from distml.signing import resolve_key, sign, verify
+from distml.trust import check_model_file
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -25,7 +29,7 @@ MANIFEST = "manifest.json"
 MODEL = "model.skops"
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 VERSION = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
-TRUSTED_PREFIXES = ("sklearn.", "numpy.")
+VALID_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a file inside a version folder, no path
 _SECRET_WORDS = re.compile(r"key|secret|token|password|passwd|credential|session", re.IGNORECASE)
 
 
@@ -77,8 +81,11 @@ class Store:
                              f"{first_line(exc)})") from None
 
     def save(self, name: str, pipeline: Pipeline, manifest: dict[str, Any],
-             extra_files: dict[str, bytes] | None = None) -> str:
-        """Write a new version: files first, then the manifest (create-only) with their sha256."""
+             extra_files: dict[str, bytes] | None = None, key: bytes | None = None) -> str:
+        """Write a new version: files first, then the manifest (create-only) with their sha256.
+
+        With a signing ``key`` the manifest carries an HMAC-SHA256 of its canonical bytes.
+        """
         import skops.io as sio
 
         _check_name(name)
@@ -93,8 +100,9 @@ class Store:
                 with fs.open(posixpath.join(prefix, filename), "wb") as f:
                     f.write(payload)
                 digests[filename] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-            body = json.dumps({**manifest, "name": name, "version": version, "files": digests},
-                              indent=2, sort_keys=True, default=str).encode()
+            document = json.loads(json.dumps({**manifest, "name": name, "version": version, "files": digests},
+                                             default=str))  # plain JSON values: what a reader signs
+            body = json.dumps(sign(document, key) if key else document, indent=2, sort_keys=True).encode()
             with fs.open(posixpath.join(prefix, MANIFEST), "xb") as f:
                 f.write(body)
         except FileExistsError:
@@ -116,6 +124,13 @@ class Store:
         found = fs.glob(posixpath.join(root, name, "*", MANIFEST))
         return sorted(v for v in (posixpath.basename(posixpath.dirname(p)) for p in found) if VERSION.match(v))
 
+    def latest(self, name: str) -> str:
+        """The newest complete version of a model."""
+        versions = self.versions(name)
+        if not versions:
+            raise StoreError(f"{self.uri(name)}: no saved versions of model '{name}'")
+        return versions[-1]
+
     def models(self) -> list[str]:
         """Names of the models in the store."""
         fs, root = self.filesystem()
@@ -130,20 +145,55 @@ class Store:
         path = posixpath.join(root, name, version, MANIFEST)
         try:
             with fs.open(path, "rb") as f:
-                return json.loads(f.read())
+                manifest = json.loads(f.read())
         except FileNotFoundError:
             raise StoreError(f"{self.uri(name, version)}: no such model version (no {MANIFEST})") from None
         except ValueError:
-            raise StoreError(f"{self.uri(name, version)}/{MANIFEST}: not valid JSON") from None
+            raise StoreError(f"{self.uri(name, version, MANIFEST)}: not valid JSON") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise StoreError(f"{self.uri(name, version, MANIFEST)}: expected a JSON object with a 'files' "
+                             f"mapping; got {type(manifest).__name__}")
+        return manifest
+
+    def open_version(self, name: str, version: str, key: bytes | None = None,
+                     read: str | None = None) -> tuple[dict[str, Any], str, bytes | None]:
+        """The manifest of a version whose every file checks out, its signature status in words,
+        and the verified bytes of the file ``read`` (a file the manifest must list).
+
+        Refuses a badly signed (or, with a key, unsigned) manifest, a file in the
+        folder that the manifest does not list, and a listed file that is missing
+        or whose sha256 differs.
+        """
+        manifest = self.read_manifest(name, version)
+        status = verify(manifest, key, self.uri(name, version, MANIFEST))
+        fs, root = self.filesystem()
+        prefix = posixpath.join(root, name, version)
+        fs.invalidate_cache(prefix)
+        present = {posixpath.basename(p.rstrip("/")) for p in fs.ls(prefix, detail=False)} - {MANIFEST}
+        unlisted = sorted(present - set(manifest["files"]))
+        if unlisted:
+            raise StoreError(f"{self.uri(name, version, unlisted[0])}: the file is not listed in the manifest; "
+                             "refusing the version")
+        if read is not None and read not in manifest["files"]:
+            raise StoreError(f"{self.uri(name, version)}: the manifest lists no {read}")
+        payload = None
+        for filename in manifest["files"]:
+            verified = self.read_verified(name, version, filename, manifest)
+            payload = verified if filename == read else payload
+        return manifest, status, payload
 
     def read_verified(self, name: str, version: str, filename: str, manifest: dict[str, Any]) -> bytes:
         """Read one file of a version and check it against the manifest's sha256."""
         fs, root = self.filesystem()
-        expected = manifest.get("files", {}).get(filename, {}).get("sha256")
-        if expected is None:
-            raise StoreError(f"{self.uri(name, version)}: the manifest lists no {filename}")
-        with fs.open(posixpath.join(root, name, version, filename), "rb") as f:
-            payload = f.read()
+        entry = manifest["files"].get(filename)
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        if expected is None or not VALID_FILENAME.match(filename):
+            raise StoreError(f"{self.uri(name, version)}: the manifest lists no {filename} with a sha256")
+        try:
+            with fs.open(posixpath.join(root, name, version, filename), "rb") as f:
+                payload = f.read()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(name, version, filename)}: listed in the manifest but missing") from None
         if hashlib.sha256(payload).hexdigest() != expected:
             raise StoreError(f"{self.uri(name, version, filename)}: sha256 does not match the manifest; "
                              "the file was changed or corrupted")
@@ -165,8 +215,9 @@ def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     return Store(head, storage_options or {}), last, None
 
 
-def load_model(uri: str, storage_options: dict[str, Any] | None = None) -> Pipeline:
-    """Load a saved Pipeline after checking its sha256 against the manifest.
+def load_model(uri: str, storage_options: dict[str, Any] | None = None, *,
+               signing_key: str | bytes | None = None, signing_key_file: str | None = None) -> Pipeline:
+    """Load a saved Pipeline after verifying every file of its version; never runs code the files carry.
 
     Parameters
     ----------
@@ -174,26 +225,27 @@ def load_model(uri: str, storage_options: dict[str, Any] | None = None) -> Pipel
         ``<store>/<name>/<version>``, or ``<store>/<name>`` for the newest version.
     storage_options : dict, optional
         Passed to fsspec (``endpoint_url``, ``key``, ``secret``…).
+    signing_key, signing_key_file : optional
+        The manifest signing key, or a file holding it; default ``$DISTML_SIGNING_KEY``.
+        With a key, an unsigned or badly signed manifest is refused.
 
     Returns
     -------
     sklearn.pipeline.Pipeline
-        The fitted feature transformer and estimator; only scikit-learn and numpy
-        types are trusted when it is deserialised.
+        The fitted feature transformer and estimator, built only from the exact
+        types listed in ``distml.trust``.
     """
     import skops.io as sio
 
+    key = resolve_key(signing_key, signing_key_file)
     store, name, version = split_uri(uri, storage_options)
     _check_name(name)
-    if version is None:
-        versions = store.versions(name)
-        if not versions:
-            raise StoreError(f"{uri}: no saved versions of model '{name}'")
-        version = versions[-1]
-    manifest = store.read_manifest(name, version)
-    payload = store.read_verified(name, version, MODEL, manifest)
-    untrusted = sio.get_untrusted_types(data=payload)
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if refused:
-        raise StoreError(f"{store.uri(name, version, MODEL)}: refusing to load untrusted types {', '.join(refused)}")
-    return sio.loads(payload, trusted=untrusted)
+    version = version or store.latest(name)
+    _, _, payload = store.open_version(name, version, key, read=MODEL)
+    trusted = check_model_file(payload, store.uri(name, version, MODEL))
+    try:
+        return sio.loads(payload, trusted=trusted)
+    except Exception as exc:
+        raise StoreError(f"{store.uri(name, version, MODEL)}: cannot load the model "
+                         f"({type(exc).__name__}: {first_line(exc)})") from None
+
