@@ -9,6 +9,7 @@ as anything but bytes; ``distml.trust`` decides what the model file may hold.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import posixpath
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from distml.errors import StoreError, first_line
+from distml.errors import JobFailed, StoreError, first_line
 from distml.signing import resolve_key, sign, verify
 from distml.trust import check_model_file
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 MODEL = "model.skops"
+CLAIM = "claim.json"  # created first, create-only: the version folder is this save's alone
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 VERSION = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 VALID_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a file inside a version folder, no path
@@ -68,23 +70,33 @@ class Store:
         return posixpath.join(self.url.rstrip("/"), *parts)
 
     def check_writable(self) -> None:
-        """Fail before training if the store cannot be written (bad URL, bucket, credentials)."""
+        """Fail before training if the store cannot be written (bad URL, missing bucket, credentials)."""
         fs, root = self.filesystem()
         probe = posixpath.join(root, f".distml-probe-{secrets.token_hex(4)}")
         try:
-            fs.makedirs(root, exist_ok=True)
+            if _is_object_store(fs):
+                bucket = root.split("/", 1)[0]
+                if not fs.exists(bucket):  # makedirs or a write would create it: a typo must not
+                    raise StoreError(f"{self.url}: the store cannot be written (bucket '{bucket}' does not "
+                                     "exist; distml does not create buckets)")
+            else:
+                fs.makedirs(root, exist_ok=True)
             with fs.open(probe, "wb") as f:
                 f.write(b"ok")
             fs.rm(probe)
+        except StoreError:
+            raise
         except Exception as exc:
-            raise StoreError(f"{self.url}: the store cannot be written ({type(exc).__name__}: "
-                             f"{first_line(exc)})") from None
+            raise StoreError(f"{self.url}: the store cannot be written ({_reason(exc)})") from None
 
     def save(self, name: str, pipeline: Pipeline, manifest: dict[str, Any],
              extra_files: dict[str, bytes] | None = None, key: bytes | None = None) -> str:
-        """Write a new version: files first, then the manifest (create-only) with their sha256.
+        """Write a new version: claim its folder, write its files, then the manifest with their sha256.
 
-        With a signing ``key`` the manifest carries an HMAC-SHA256 of its canonical bytes.
+        The claim (``claim.json``) and the manifest are created create-only, so a save can never
+        touch another version's files; a save that fails removes what it wrote, or leaves a folder
+        without a manifest, which no listing shows. With a signing ``key`` the manifest carries an
+        HMAC-SHA256 of its canonical bytes.
         """
         import skops.io as sio
 
@@ -92,30 +104,32 @@ class Store:
         version = new_version()
         fs, root = self.filesystem()
         prefix = posixpath.join(root, name, version)
-        files = {MODEL: sio.dumps(pipeline), **(extra_files or {})}
-        digests = {}
+        where = self.uri(name, version)
+        claim = json.dumps({"job_id": manifest.get("job_id"), "version": version}).encode()
         try:
-            fs.makedirs(prefix, exist_ok=True)
-            for filename, payload in files.items():
-                with fs.open(posixpath.join(prefix, filename), "wb") as f:
-                    f.write(payload)
-                digests[filename] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-            document = json.loads(json.dumps({**manifest, "name": name, "version": version, "files": digests},
-                                             default=str))  # plain JSON values: what a reader signs
-            body = json.dumps(sign(document, key) if key else document, indent=2, sort_keys=True).encode()
-            with fs.open(posixpath.join(prefix, MANIFEST), "xb") as f:
-                f.write(body)
+            if not _is_object_store(fs):
+                fs.makedirs(prefix, exist_ok=True)
+            _create(fs, posixpath.join(prefix, CLAIM), claim)
         except FileExistsError:
-            raise StoreError(f"{self.uri(name, version)}: version already exists; refusing to overwrite") from None
-        except OSError as exc:
-            if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):  # S3's create-only refusal
-                raise StoreError(f"{self.uri(name, version)}: version already exists; refusing to overwrite") from None
-            raise StoreError(f"{self.uri(name, version)}: cannot write the model "
-                             f"({type(exc).__name__}: {first_line(exc)})") from None
+            raise StoreError(f"{where}: version already exists; refusing to overwrite") from None
         except Exception as exc:
-            raise StoreError(f"{self.uri(name, version)}: cannot write the model "
-                             f"({type(exc).__name__}: {first_line(exc)})") from None
-        return self.uri(name, version)
+            raise JobFailed(f"{where}: cannot write the model ({_reason(exc)})") from None
+        files = {CLAIM: claim, MODEL: sio.dumps(pipeline), **(extra_files or {})}
+        digests = {name: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+                   for name, payload in files.items()}
+        document = json.loads(json.dumps({**manifest, "name": name, "version": version, "files": digests},
+                                         default=str))  # plain JSON values: what a reader signs
+        body = json.dumps(sign(document, key) if key else document, indent=2, sort_keys=True).encode()
+        try:
+            for filename, payload in files.items():
+                if filename != CLAIM:
+                    with fs.open(posixpath.join(prefix, filename), "wb") as f:
+                        f.write(payload)
+            _create(fs, posixpath.join(prefix, MANIFEST), body)
+        except Exception as exc:
+            _discard(fs, prefix)
+            raise JobFailed(f"{where}: cannot write the model ({_reason(exc)}); nothing was saved") from None
+        return where
 
     def versions(self, name: str) -> list[str]:
         """Complete versions of a model (those with a manifest), oldest first."""
@@ -198,6 +212,38 @@ class Store:
             raise StoreError(f"{self.uri(name, version, filename)}: sha256 does not match the manifest; "
                              "the file was changed or corrupted")
         return payload
+
+
+def _is_object_store(fs: Any) -> bool:
+    """An object store (S3 and the like) has buckets and no folders to make."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return not {"file", "local", "memory"} & set(protocols)
+
+
+def _create(fs: Any, path: str, payload: bytes) -> None:
+    """Write a file create-only; ``FileExistsError`` if it exists (S3: a conditional put)."""
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(payload)
+    except OSError as exc:
+        if "pre-condition" in str(exc) or "PreconditionFailed" in str(exc):  # S3's create-only refusal
+            raise FileExistsError(path) from None
+        raise
+
+
+def _discard(fs: Any, prefix: str) -> None:
+    """Remove a failed save's files; if that fails too, the folder has no manifest and stays unlisted."""
+    try:
+        fs.rm(prefix, recursive=True)
+    except Exception:
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a store call failed, in words a user can act on."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _check_name(name: str) -> None:

@@ -76,11 +76,13 @@ def test_newest_version_is_loaded_by_name_and_versions_sort_by_time(client, tmp_
 def test_an_existing_version_is_never_overwritten(client, tmp_path, small, monkeypatch):
     store = str(tmp_path / "models")
     first = run_job(_spec(str(small[0]), store), client)
-    before = (Path(first.uri) / "manifest.json").read_bytes()
+    before = {p.name: p.read_bytes() for p in Path(first.uri).iterdir()}
+    assert {"claim.json", "model.skops", "report.html", "manifest.json"} == set(before)
     monkeypatch.setattr(distml.store, "new_version", lambda: Path(first.uri).name)
     with pytest.raises(StoreError, match="already exists; refusing to overwrite"):
-        run_job(_spec(str(small[0]), store), client)
-    assert (Path(first.uri) / "manifest.json").read_bytes() == before
+        run_job(_spec(str(small[0]), store, model={"kind": "logistic", "params": {"epochs": 1}}), client)
+    assert {p.name: p.read_bytes() for p in Path(first.uri).iterdir()} == before  # the claim came first
+    assert type(load_model(first.uri)).__name__ == "Pipeline"
 
 
 def test_holdout_zero_trains_on_every_row_and_skips_evaluation(client, tmp_path, small):
@@ -144,3 +146,45 @@ def test_model_names_that_would_escape_the_store_are_refused(tmp_path):
     for name in ("../up", "a/b", "UPPER", ""):
         with pytest.raises(StoreError, match="is not valid"):
             store.versions(name)
+
+
+def test_a_missing_bucket_is_refused_not_created(s3):
+    opts = s3["storage_options"]
+    store = distml.store.Store(f"s3://{s3['bucket']}-typo/models", opts)
+    with pytest.raises(StoreError) as refused:
+        store.check_writable()
+    assert str(refused.value) == (f"s3://{s3['bucket']}-typo/models: the store cannot be written "
+                                  f"(bucket '{s3['bucket']}-typo' does not exist; distml does not create buckets)")
+    assert f"{s3['bucket']}-typo" not in [b["Name"] for b in s3["boto"].list_buckets()["Buckets"]]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_save_on_a_full_disk_says_so_and_leaves_nothing(full_disk):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import Pipeline
+
+    from distml.errors import JobFailed
+
+    store = distml.store.Store(str(full_disk / "models"), {})
+    pipeline = Pipeline([("model", DummyClassifier().fit([[0], [1]], [0, 1]))])
+    with pytest.raises(JobFailed) as failed:
+        store.save("full", pipeline, {"job_id": "x"}, {"report.html": b"x" * 2**21})
+    message = str(failed.value)
+    assert message.startswith(f"{full_disk}/models/full/") and message.endswith(
+        ": cannot write the model (the disk is full); nothing was saved")
+    assert store.versions("full") == [] and list((full_disk / "models" / "full").iterdir()) == []
