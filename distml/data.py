@@ -242,7 +242,7 @@ def _combine(pieces: list[Piece], max_rows: int) -> list[Piece | PieceGroup]:
     return out
 
 
-def _list_files(fs: Any, root: str, url: str) -> list[str]:
+def list_parquet_files(fs: Any, root: str, url: str) -> list[str]:
     if _GLOB & set(root):
         paths = sorted(p for p in fs.glob(root) if not fs.isdir(p))
     elif fs.isdir(root):
@@ -280,7 +280,7 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
     return info, meta.schema.to_arrow_schema()
 
 
-def _root_folder(fs: Any, root: str) -> str:
+def root_folder(fs: Any, root: str) -> str:
     """The folder file keys are relative to, so a copied dataset keeps its holdout."""
     if _GLOB & set(root):
         return posixpath.dirname(re.split(r"[*?\[]", root, maxsplit=1)[0])
@@ -298,12 +298,12 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
     try:
         fs, root = fsspec.core.url_to_fs(spec.path, **spec.storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        paths = _list_files(fs, root, spec.path)
+        paths = list_parquet_files(fs, root, spec.path)
     except DataError:
         raise
     except Exception as exc:  # credentials, endpoint, permissions: name the URL, not the secret
         raise DataError(f"{spec.path}: cannot list the dataset ({type(exc).__name__}: {first_line(exc)})") from None
-    base = _root_folder(fs, root)
+    base = root_folder(fs, root)
     keys = [posixpath.relpath(p, base) for p in paths]
     with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
         footers = list(pool.map(lambda pk: _read_footer(fs, pk[0], pk[1], protocol), zip(paths, keys)))

@@ -261,6 +261,25 @@ def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     return Store(head, storage_options or {}), last, None
 
 
+def open_model(uri: str, storage_options: dict[str, Any] | None = None, *,
+               signing_key: str | bytes | None = None,
+               signing_key_file: str | None = None) -> tuple[Pipeline, dict[str, Any], str]:
+    """``load_model``'s work, also returning the version's manifest and its full URI."""
+    import skops.io as sio
+
+    key = resolve_key(signing_key, signing_key_file)
+    store, name, version = split_uri(uri, storage_options)
+    _check_name(name)
+    version = version or store.latest(name)
+    manifest, _, payload = store.open_version(name, version, key, read=MODEL)
+    where = store.uri(name, version, MODEL)
+    trusted = check_model_file(payload, where)
+    try:
+        return sio.loads(payload, trusted=trusted), manifest, store.uri(name, version)
+    except Exception as exc:
+        raise StoreError(f"{where}: cannot load the model ({type(exc).__name__}: {first_line(exc)})") from None
+
+
 def load_model(uri: str, storage_options: dict[str, Any] | None = None, *,
                signing_key: str | bytes | None = None, signing_key_file: str | None = None) -> Pipeline:
     """Load a saved Pipeline after verifying every file of its version; never runs code the files carry.
@@ -281,17 +300,4 @@ def load_model(uri: str, storage_options: dict[str, Any] | None = None, *,
         The fitted feature transformer and estimator, built only from the exact
         types listed in ``distml.trust``.
     """
-    import skops.io as sio
-
-    key = resolve_key(signing_key, signing_key_file)
-    store, name, version = split_uri(uri, storage_options)
-    _check_name(name)
-    version = version or store.latest(name)
-    _, _, payload = store.open_version(name, version, key, read=MODEL)
-    trusted = check_model_file(payload, store.uri(name, version, MODEL))
-    try:
-        return sio.loads(payload, trusted=trusted)
-    except Exception as exc:
-        raise StoreError(f"{store.uri(name, version, MODEL)}: cannot load the model "
-                         f"({type(exc).__name__}: {first_line(exc)})") from None
-
+    return open_model(uri, storage_options, signing_key=signing_key, signing_key_file=signing_key_file)[0]
