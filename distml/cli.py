@@ -111,7 +111,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.errors import SpecError
     from distml.runner import new_job_id, run_job
     from distml.service import cluster_info
-    from distml.spec import load_job
+    from distml.jobfile import load_job
     from distml.store import Store
 
     spec = load_job(job_file).with_overrides(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from distml.data import Dataset
     from distml.jobs import JobTracker
-    from distml.spec import JobSpec
+    from distml.jobfile import JobSpec
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -93,7 +93,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     Parameters
     ----------
     spec : JobSpec
-        The validated job file (see ``distml.spec.load_job``).
+        The validated job file (see ``distml.jobfile.load_job``).
     client : distributed.Client
         The cluster to run on; it is never made the default client.
     dataset : Dataset, optional

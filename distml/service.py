@@ -18,7 +18,7 @@ from distml.jobs import STALE_AFTER, TERMINAL, TOPIC, JobRecords, JobTracker, ma
 if TYPE_CHECKING:
     from distributed import Client
 
-    from distml.spec import JobSpec
+    from distml.jobfile import JobSpec
 
 CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
 LIVE_TASK_STATES = {"released", "waiting", "queued", "no-worker", "processing"}
@@ -90,7 +90,7 @@ def detach(spec: JobSpec, client: Client) -> str:
 
 def _driver(spec_doc: dict[str, Any], job_id: str) -> str:
     """A detached job's driver; runs on a worker and returns the job's final state."""
-    from distml.spec import JobSpec
+    from distml.jobfile import JobSpec
 
     output = spec_doc.get("output") or {}
     records = JobRecords(output.get("store", "./models"), output.get("storage_options") or {})

@@ -15,8 +15,9 @@ from distml.data import FileInfo, _file_pieces, open_dataset, row_draws
 from distml.encoding import QuantileSketch, hll_count, merge_counts, summarize_categories
 from distml.errors import DataError
 from distml.features import plan_features
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import DataSpec, parse_job
+from distml.spec import DataSpec
 from distml.synth import make_table
 
 FEATURES = ["x0", "x1", "x2", "x3", "color", "city", "flag"]
