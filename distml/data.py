@@ -5,7 +5,6 @@ worker tasks by ``Reader.read``.
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.draws import row_draws
 from distml.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -102,26 +102,6 @@ class Reader:
             if not table.schema.equals(wanted):
                 table = table.select(list(self.columns)).cast(wanted)
         return table
-
-
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def mix_uniform(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 keys, scaled to uniforms in [0, 1): one well-mixed draw per key."""
-    with np.errstate(over="ignore"):  # wrap-around is the point
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def row_draws(seed: int, file_key: str, rows: np.ndarray) -> np.ndarray:
-    """A uniform draw per row from (seed, file, row number): the split never depends on partitioning."""
-    digest = hashlib.blake2b(f"{seed}:{file_key}".encode(), digest_size=8).digest()
-    with np.errstate(over="ignore"):
-        x = rows.astype(np.uint64) + np.uint64(int.from_bytes(digest, "little")) + GOLDEN
-    return mix_uniform(x)
 
 
 def column_kind(arrow_type: pa.DataType) -> str:

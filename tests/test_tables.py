@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distml import load_model
-from distml.data import FileInfo, _file_pieces, open_dataset, row_draws
+from distml.data import FileInfo, _file_pieces, open_dataset
+from distml.draws import row_draws
 from distml.encoding import QuantileSketch, hll_count, merge_counts, summarize_categories
 from distml.errors import DataError
 from distml.features import plan_features

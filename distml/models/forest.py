@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from distml.data import GOLDEN, mix_uniform
+from distml.draws import GOLDEN, mix_uniform
 from distml.errors import DataError
 from distml.models.base import FamilyParams, Task, TrainContext
 
