@@ -158,25 +158,16 @@ class Dataset:
         return max(per_column, parquet, 8 * (width + 2))
 
     def partition(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
-        """Cut the files into pieces of about ``target_bytes`` in memory: large row groups are split,
-        small row groups and small files combined (``width``: values per row after the transformer)."""
+        """Cut the dataset into its pieces (``cut``) and keep them, with the size asked for, as its partitions."""
         self.target_bytes = target_bytes
-        max_rows = max(1000, target_bytes // self.row_bytes(width))
-        self.pieces = _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
+        self.pieces = self.cut(target_bytes, width)
         return self.pieces
 
-    def frame(self) -> Any:
-        """The dataset as a lazy Dask dataframe, one partition per piece."""
-        import dask.dataframe as dd
-
-        if not self.pieces:
-            raise ValueError("call partition() first")
-        return dd.from_map(_frame_part, self.pieces, reader=self.reader, label="distml-read")
-
-
-def _frame_part(piece: Piece | PieceGroup, reader: Reader) -> pd.DataFrame:
-    frame, _ = reader.read(piece)
-    return frame
+    def cut(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
+        """Pieces of about ``target_bytes`` in memory: large row groups are split, small row groups and
+        small files combined (``width``: values per row after the transformer). Changes nothing."""
+        max_rows = max(1000, target_bytes // self.row_bytes(width))
+        return _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
 
 
 def _file_pieces(info: FileInfo, max_rows: int) -> list[Piece]:

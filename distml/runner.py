@@ -207,7 +207,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
            resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
-    from distml.features import persist, plan_features
+    from distml.blocks import persist
+    from distml.features import plan_features
     from distml.models.base import TrainContext
 
     n_workers, threads, memory = resources
@@ -304,7 +305,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
             "schema": dataset.schema,
             "target": dataset.target,
             "features": dataset.features,
-            "partitions": len(dataset.pieces),
+            "partitions": plan.parts.n_parts,
             "persisted": persisted,
             "train_bytes": plan.train_bytes,
             "memory_bytes": plan.stats.memory_bytes,

@@ -51,7 +51,7 @@ from distml.kernels import fit_svc, margins
 if TYPE_CHECKING:
     from sklearn.svm import SVC
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
     from distml.models.base import TrainContext
 
 # --- runs on workers ---------------------------------------------------------

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from distributed import Future
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
