@@ -113,7 +113,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     JobCancelled
         ``distml jobs cancel`` asked for it (or the caller was interrupted); nothing is saved.
     """
-    from distml.service import attached_tracker
+    from distml.tracking import attached_tracker
 
     tracker = tracker or attached_tracker(spec, client, job_id or new_job_id())
     on_progress = progress or (lambda phase, fraction: None)
