@@ -131,7 +131,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
                     + (f", jobs page {info['page']}" if info["page"] else ""))
         try:
             result = run_job(spec, client, dataset=dataset, job_id=job_id, progress=console.progress,
-                             log=console.log)
+                             log=console.log, phase=console.phase)
         finally:
             console.close()
     summary = {"job_id": result.job_id, "model": result.uri, "rows": result.rows, "metrics": result.metrics,
