@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from distml.stats import used_rows
-from distml.tasks import task_key
+from distml.tasks import pick, task_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,10 +88,6 @@ def _load_both_part(source: PartSource) -> tuple[Block, Block]:
     return source.load_both()
 
 
-def _pick_part(blocks: tuple[Block, Block], index: int) -> Block:
-    return blocks[index]
-
-
 # --- runs on the client ------------------------------------------------------
 
 
@@ -131,7 +127,7 @@ def persist(parts: Partitions, client: Client, job_id: str) -> Partitions:
     """
     both = [client.submit(_load_both_part, s, key=task_key("load", job_id, i)) for i, s in enumerate(parts.train)]
     # The picks share the loaded blocks (no copy); once they ran, the pairs are released.
-    train = [client.submit(_pick_part, b, 0, key=task_key("load", job_id, "train", i)) for i, b in enumerate(both)]
-    holdout = [client.submit(_pick_part, b, 1, key=task_key("load", job_id, "holdout", i))
+    train = [pick(client, b, 0, key=task_key("load", job_id, "train", i)) for i, b in enumerate(both)]
+    holdout = [pick(client, b, 1, key=task_key("load", job_id, "holdout", i))
                for i, b in enumerate(both)] if parts.holdout else []
     return replace(parts, train=train, holdout=holdout, persisted=True)
