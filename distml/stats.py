@@ -293,6 +293,7 @@ def _merge_stats_part(a: PartStats, b: PartStats) -> PartStats:
 
 
 def run_stats(dataset: Dataset, client: Client, job_id: str, plan: StatsPlan, report: Any) -> PartStats:
+    """The dataset's statistics: one task per piece, tree-merged on the workers; only the total comes back."""
     # One task per partition; each worker runs as many at once as it has threads, and each
     # returns only small statistics, so the pass's memory is bounded whatever the data's size.
     futures = [client.submit(_stats_part, piece, dataset.reader, plan, key=task_key("stats", job_id, i))
