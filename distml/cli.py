@@ -117,11 +117,11 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.console import Console
     from distml.data import open_dataset
     from distml.errors import SpecError
+    from distml.jobfile import load_job
     from distml.runner import new_job_id, run_job
-    from distml.service import cluster_info
     from distml.signing import resolve_key
-    from distml.spec import load_job
     from distml.store import Store
+    from distml.tracking import cluster_info
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
@@ -142,7 +142,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
                     + (f", jobs page {info['page']}" if info["page"] else ""))
         try:
             result = run_job(spec, client, dataset=dataset, job_id=job_id, progress=console.progress,
-                             log=console.log)
+                             log=console.log, phase=console.phase)
         finally:
             console.close()
     summary = {"job_id": result.job_id, "model": result.uri, "rows": result.rows, "metrics": result.metrics,
@@ -165,7 +165,8 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:
     from distml.jobs import JobRecords
-    from distml.service import cluster_info, detach
+    from distml.service import detach
+    from distml.tracking import cluster_info
 
     job_id = detach(spec, client)
     info = cluster_info(client)

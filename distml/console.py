@@ -10,6 +10,8 @@ from typing import IO
 
 import click
 
+from distml.jobs import phase_message
+
 LABELS = {"read": "reading", "stats": "statistics pass (partitions read)", "train": "training",
           "eval": "evaluating", "save": "saving"}
 WIDTH = 28
@@ -21,14 +23,14 @@ def _duration(seconds: float) -> str:
 
 
 class Console:
-    """Receives the runner's ``progress`` and ``log`` callbacks and draws them."""
+    """Receives the runner's ``progress``, ``log`` and ``phase`` callbacks and draws them."""
 
     def __init__(self, quiet: bool = False, stream: IO[str] | None = None, tty: bool | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.quiet = quiet
         self.started = time.perf_counter()
-        self.phase: str | None = None
+        self.current: str | None = None
         self.phase_started = 0.0
         self.fraction = 0.0
         self.steps: dict[str, int] = {}
@@ -43,15 +45,15 @@ class Console:
         rate = self.fraction / elapsed if elapsed > 0 else 0.0
         eta = f"ETA {_duration((1 - self.fraction) / rate)}" if 0 < self.fraction < 1 and rate > 0 else \
             f"in {_duration(elapsed)}"
-        return (f"{self.phase:<6} [{'#' * filled}{'-' * (WIDTH - filled)}] {self.fraction:5.0%}  "
-                f"{rate * 100:5.1f}%/s  {eta}  {LABELS.get(self.phase or '', '')}")
+        return (f"{self.current:<6} [{'#' * filled}{'-' * (WIDTH - filled)}] {self.fraction:5.0%}  "
+                f"{rate * 100:5.1f}%/s  {eta}  {LABELS.get(self.current or '', '')}")
 
     def progress(self, phase: str, fraction: float) -> None:
         if self.quiet:
             return
-        if phase != self.phase:  # progress from a phase not announced by a log line
+        if phase != self.current:  # progress from a phase not announced by a phase event
             self._end_bar()
-            self.phase, self.phase_started, self.fraction = phase, time.perf_counter(), 0.0
+            self.current, self.phase_started, self.fraction = phase, time.perf_counter(), 0.0
         self.fraction = max(self.fraction, min(1.0, fraction))
         if self.tty:
             self.stream.write("\r\x1b[2K" + self.bar())
@@ -63,24 +65,29 @@ class Console:
             click.echo(f"{self._clock()}  {self.bar()}", file=self.stream)
 
     def _end_bar(self) -> None:
-        if self.tty and self.phase is not None:
+        if self.tty and self.current is not None:
             self.stream.write("\n")
-            self.phase = None
+            self.current = None
+
+    def phase(self, name: str, state: str, seconds: float) -> None:
+        """The runner's phase event: a started phase gets a fresh bar, a finished one a full bar."""
+        if self.quiet or state == "failed":
+            return
+        if state == "started":
+            self._end_bar()
+            self.current, self.phase_started, self.fraction = name, time.perf_counter(), 0.0
+            self.steps.pop(name, None)
+        elif name == self.current:
+            self.fraction = 1.0
+        self.log(phase_message(name, state, seconds))
 
     def log(self, message: str) -> None:
         if self.quiet:
             return
-        words = message.split()
-        if len(words) == 3 and words[0] == "phase" and words[2] == "started":  # the runner's phase marks
-            self._end_bar()
-            self.phase, self.phase_started, self.fraction = words[1], time.perf_counter(), 0.0
-            self.steps.pop(words[1], None)
-        elif len(words) >= 3 and words[0] == "phase" and words[2] == "done" and words[1] == self.phase:
-            self.fraction = 1.0
-        if self.tty and self.phase is not None:
+        if self.tty and self.current is not None:
             self.stream.write("\r\x1b[2K")
         click.echo(f"{self._clock()}  {message}", file=self.stream)
-        if self.tty and self.phase is not None:
+        if self.tty and self.current is not None:
             self.stream.write(self.bar())
             self.stream.flush()
 

@@ -5,7 +5,6 @@ worker tasks by ``Reader.read``.
 """
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.draws import row_draws
 from distml.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -104,26 +104,6 @@ class Reader:
         return table
 
 
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def mix_uniform(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 keys, scaled to uniforms in [0, 1): one well-mixed draw per key."""
-    with np.errstate(over="ignore"):  # wrap-around is the point
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def row_draws(seed: int, file_key: str, rows: np.ndarray) -> np.ndarray:
-    """A uniform draw per row from (seed, file, row number): the split never depends on partitioning."""
-    digest = hashlib.blake2b(f"{seed}:{file_key}".encode(), digest_size=8).digest()
-    with np.errstate(over="ignore"):
-        x = rows.astype(np.uint64) + np.uint64(int.from_bytes(digest, "little")) + GOLDEN
-    return mix_uniform(x)
-
-
 def column_kind(arrow_type: pa.DataType) -> str:
     """Classify an Arrow type as numeric, boolean, categorical (strings) or other."""
     import pyarrow as pa
@@ -178,25 +158,16 @@ class Dataset:
         return max(per_column, parquet, 8 * (width + 2))
 
     def partition(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
-        """Cut the files into pieces of about ``target_bytes`` in memory: large row groups are split,
-        small row groups and small files combined (``width``: values per row after the transformer)."""
+        """Cut the dataset into its pieces (``cut``) and keep them, with the size asked for, as its partitions."""
         self.target_bytes = target_bytes
-        max_rows = max(1000, target_bytes // self.row_bytes(width))
-        self.pieces = _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
+        self.pieces = self.cut(target_bytes, width)
         return self.pieces
 
-    def frame(self) -> Any:
-        """The dataset as a lazy Dask dataframe, one partition per piece."""
-        import dask.dataframe as dd
-
-        if not self.pieces:
-            raise ValueError("call partition() first")
-        return dd.from_map(_frame_part, self.pieces, reader=self.reader, label="distml-read")
-
-
-def _frame_part(piece: Piece | PieceGroup, reader: Reader) -> pd.DataFrame:
-    frame, _ = reader.read(piece)
-    return frame
+    def cut(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
+        """Pieces of about ``target_bytes`` in memory: large row groups are split, small row groups and
+        small files combined (``width``: values per row after the transformer). Changes nothing."""
+        max_rows = max(1000, target_bytes // self.row_bytes(width))
+        return _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
 
 
 def _file_pieces(info: FileInfo, max_rows: int) -> list[Piece]:

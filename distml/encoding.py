@@ -1,13 +1,7 @@
-"""Column summaries merged across partitions, and the fitted transformer built from them.
+"""The fitted feature transformer, built on the client from the statistics pass's merged summaries.
 
-Worker side: bounded, mergeable summaries of one partition's columns —
-moments, category counts (capped), a HyperLogLog distinct-count sketch (to
-name a column's cardinality when it is too high to keep) and a log-bucket
-quantile sketch (for median imputation). Each merges associatively, so the
-tree reduction of the statistics pass gives one answer whatever its shape.
-
-Client side: ``plan_columns`` decides categories, fill values and scaler
-moments from the merged statistics; ``build_transformer`` turns them into a
+``plan_columns`` decides categories, fill values and scaler moments from the
+merged statistics (``distml.stats``); ``build_transformer`` turns them into a
 plain scikit-learn ``ColumnTransformer`` (imputers, scaler, one-hot or
 ordinal encoder) whose fitted state is exactly what the pass measured.
 """
@@ -19,162 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.errors import DataError
+from distml.stats import Moments, cap_counts, hll_count
 
 if TYPE_CHECKING:
-    import pandas as pd
     from sklearn.compose import ColumnTransformer
 
     from distml.data import Dataset
-    from distml.features import PartStats, StatsPlan
-
-HLL_BITS = 12  # 4096 one-byte registers per column: about 1.6% error on a cardinality
-SKETCH_ACCURACY = 0.01  # relative error of a quantile from the log-bucket sketch
-SKETCH_BUCKETS = 2048  # most buckets kept per sign; the smallest magnitudes collapse first
-
-# --- runs on workers ---------------------------------------------------------
-
-
-def summarize_categories(values: pd.Series, cap: int) -> tuple[dict[Any, int], np.ndarray]:
-    """Non-null value counts of a column (at most ``cap``, the most frequent) and HyperLogLog
-    registers of all its distinct values, so a cardinality above the cap can still be named."""
-    counts = values.value_counts(dropna=True, sort=False)
-    counts = counts[counts > 0]  # a pandas categorical lists unused categories with count 0
-    out = {_plain(k): int(v) for k, v in counts.items()}
-    return cap_counts(out, cap), hll_of(counts.index.to_numpy(dtype=object))
-
-
-def cap_counts(counts: dict[Any, int], cap: int) -> dict[Any, int]:
-    """The ``cap`` most frequent entries (ties by value, so the result is deterministic)."""
-    if len(counts) <= cap:
-        return counts
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    return dict(ranked[:cap])
-
-
-def merge_counts(a: dict[Any, int], b: dict[Any, int], cap: int) -> dict[Any, int]:
-    """Add two partitions' category counts, bounded to ``cap`` entries."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out.get(k, 0) + v
-    return cap_counts(out, cap)
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python ones, so categories pickle small and compare equal across files."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def hll_of(distinct: np.ndarray) -> np.ndarray:
-    """HyperLogLog registers of some values (pandas' fixed-key hash: the same in every process)."""
-    import pandas as pd
-
-    registers = np.zeros(2**HLL_BITS, dtype=np.uint8)
-    if not len(distinct):
-        return registers
-    hashed = pd.util.hash_array(np.array([str(v) for v in distinct], dtype=object))
-    index = (hashed >> np.uint64(64 - HLL_BITS)).astype(np.int64)
-    rest = (hashed << np.uint64(HLL_BITS)) | np.uint64(1 << (HLL_BITS - 1))  # a set bit bounds the rank
-    top_bit = np.minimum(np.floor(np.log2(rest.astype(np.float64))), 63)  # float rounding can reach 2**64
-    rank = (64 - top_bit).astype(np.uint8)
-    np.maximum.at(registers, index, rank)
-    return registers
-
-
-def hll_count(registers: np.ndarray) -> int:
-    """Estimated number of distinct values (with the small-range correction)."""
-    m = float(len(registers))
-    estimate = 0.7213 / (1 + 1.079 / m) * m * m / np.sum(2.0 ** -registers.astype(np.float64))
-    zeros = int(np.sum(registers == 0))
-    if estimate <= 2.5 * m and zeros:
-        estimate = m * np.log(m / zeros)
-    return int(round(estimate))
-
-
-@dataclass
-class Moments:
-    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge)."""
-
-    n: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> Moments:
-        n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
-            m2 = np.nansum((values - mean) ** 2, axis=0)
-        return cls(n, mean, m2)
-
-    def merge(self, other: Moments) -> Moments:
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(n > 0, other.n / np.maximum(n, 1), 0.0)
-        return Moments(n, self.mean + delta * w, self.m2 + other.m2 + delta**2 * self.n * w)
-
-    @property
-    def var(self) -> np.ndarray:
-        return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
-
-
-@dataclass
-class QuantileSketch:
-    """Counts of values in log-spaced buckets (DDSketch's idea): mergeable, relative error bounded.
-
-    Written here rather than taken from a library because it is thirty lines and
-    must travel inside the statistics pass's merged value.
-    """
-
-    pos: dict[int, int]
-    neg: dict[int, int]
-    zeros: int
-
-    @staticmethod
-    def _keys(magnitudes: np.ndarray) -> dict[int, int]:
-        gamma = (1 + SKETCH_ACCURACY) / (1 - SKETCH_ACCURACY)
-        keys, counts = np.unique(np.ceil(np.log(magnitudes) / np.log(gamma)).astype(np.int64), return_counts=True)
-        return dict(zip(keys.tolist(), counts.tolist()))
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> QuantileSketch:
-        values = values[np.isfinite(values)]
-        tiny = np.abs(values) < 1e-300
-        return cls(cls._keys(values[(values > 0) & ~tiny]), cls._keys(-values[(values < 0) & ~tiny]),
-                   int(tiny.sum()))
-
-    def merge(self, other: QuantileSketch) -> QuantileSketch:
-        return QuantileSketch(_collapse(merge_counts(self.pos, other.pos, 1 << 62)),
-                              _collapse(merge_counts(self.neg, other.neg, 1 << 62)), self.zeros + other.zeros)
-
-    def quantile(self, q: float) -> float:
-        """The value at rank ``q`` (0..1), within SKETCH_ACCURACY relative error."""
-        gamma = (1 + SKETCH_ACCURACY) / (1 - SKETCH_ACCURACY)
-        ordered = ([(-2 * gamma**k / (gamma + 1), n) for k, n in sorted(self.neg.items(), reverse=True)]
-                   + [(0.0, self.zeros)] + [(2 * gamma**k / (gamma + 1), n) for k, n in sorted(self.pos.items())])
-        total = sum(n for _, n in ordered)
-        if total == 0:
-            return float("nan")
-        rank, seen = q * (total - 1), 0
-        for value, n in ordered:
-            seen += n
-            if seen > rank:
-                return float(value)
-        return float(ordered[-1][0])
-
-
-def _collapse(buckets: dict[int, int]) -> dict[int, int]:
-    """Fold the smallest-magnitude buckets into one so a sketch stays bounded."""
-    if len(buckets) <= SKETCH_BUCKETS:
-        return buckets
-    keys = sorted(buckets)
-    cut = keys[len(keys) - SKETCH_BUCKETS]
-    out = {k: n for k, n in buckets.items() if k > cut}
-    out[cut] = sum(n for k, n in buckets.items() if k <= cut)
-    return out
-
-
-# --- runs on the client ------------------------------------------------------
+    from distml.stats import PartStats, StatsPlan
 
 
 @dataclass

@@ -15,7 +15,9 @@ import numpy as np
 from distml.tasks import task_key, tree_reduce
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Future
+
+    from distml.blocks import BlockSource
 
 AUC_BINS = 4096
 
@@ -42,9 +44,10 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     """Predicted labels, class probabilities if the model has them, and a binary score in [0, 1] for the AUC.
 
     A kernel ``SVC`` without probabilities is evaluated from BLAS blocks
-    (``distml.kernels``, about 7x faster than libsvm's row-by-row kernels, equal to
-    its decision values within 1e-9); a binary one's labels are the sign of the
-    decision values computed for the AUC, one pass over the support vectors.
+    (``distml.kernels``, faster than libsvm's row-by-row kernels — README.md's
+    cascade SVM benchmark has the figures — and equal to its decision values
+    within 1e-9); a binary one's labels are the sign of the decision values
+    computed for the AUC, one pass over the support vectors.
     """
     from sklearn.svm import SVC
 
@@ -71,7 +74,7 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     return pred, None, 1.0 / (1.0 + np.exp(-np.clip(decision, -500, 500)))
 
 
-def _metrics_part(source: Any, model: Any, classes: np.ndarray | None) -> ClassificationSums | RegressionSums:
+def _metrics_part(source: BlockSource, model: Any, classes: np.ndarray | None) -> ClassificationSums | RegressionSums:
     """Sufficient statistics of one holdout partition."""
     block = source.load()
     X, y = block.X, block.y
@@ -143,7 +146,7 @@ def regression_metrics(s: RegressionSums) -> dict[str, float]:
             "rmse": float(np.sqrt(s.sse / s.n)), "mae": float(s.sae / s.n)}
 
 
-def evaluate(model: Any, sources: list[Any], client: Client, job_id: str,
+def evaluate(model: Any, sources: list[BlockSource | Future], client: Client, job_id: str,
              classes: np.ndarray | None) -> dict[str, float]:
     """Score a fitted estimator on the holdout partitions; only the reduced sums come back."""
     model_future = client.scatter(model, broadcast=False, hash=False)

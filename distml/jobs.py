@@ -25,7 +25,6 @@ from typing import Any
 from distml.errors import JobCancelled, StoreError, first_line
 
 JOBS_DIR = "_jobs"
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 PHASE_ORDER = ("start", "read", "stats", "train", "eval", "save")
 HEARTBEAT_EVERY = 5.0  # seconds between the driver's record rewrites while nothing else happens
@@ -124,6 +123,11 @@ def _protocols(fs: Any) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
+def phase_message(name: str, state: str, seconds: float) -> str:
+    """The human line for a phase event, as the job's log and the console show it."""
+    return f"phase {name} done in {seconds:.2f}s" if state == "done" else f"phase {name} {state}"
+
+
 def new_record(spec_doc: dict[str, Any], job_id: str, store_url: str, cluster: dict[str, Any],
                driver: dict[str, Any], state: str = "queued") -> dict[str, Any]:
     """A fresh record; ``spec_doc`` must already be redacted."""
@@ -198,11 +202,24 @@ class JobTracker:
             del events[1:len(events) - MAX_EVENTS + 1]
 
     def log(self, message: str) -> None:
+        """An event line for the job's log; raises ``JobCancelled`` if a cancel was asked for."""
         with self._lock:
             self._event(message)
-            phase = message.split()[1] if message.startswith("phase ") else None
-            if phase and message.endswith("started"):
-                self._advance(phase, 0.0)
+        self.check_cancel()
+        self._maybe_flush()
+
+    def phase(self, name: str, state: str, seconds: float) -> None:
+        """A phase started or ended: its line in the log and, once started, the record's current phase.
+
+        A failed phase writes nothing here (``finish`` records the error); the
+        others may raise ``JobCancelled`` like ``log``.
+        """
+        if state == "failed":
+            return
+        with self._lock:
+            self._event(phase_message(name, state, seconds))
+            if state == "started":
+                self._advance(name, 0.0)
         self.check_cancel()
         self._maybe_flush()
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from distml.errors import DistmlError, JobCancelled, JobFailed, first_line
 
@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 
     from distml.data import Dataset
     from distml.jobs import JobTracker
-    from distml.spec import JobSpec
+    from distml.jobfile import JobSpec
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
 
 Progress = Callable[[str, float], None]
 Log = Callable[[str], None]
+PhaseState = Literal["started", "done", "failed"]
+PhaseEvent = Callable[[str, PhaseState, float], None]  # (phase, state, seconds spent in it so far)
 
 
 def new_job_id() -> str:
@@ -48,12 +50,12 @@ class JobResult:
 
 
 class _Phases:
-    """Times each phase and names the phase an error happened in."""
+    """Times each phase, tells ``on_phase`` when one starts and ends, and names the phase an error happened in."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, on_phase: PhaseEvent) -> None:
         self.timings: dict[str, float] = {}
         self.current = "start"
-        self.log = log
+        self.on_phase = on_phase
 
     def __call__(self, name: str) -> _Phases:
         self.current = name
@@ -61,12 +63,11 @@ class _Phases:
 
     def __enter__(self) -> None:
         self.started = time.perf_counter()
-        self.log(f"phase {self.current} started")
+        self.on_phase(self.current, "started", 0.0)
 
     def __exit__(self, *exc: object) -> None:
         self.timings[self.current] = round(time.perf_counter() - self.started, 3)
-        if exc[0] is None:
-            self.log(f"phase {self.current} done in {self.timings[self.current]:.2f}s")
+        self.on_phase(self.current, "done" if exc[0] is None else "failed", self.timings[self.current])
 
 
 def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, headroom: int) -> int:
@@ -86,20 +87,21 @@ def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, headroom: int
 
 
 def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, job_id: str | None = None,
-            progress: Progress | None = None, log: Log | None = None,
+            progress: Progress | None = None, log: Log | None = None, phase: PhaseEvent | None = None,
             tracker: JobTracker | None = None) -> JobResult:
     """Run one job on ``client``: read, plan features, train, evaluate, save.
 
     Parameters
     ----------
     spec : JobSpec
-        The validated job file (see ``distml.spec.load_job``).
+        The validated job file (see ``distml.jobfile.load_job``).
     client : distributed.Client
         The cluster to run on; it is never made the default client.
     dataset : Dataset, optional
         An already opened dataset (``distml.data.open_dataset``); opened here if absent.
-    job_id, progress, log
-        The job's id (new if absent), and callbacks for phase progress and events.
+    job_id, progress, log, phase
+        The job's id (new if absent), and callbacks for phase progress, events, and each phase's
+        start and end (``phase(name, "started" | "done" | "failed", seconds)``).
     tracker : JobTracker, optional
         The job's durable record (``<store>/_jobs/<id>.json``); created here if absent.
 
@@ -113,11 +115,12 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     JobCancelled
         ``distml jobs cancel`` asked for it (or the caller was interrupted); nothing is saved.
     """
-    from distml.service import attached_tracker
+    from distml.tracking import attached_tracker
 
     tracker = tracker or attached_tracker(spec, client, job_id or new_job_id())
     on_progress = progress or (lambda phase, fraction: None)
     on_log = log or (lambda message: None)
+    on_phase = phase or (lambda name, state, seconds: None)
 
     def tracked_progress(phase: str, fraction: float) -> None:
         on_progress(phase, fraction)
@@ -127,10 +130,14 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         on_log(message)
         tracker.log(message)
 
+    def tracked_phase(name: str, state: PhaseState, seconds: float) -> None:
+        on_phase(name, state, seconds)
+        tracker.phase(name, state, seconds)
+
     if tracker.record["state"] != "running":
         tracker.start()
     try:
-        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log)
+        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
     except BaseException as exc:
         _record_failure(tracker, exc)
         if tracker.record["state"] == "cancelled" and not isinstance(exc, (JobCancelled, KeyboardInterrupt)):
@@ -153,7 +160,7 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> None:
 
 
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
-         progress: Progress, log: Log) -> JobResult:
+         progress: Progress, log: Log, on_phase: PhaseEvent) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
     from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
@@ -163,7 +170,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
     job_id = tracker.job_id
     family = FAMILIES[spec.model.kind]
-    phases = _Phases(log)
+    phases = _Phases(on_phase)
     started = time.time()
     report = _start_report(client)
     try:
@@ -209,7 +216,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
            resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
-    from distml.features import persist, plan_features
+    from distml.blocks import persist
+    from distml.features import plan_features
     from distml.models.base import TrainContext
 
     n_workers, threads, memory = resources
@@ -306,7 +314,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
             "schema": dataset.schema,
             "target": dataset.target,
             "features": dataset.features,
-            "partitions": len(dataset.pieces),
+            "partitions": plan.parts.n_parts,
             "persisted": persisted,
             "train_bytes": plan.train_bytes,
             "memory_bytes": plan.stats.memory_bytes,

@@ -13,53 +13,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import DistmlError, SpecError
-from distml.jobs import STALE_AFTER, TERMINAL, TOPIC, JobRecords, JobTracker, mark, new_record
+from distml.jobs import STALE_AFTER, TERMINAL, JobRecords, JobTracker, mark
+from distml.tracking import publisher, record_for, records_of
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from distml.spec import JobSpec
+    from distml.jobfile import JobSpec
 
 CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
 LIVE_TASK_STATES = {"released", "waiting", "queued", "no-worker", "processing"}
-
-
-def records_of(spec: JobSpec) -> JobRecords:
-    return JobRecords(spec.output.store, spec.output.storage_options)
-
-
-def cluster_info(client: Client) -> dict[str, Any]:
-    """Where the job runs: scheduler address, dashboard and the /distml page."""
-    from distml.cluster import dashboard_link
-
-    link = dashboard_link(client)
-    page = link.rsplit("/status", 1)[0].rstrip("/") + "/distml" if link else None
-    return {"scheduler": client.scheduler.address, "dashboard": link, "page": page}
-
-
-def _publisher(client: Client) -> Any:
-    def publish(record: dict[str, Any]) -> None:
-        client.log_event(TOPIC, record)
-
-    return publish
-
-
-def _record_for(spec: JobSpec, client: Client, job_id: str, driver: dict[str, Any]) -> dict[str, Any]:
-    from distml.store import redact
-
-    driver = {**driver, "scheduler": client.scheduler.address}
-    return new_record(redact(spec.model_dump(mode="json")), job_id, spec.output.store, cluster_info(client), driver)
-
-
-def attached_tracker(spec: JobSpec, client: Client, job_id: str) -> JobTracker:
-    """The record of a job whose driver is this process (``distml submit`` without ``--detach``)."""
-    from distml.dashboard import register_page
-
-    register_page(client)
-    tracker = JobTracker(records_of(spec), _record_for(spec, client, job_id, {"kind": "client", "id": client.id}),
-                         _publisher(client))
-    tracker.flush()
-    return tracker
 
 
 def detach(spec: JobSpec, client: Client) -> str:
@@ -73,17 +36,17 @@ def detach(spec: JobSpec, client: Client) -> str:
 
     job_id = new_job_id()
     key = task_key("job", job_id)
-    record = _record_for(spec, client, job_id, {"kind": "task", "key": key})
+    record = record_for(spec, client, job_id, {"kind": "task", "key": key})
     records_of(spec).write(record)
     register_page(client)
-    _publisher(client)({k: v for k, v in record.items() if k != "events"})
-    # pure=False: submitting the same job file twice must run two jobs.
+    publisher(client)({k: v for k, v in record.items() if k != "events"})
     # Only the fields the job file set: defaults are re-derived on the worker, and some validators
     # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
     doc = spec.model_dump(mode="json", exclude_unset=True)
     # The key itself stays where it is configured; the driver checks it reads the same one.
     signing = resolve_key(key_file=spec.output.signing_key_file)
-    future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None, key=key, pure=False)
+    future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None,
+                           key=key)  # a fresh job id: two submits run two jobs
     fire_and_forget(future)
     deadline = time.monotonic() + 10
     while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
@@ -97,8 +60,8 @@ def _driver(spec_doc: dict[str, Any], job_id: str, signing: str | None) -> str:
     ``signing`` is the fingerprint of the submitter's signing key: the driver must read the same key
     (``DISTML_SIGNING_KEY`` or ``output.signing_key_file`` on the worker) or the job fails unsaved.
     """
+    from distml.jobfile import JobSpec
     from distml.signing import fingerprint, resolve_key
-    from distml.spec import JobSpec
 
     output = spec_doc.get("output") or {}
     records = JobRecords(output.get("store", "./models"), output.get("storage_options") or {})
@@ -131,7 +94,7 @@ def _drive(spec: JobSpec, records: JobRecords, job_id: str) -> str:
                     "(the job is not restarted; submit it again)")["state"]
     record["driver"]["worker"] = get_worker().address
     with worker_client(separate_thread=True) as client:  # secedes: no worker thread held while waiting
-        tracker = JobTracker(records, record, _publisher(client))
+        tracker = JobTracker(records, record, publisher(client))
         try:
             run_job(spec, client, tracker=tracker)
         except DistmlError:

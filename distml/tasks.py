@@ -1,27 +1,86 @@
-"""Dask idioms shared by every phase: task keys, bounded submission, tree reductions.
+"""Dask idioms shared by every phase: task keys and their phase words, bounded submission, picks, tree reductions.
 
-All functions here run on the client and take the client explicitly.
+The public functions run on the client and take the client explicitly; ``_part``
+functions run on the workers.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-# Phase words are short, all letters and never 8 letters starting a-f, so the
-# dashboard's ``key_split`` shows ``distml-<phase>`` as the task group.
-PHASES = ("read", "stats", "train", "merge", "eval", "save", "load", "job", "tree", "svm", "predict")
-_PHASE = re.compile(r"^[a-z]{2,7}$")
+T = TypeVar("T")
+
+# Every phase word a task key may carry, and what it names. Words are short, all
+# letters and never 8 letters starting a-f, so the dashboard's ``key_split``
+# shows ``distml-<phase>`` as the task group (tests/test_cluster.py checks each).
+PHASES: dict[str, str] = {
+    "read": "the job's first phase: files, footers, partitions",
+    "stats": "the statistics pass, one task per partition",
+    "merge": "pairwise merges: statistics, metrics, Gram matrices, forest samples",
+    "load": "blocks read into cluster memory (persist)",
+    "train": "training tasks: SGD lanes, Gram matrices",
+    "eval": "metrics on the holdout",
+    "save": "the job's last phase: the artifact",
+    "job": "a detached job's driver",
+    "sample": "rows drawn from every partition (forest bootstrap, kernel approximation)",
+    "tree": "forest: tree fits",
+    "oob": "forest: out-of-bag tallies",
+    "cut": "cascade SVM: partitions cut into chunk pieces",
+    "pick": "cascade SVM: one chunk's piece of a cut",
+    "svm": "cascade SVM: first-layer fits",
+    "layer": "cascade SVM: merge layers",
+    "screen": "cascade SVM: candidates screened by margin",
+    "top": "cascade SVM: the top fit",
+    "size": "cascade SVM: small results brought to the client",
+    "kkt": "cascade SVM: every row checked against the final fit",
+    "refit": "cascade SVM: refits with the violators",
+    "predict": "batch scoring: one input file scored into one output file",
+}
 
 
 def task_key(phase: str, job_id: str, *index: int | str) -> str:
     """Build the one key shape every distml task uses: ``distml-<phase>-<job>-<i>…``."""
-    if not _PHASE.match(phase):
-        raise ValueError(f"phase word {phase!r} must be 2-7 lowercase letters")
+    if phase not in PHASES:
+        raise ValueError(f"phase word {phase!r} is not declared in distml.tasks.PHASES")
     return "-".join(["distml", phase, job_id, *(str(i) for i in index)])
+
+
+def submit_bounded(
+    client: Client,
+    items: Sequence[T],
+    submit: Callable[[int, T], Future],
+    *,
+    max_in_flight: int,
+    on_done: Callable[[Future], None] | None = None,
+    drain: bool = False,
+) -> list[Future]:
+    """Call ``submit(i, item)`` for every item, with at most ``max_in_flight`` of its futures unfinished.
+
+    Bounding the tasks in flight is what keeps a pass over data larger than the
+    cluster's memory from reading every partition at once. ``on_done`` sees each
+    future that finished while waiting; with ``drain`` the call also waits for
+    the last ones (and shows them to ``on_done``), otherwise it returns as soon as
+    everything is submitted and the results stay on the workers.
+    """
+    from distributed import as_completed
+
+    running = as_completed(loop=client.loop)
+    futures: list[Future] = []
+    for i, item in enumerate(items):
+        if i >= max(1, max_in_flight):
+            finished = next(running)  # wait for one task to finish before submitting another
+            if on_done is not None:
+                on_done(finished)
+        futures.append(submit(i, item))
+        running.add(futures[-1])
+    if drain:
+        for finished in running:
+            if on_done is not None:
+                on_done(finished)
+    return futures
 
 
 def map_bounded(
@@ -31,54 +90,45 @@ def map_bounded(
     *,
     key: Callable[[int], str],
     max_in_flight: int,
-    combine: Callable[[Any, Any], Any] | None = None,
     on_done: Callable[[int], None] | None = None,
     **kwargs: Any,
-) -> list[Any] | Any:
-    """Run ``fn(item, **kwargs)`` for every item, at most ``max_in_flight`` at once.
+) -> list[Any]:
+    """Run ``fn(item, **kwargs)`` for every item, at most ``max_in_flight`` at once; the results in item order.
 
-    Results come back to the client as they finish (they must be small); with
-    ``combine`` they are folded into one value in item order, otherwise a list in
-    item order is returned. Bounding the tasks in flight is what keeps a pass over
-    data larger than the cluster's memory from reading every partition at once.
+    Results come back to the client as they finish (they must be small) and
+    each task is released at once; ``on_done`` gets the count finished so far.
     """
-    from distributed import as_completed
-
     results: list[Any] = [None] * len(items)
-    pending = iter(enumerate(items))
+    position: dict[str, int] = {}
     done = 0
 
-    def submit_next(queue: Any) -> None:
-        nxt = next(pending, None)
-        if nxt is not None:
-            i, item = nxt
-            fut = client.submit(fn, item, key=key(i), **kwargs)
-            fut.distml_index = i  # type: ignore[attr-defined]
-            queue.add(fut)
+    def submit(i: int, item: Any) -> Future:
+        future = client.submit(fn, item, key=key(i), **kwargs)
+        position[future.key] = i
+        return future
 
-    queue = as_completed(loop=client.loop)
-    for _ in range(max(1, max_in_flight)):
-        submit_next(queue)
-    for fut in queue:
-        i = fut.distml_index  # type: ignore[attr-defined]
-        results[i] = fut.result()
-        fut.release()
+    def collect(future: Future) -> None:
+        nonlocal done
+        results[position.pop(future.key)] = future.result()
+        future.release()
         done += 1
         if on_done is not None:
             on_done(done)
-        submit_next(queue)
-    if combine is None:
-        return results
-    return fold(results, combine)
+
+    submit_bounded(client, items, submit, max_in_flight=max_in_flight, on_done=collect, drain=True)
+    return results
 
 
-def fold(values: Iterable[Any], combine: Callable[[Any, Any], Any]) -> Any:
-    """Combine small values left to right on the client (used after ``map_bounded``)."""
-    it = iter(values)
-    acc = next(it)
-    for value in it:
-        acc = combine(acc, value)
-    return acc
+def _pick_part(values: Sequence[Any], index: int) -> Any:
+    return values[index]
+
+
+def pick(client: Client, future: Future, index: int, *, key: str) -> Future:
+    """A future of item ``index`` of ``future``'s result (a tuple or list), taken on the worker holding it.
+
+    The item is shared with the result, not copied, and nothing travels to the client.
+    """
+    return client.submit(_pick_part, future, index, key=key)
 
 
 def tree_reduce(

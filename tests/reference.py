@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distml.data import row_draws
+from distml.draws import row_draws
 
 
 def split_frames(folder: Path, seed: int, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame]:

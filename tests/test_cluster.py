@@ -14,7 +14,7 @@ from dask.utils import key_split
 from distributed import Client
 
 from distml.cli import main
-from distml.tasks import task_key
+from distml.tasks import PHASES, task_key
 
 
 def _job(tmp_path, folder, **cluster):
@@ -65,8 +65,14 @@ def test_embedded_cluster_binds_to_loopback_and_uses_the_flags(tmp_path, make_da
     assert "job " in result.stdout and "succeeded" in result.stdout
 
 
-@pytest.mark.parametrize("phase", ["read", "stats", "train", "merge", "eval", "save", "load"])
+@pytest.mark.parametrize("phase", list(PHASES))
 def test_task_keys_group_by_phase_on_the_dashboard(phase):
     for job_id in ("20261124-053236-a1b2c3", "20261124-053236-ffffff"):
-        assert key_split(task_key(phase, job_id, 3, 7)) == f"distml-{phase}"
+        for index in ((), (3,), (3, 7), ("train", 2), ("tree", 1, 0)):
+            assert key_split(task_key(phase, job_id, *index)) == f"distml-{phase}"
+
+
+def test_a_task_key_with_an_undeclared_phase_word_is_refused():
+    with pytest.raises(ValueError, match="'evaluate' is not declared"):
+        task_key("evaluate", "20261124-053236-a1b2c3", 0)
 

@@ -12,8 +12,8 @@ import pytest
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from distml import load_model
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import parse_job
 
 
 class KillOnNthTask(WorkerPlugin):

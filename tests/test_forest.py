@@ -15,13 +15,15 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.pipeline import Pipeline
 
 from distml import load_model
+from distml.blocks import persist
 from distml.data import open_dataset
 from distml.errors import DataError, SpecError
-from distml.features import persist, plan_features
+from distml.features import plan_features
+from distml.jobfile import parse_job
 from distml.models import forest
 from distml.models.base import TrainContext
 from distml.runner import run_job
-from distml.spec import DataSpec, parse_job
+from distml.spec import DataSpec
 from distml.synth import make_dataset
 
 TREES = {"n_estimators": 40, "max_depth": 10}

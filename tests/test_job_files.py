@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from distml.cli import main
-from distml.spec import load_job
+from distml.jobfile import load_job
 
 JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
 

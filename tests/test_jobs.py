@@ -207,10 +207,10 @@ def test_console_redraws_one_bar_per_phase_on_a_terminal_and_prints_plain_lines_
     tty, plain = io.StringIO(), io.StringIO()
     for stream, is_tty in ((tty, True), (plain, False)):
         console = Console(stream=stream, tty=is_tty)
-        console.log("phase train started")
+        console.phase("train", "started", 0.0)
         for i in range(1, 21):
             console.progress("train", i / 20)
-        console.log("phase train done in 1.00s")
+        console.phase("train", "done", 1.0)
         console.close()
     assert "\r\x1b[2K" in tty.getvalue() and "train  [" in tty.getvalue() and "%/s" in tty.getvalue()
     lines = plain.getvalue().splitlines()

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import parse_job
 
 WORKERS = 1  # one worker keeps the test short; the benchmark runs two
 WORKER_MEMORY = 400 * 2**20

@@ -22,7 +22,7 @@ from distml.cli import main
 from distml.errors import DataError, JobFailed, SpecError
 from distml.predict import Output, predict_dataset
 from distml.runner import run_job
-from distml.spec import parse_job
+from distml.jobfile import parse_job
 from distml.synth import make_table
 
 FEATURES = ["x0", "x1", "x2", "x3", "color", "city", "flag"]

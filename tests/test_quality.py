@@ -9,8 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from distml import load_model
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import parse_job
 from reference import split_frames, xy
 
 ROWS = 1_000_000

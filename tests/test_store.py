@@ -15,8 +15,8 @@ import distml.store
 from distml import load_model
 from distml.cli import main
 from distml.errors import StoreError
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import parse_job
 
 SECRET = "testing-secret-value"
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from distml.errors import DataError, JobFailed, SpecError
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import parse_job
 from distml.synth import make_nonlinear_dataset
 from tests.reference import split_frames, xy
 

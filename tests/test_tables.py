@@ -11,12 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from distml import load_model
-from distml.data import FileInfo, _file_pieces, open_dataset, row_draws
-from distml.encoding import QuantileSketch, hll_count, merge_counts, summarize_categories
+from distml.data import FileInfo, _file_pieces, open_dataset
+from distml.draws import row_draws
 from distml.errors import DataError
 from distml.features import plan_features
+from distml.jobfile import parse_job
 from distml.runner import run_job
-from distml.spec import DataSpec, parse_job
+from distml.spec import DataSpec
+from distml.stats import QuantileSketch, hll_count, merge_counts, summarize_categories
 from distml.synth import make_table
 
 FEATURES = ["x0", "x1", "x2", "x3", "color", "city", "flag"]
@@ -211,18 +213,19 @@ def test_constant_feature_is_a_warning_and_constant_target_an_error(client, tmp_
 def test_holdout_rows_are_the_same_whatever_the_partitioning_and_workers(client, tmp_path):
     from distributed import Client, LocalCluster
 
-    from distml.features import _load_part
+    from distml.blocks import _load_part
 
     table = make_table(tmp_path / "t", rows=20_000, files=3, row_group_rows=2_000)
 
     def holdout_rows(c, size):
         dataset = open_dataset(_spec(table, tmp_path, missing="impute").data, 0)
-        dataset.partition(size)
+        pieces = dataset.partition(size)
         plan = plan_features(dataset, c, "holdout", "classification")
+        assert dataset.pieces == pieces  # the plan cuts its own pieces; the dataset it was handed is unchanged
         blocks = c.gather([c.submit(_load_part, s, pure=False) for s in plan.parts.holdout])
         u = np.concatenate([b.u for b in blocks])
         order = np.argsort(u)
-        return len(dataset.pieces), u[order], np.concatenate([b.X for b in blocks])[order]
+        return plan.parts.n_parts, u[order], np.concatenate([b.X for b in blocks])[order]
 
     n_small, u_small, x_small = holdout_rows(client, 2**20 // 8)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -262,12 +265,11 @@ def test_category_summaries_stay_bounded_and_count_distinct_values():
     assert sketch.quantile(0.5) == pytest.approx(np.median(values), rel=0.03)
 
 
-def test_dataset_frame_is_a_lazy_dask_dataframe_of_the_same_rows(make_data, client):
+def test_the_statistics_pass_reads_every_row_of_every_piece_once(make_data, client):
     folder, _ = make_data("classification", rows=20_000, features=6, files=3)
-    dataset = open_dataset(DataSpec(path=str(folder), target="target"), seed=0)
-    dataset.partition(2**20)
-    frame = dataset.frame()
-    assert frame.npartitions == len(dataset.pieces)
-    counted = client.compute(frame.map_partitions(len).sum()).result()  # only a count comes back
-    assert counted == 20_000
-    assert list(frame.columns) == dataset.features + ["target"]
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), seed=0)
+    pieces = dataset.partition(2**18)
+    plan = plan_features(dataset, client, "pieces", "classification")
+    assert len(pieces) > 3 and plan.parts.n_parts == len(pieces)
+    assert plan.stats.rows == plan.stats.train_rows == 20_000  # only the counts come back
+    assert dataset.reader.columns == (*dataset.features, "target")

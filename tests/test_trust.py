@@ -20,7 +20,7 @@ from distml import load_model
 from distml.cli import main
 from distml.errors import SpecError, StoreError
 from distml.runner import run_job
-from distml.spec import parse_job
+from distml.jobfile import parse_job
 from distml.synth import make_dataset, make_table
 from distml.trust import ALLOWED_TYPES, SAVED_ESTIMATORS, schema_nodes
 

@@ -47,11 +47,12 @@ import numpy as np
 
 from distml.errors import JobFailed
 from distml.kernels import fit_svc, margins
+from distml.tasks import pick
 
 if TYPE_CHECKING:
     from sklearn.svm import SVC
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
     from distml.models.base import TrainContext
 
 # --- runs on workers ---------------------------------------------------------
@@ -250,8 +251,7 @@ class Cascade:
             cuts = [client.submit(_cut_part, s, plan.n_chunks, lo, hi, key=key("cut", lo, i))
                     for i, s in enumerate(self.parts.train)]
             for c in range(lo, hi):
-                yield c, [client.submit(operator.getitem, cut, c - lo, key=key("pick", c, i))
-                          for i, cut in enumerate(cuts)]
+                yield c, [pick(client, cut, c - lo, key=key("pick", c, i)) for i, cut in enumerate(cuts)]
 
     def _wait(self, futures: list[Any]) -> None:
         """Block until ``futures`` finish, without moving their results to the client."""
@@ -296,16 +296,12 @@ class Cascade:
         The results (candidates, violators) stay on the workers; bounding the reads
         is what keeps a pass over data larger than the cluster's memory affordable.
         """
-        from distributed import as_completed
+        from distml.tasks import submit_bounded
 
-        out: list[Any] = []
-        running = as_completed(loop=self.client.loop)
-        for i, source in enumerate(self.parts.train):
-            if i >= self.ctx.max_in_flight:
-                next(running)  # wait for one partition to finish before reading another
-            out.append(self.client.submit(fn, source, *args, key=self.ctx.key(phase, pas, i)))
-            running.add(out[-1])
-        return out
+        def one(i: int, source: Any) -> Any:
+            return self.client.submit(fn, source, *args, key=self.ctx.key(phase, pas, i))
+
+        return submit_bounded(self.client, self.parts.train, one, max_in_flight=self.ctx.max_in_flight)
 
     def _screen(self, below: list[Any]) -> list[Any]:
         """Each partition's top-layer candidates (futures).

@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sklearn.linear_model._stochastic_gradient import BaseSGD
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
     from distml.models.base import TrainContext
 
 LossFn = Callable[[Any, np.ndarray, np.ndarray], float]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from distributed import Client
     from sklearn.base import BaseEstimator
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 TargetKind = Literal["regression", "binary", "multiclass"]
 Task = Literal["regression", "classification"]

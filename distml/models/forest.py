@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from distml.data import GOLDEN, mix_uniform
+from distml.draws import GOLDEN, mix_uniform
 from distml.errors import DataError
 from distml.models.base import FamilyParams, Task, TrainContext
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from distributed import Future
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
@@ -236,10 +236,6 @@ def _oob_part(source: Any, trees: list[Any], plan: SamplePlan) -> OobStats:
                     sum_y=float(truth.sum()), sum_y2=float((truth**2).sum()))
 
 
-def _pick_part(samples: list[Sample], j: int) -> Sample:
-    return samples[j]
-
-
 def _merge_part(pieces: list[Sample], n_classes: int) -> Sample:
     """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K.
 
@@ -389,18 +385,18 @@ def _sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: i
 
     Returns, per group, a future of its merged sample; the pieces move worker to worker, never to the client.
     """
-    from distributed import as_completed
+    from distml.tasks import pick, submit_bounded
 
     client = ctx.client
     pieces: list[list[Future]] = [[] for _ in group_ids]
-    queue = as_completed(loop=client.loop)
-    for i, source in enumerate(parts.train):
-        if i >= ctx.max_in_flight:
-            next(queue)  # wait for one partition to finish before reading another
+
+    def draw(i: int, source: Any) -> Future:
         drawn = client.submit(_sample_part, source, plan, key=ctx.key("sample", wave, i))
-        queue.add(drawn)
         for j in range(len(group_ids)):
-            pieces[j].append(client.submit(_pick_part, drawn, j, key=ctx.key("sample", wave, i, j)))
+            pieces[j].append(pick(client, drawn, j, key=ctx.key("sample", wave, i, j)))
+        return drawn
+
+    submit_bounded(client, parts.train, draw, max_in_flight=ctx.max_in_flight)
     return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.key("merge", "tree", g))
             for g, group_pieces in zip(group_ids, pieces)]
 

@@ -20,7 +20,7 @@ from distml.tasks import tree_reduce
 if TYPE_CHECKING:
     from sklearn.base import RegressorMixin
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 
 class Params(FamilyParams):

@@ -18,7 +18,7 @@ from distml.models.base import FamilyParams, Task, TrainContext
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression, SGDClassifier
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 
 class Params(FamilyParams):

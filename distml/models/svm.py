@@ -26,7 +26,7 @@ from distml.tasks import map_bounded
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
-    from distml.features import Partitions
+    from distml.blocks import Partitions
 
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation

@@ -48,7 +48,7 @@ def _cluster(memory: str):
 def _distml(folder: Path, test: Path, params: dict, memory: str, store: Path) -> dict:
     from distml import load_model
     from distml.runner import run_job
-    from distml.spec import parse_job
+    from distml.jobfile import parse_job
 
     spec = parse_job({"name": "bench-forest", "seed": 0,
                       "data": {"path": str(folder), "target": "target", "holdout": 0.0},

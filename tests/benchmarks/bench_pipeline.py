@@ -43,7 +43,7 @@ def score(kind: str, model, test: pd.DataFrame) -> float:
 def run_distml(client, folder: Path, store: Path, model: dict) -> tuple[float, float, object]:
     from distml import load_model
     from distml.runner import run_job
-    from distml.spec import parse_job
+    from distml.jobfile import parse_job
 
     spec = parse_job({"name": "bench", "seed": SEED,
                       "data": {"path": str(folder), "target": "target", "holdout": HOLDOUT},

@@ -100,7 +100,8 @@ def _case(name: str, folder: Path, memory: str, model: dict, store: Path, partit
     from distributed import Client, LocalCluster
 
     from distml.runner import run_job
-    from distml.spec import parse_job, parse_size
+    from distml.jobfile import parse_job
+    from distml.spec import parse_size
     from distml.store import Store
 
     spec = parse_job({"name": f"bench-{name}", "seed": 0,

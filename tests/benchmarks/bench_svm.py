@@ -78,7 +78,7 @@ def run_cascade(folder: Path, store: Path, workers: int, params: dict, memory: s
 
     from distml import load_model
     from distml.runner import run_job
-    from distml.spec import parse_job
+    from distml.jobfile import parse_job
 
     spec = parse_job({"name": "bench-svm", "seed": SEED,
                       "data": {"path": str(folder), "target": "target", "holdout": HOLDOUT},
