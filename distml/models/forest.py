@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from distml.data import GOLDEN, mix_uniform
 from distml.errors import DataError
+from distml.models._weights import class_weights
 from distml.models.base import FamilyParams, Task, TrainContext
 
 if TYPE_CHECKING:
@@ -308,7 +309,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest."""
     regression = ctx.target_kind == "regression"
     tree_params = _tree_params(params, ctx, regression)
-    rates, class_weights, subsample = _draw_rates(params, ctx, regression)
+    rates, per_class, subsample = _draw_rates(params, ctx, regression)
     layout = _layout(params, ctx, rates)
     n_classes = 0 if regression else len(ctx.classes)
     tree_seeds = ctx.child_seeds(params.n_estimators, salt=1)
@@ -329,7 +330,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
             for c in range(0, len(group), layout.per_fit):
                 chunk = group[c:c + layout.per_fit]
                 spec = TreeSpec(regression, tree_params, tuple(tree_seeds[t] for t in chunk),
-                                tuple(range(c, c + len(chunk))), n_classes, class_weights, subsample)
+                                tuple(range(c, c + len(chunk))), n_classes, per_class, subsample)
                 fits.append((chunk[0], ctx.client.submit(_fit_trees_part, sample, spec, key=ctx.key("tree", g, c))))
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
@@ -443,8 +444,6 @@ def _draw_rates(params: Params, ctx: TrainContext,
     option = params.class_weight
     weights = None
     if option is not None and not (option == "balanced_subsample" and params.bootstrap):
-        from distml.models.logistic import class_weights
-
         resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.classes,
                                  ctx.class_counts)
         weights = np.array([resolved.get(c, 1.0) for c in ctx.classes.tolist()])

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models._softmax import SoftmaxSGD, to_estimator
+from distml.models._weights import class_weights
 from distml.models.base import FamilyParams, Task, TrainContext
 
 if TYPE_CHECKING:
@@ -49,28 +50,6 @@ def _log_loss(model: SGDClassifier | SoftmaxSGD, X: np.ndarray, y: np.ndarray) -
 
 
 # --- runs on the client ------------------------------------------------------
-
-
-def class_weights(option: str | dict[str | int, float] | None, classes: np.ndarray,
-                  counts: np.ndarray) -> dict[object, float] | None:
-    """Resolve ``class_weight`` to a dict: ``balanced`` from the global class counts.
-
-    ``partial_fit`` refuses ``"balanced"`` because one batch cannot know the
-    class frequencies; the statistics pass does.
-    """
-    if option is None:
-        return None
-    if option == "balanced":
-        weights = counts.sum() / (len(classes) * counts)
-        return {c: float(w) for c, w in zip(classes.tolist(), weights)}
-    by_name = {str(c): c for c in classes.tolist()}
-    unknown = sorted(set(map(str, option)) - set(by_name))
-    if unknown:
-        from distml.errors import SpecError
-
-        raise SpecError(f"model.params.class_weight names unknown class {unknown[0]!r}; "
-                        f"classes are {', '.join(by_name)}")
-    return {by_name[str(name)]: weight for name, weight in option.items()}
 
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegression | SGDClassifier:

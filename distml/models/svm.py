@@ -19,8 +19,8 @@ from sklearn.linear_model import SGDClassifier
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
 from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models._weights import class_weights
 from distml.models.base import FamilyParams, Task, TrainContext
-from distml.models.logistic import class_weights
 from distml.tasks import map_bounded
 
 if TYPE_CHECKING:
