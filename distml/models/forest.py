@@ -16,7 +16,9 @@ sample. Only the fitted trees come back to the client. Groups are sized from
 worker memory, and processed in waves when all groups' samples would not fit
 in the cluster at once. With ``oob_score``, (4) ``oob``: the trees go to every
 worker and each partition scores its rows with the trees whose redrawn count
-for that row is zero; only tallies come back.
+for that row is zero; only tallies come back. The draws live in ``_bootstrap``
+(passes 1 and 2), the out-of-bag pass in ``_oob``; this module holds the
+parameters, the layout of groups and waves, the tree fits and the assembly.
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from distml.data import GOLDEN, mix_uniform
 from distml.errors import DataError
+from distml.models._bootstrap import Sample, SamplePlan, sample_wave
+from distml.models._oob import OOB_SHARE, oob_score
 from distml.models._weights import class_weights
 from distml.models.base import FamilyParams, Task, TrainContext
 
@@ -42,7 +45,6 @@ CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
 TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
 WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
-OOB_SHARE = 0.1  # of the train phase's progress bar, for the out-of-bag pass when asked
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
 ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
 
@@ -112,25 +114,6 @@ def task(params: Params) -> Task | None:
 # --- runs on workers ---------------------------------------------------------
 
 
-
-@dataclass(frozen=True)
-class SamplePlan:
-    """What a partition task needs to draw every group's rows: seeds, Poisson rates, label coding."""
-
-    groups: tuple[tuple[int, ...], ...]  # per group, the sampling seed of each of its trees
-    rates: np.ndarray | None  # Poisson rate per class code (classification) or [rate]; None: no bootstrap
-    classes: np.ndarray | None  # global classes, to code labels 0..K-1
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Rows some tree of a group picked: features (float32, as trees use), target, count per tree."""
-
-    X: np.ndarray
-    y: np.ndarray
-    counts: np.ndarray | None  # (rows, trees) uint16; None: every row once (no bootstrap)
-
-
 @dataclass(frozen=True)
 class TreeSpec:
     """One tree task's trees: the class to build, its parameters, and each tree's seed."""
@@ -142,122 +125,6 @@ class TreeSpec:
     n_classes: int
     class_weights: np.ndarray | None  # per class code, applied as weights (bootstrap: false)
     subsample_balanced: bool
-
-
-def _tree_uniforms(bits: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform draw per (row, tree) from the row's own draw and the tree's seed (splitmix64)."""
-    with np.errstate(over="ignore"):
-        return mix_uniform(bits + np.uint64(seed) * GOLDEN)
-
-
-def _poisson(v: np.ndarray, rate: float) -> np.ndarray:
-    """Poisson(rate) counts by inverting the CDF at the uniforms ``v``."""
-    from scipy.special import gammaln
-
-    out = np.zeros(len(v), dtype=np.uint16)
-    k = np.arange(int(rate + 12 * math.sqrt(rate) + 20))
-    cdf = np.cumsum(np.exp(k * math.log(rate) - rate - gammaln(k + 1)))
-    hit = v >= cdf[0]  # most rows draw zero when the rate is small: skip the search for them
-    out[hit] = np.minimum(np.searchsorted(cdf, v[hit], side="right"), 65535)
-    return out
-
-
-def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
-    """Draw, for every group, the rows of this partition its trees pick, and their counts."""
-    block = source.load()
-    X, y = _tree_rows(block, plan)
-    if plan.rates is None:
-        return [Sample(X, y, None)]
-    bits, rate = _draw_inputs(block.u, y, plan)
-    out = []
-    for seeds in plan.groups:
-        counts = np.zeros((len(y), len(seeds)), dtype=np.uint16)
-        for j, seed in enumerate(seeds):
-            counts[:, j] = _tree_counts(bits, rate, seed)
-        keep = counts.any(axis=1)
-        out.append(Sample(X[keep], y[keep], counts[keep]))
-    return out
-
-
-def _tree_rows(block: Any, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """A block's features as trees use them (float32) and its target (class codes 0..K-1, as floats)."""
-    X = np.asarray(block.X, dtype=np.float32)
-    if plan.classes is not None:
-        return X, np.searchsorted(plan.classes, block.y).astype(np.float64)
-    return X, np.asarray(block.y, dtype=np.float64)
-
-
-def _draw_inputs(u: np.ndarray, y: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' draws as bits, and each row's Poisson rate (by class code, or the one rate)."""
-    rate = plan.rates[y.astype(np.int64)] if plan.classes is not None else np.full(len(y), plan.rates[0])
-    return (u * 2.0**53).astype(np.uint64), rate
-
-
-def _tree_counts(bits: np.ndarray, rate: np.ndarray, seed: int) -> np.ndarray:
-    """How many times the tree drawing with ``seed`` picked each row."""
-    v = _tree_uniforms(bits, seed)
-    counts = np.zeros(len(v), dtype=np.uint16)
-    for r in np.unique(rate):
-        rows = rate == r
-        counts[rows] = _poisson(v[rows], float(r))
-    return counts
-
-
-@dataclass(frozen=True)
-class OobStats:
-    """One partition's out-of-bag tallies: rows scored, and correct labels or the sums R² needs."""
-
-    scored: int
-    unscored: int  # rows every tree drew
-    correct: int = 0
-    sse: float = 0.0  # regression: sum of squared errors, and of y and y^2 over the scored rows
-    sum_y: float = 0.0
-    sum_y2: float = 0.0
-
-
-def _oob_part(source: Any, trees: list[Any], plan: SamplePlan) -> OobStats:
-    """Score this partition's rows with the trees that did not draw them (only the tallies travel back)."""
-    block = source.load()
-    X, y = _tree_rows(block, plan)
-    bits, rate = _draw_inputs(block.u, y, plan)
-    (seeds,) = plan.groups  # one group: every tree of the forest
-    votes = np.zeros((len(y), len(plan.classes) if plan.classes is not None else 1))
-    voters = np.zeros(len(y), dtype=np.int64)
-    for tree, seed in zip(trees, seeds, strict=True):
-        out = _tree_counts(bits, rate, seed) == 0
-        if out.any():
-            votes[out] += tree.predict_proba(X[out]) if plan.classes is not None else tree.predict(X[out])[:, None]
-            voters += out
-    scored = voters > 0
-    if plan.classes is not None:
-        correct = int((votes[scored].argmax(axis=1) == y[scored]).sum())
-        return OobStats(int(scored.sum()), int((~scored).sum()), correct=correct)
-    truth, predicted = y[scored], votes[scored, 0] / voters[scored]
-    return OobStats(int(scored.sum()), int((~scored).sum()), sse=float(((truth - predicted) ** 2).sum()),
-                    sum_y=float(truth.sum()), sum_y2=float((truth**2).sum()))
-
-
-def _pick_part(samples: list[Sample], j: int) -> Sample:
-    return samples[j]
-
-
-def _merge_part(pieces: list[Sample], n_classes: int) -> Sample:
-    """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K.
-
-    Written into preallocated arrays: the peak is the pieces plus one copy, not several.
-    """
-    rows = sum(len(p.y) for p in pieces) + n_classes
-    X = np.zeros((rows, pieces[0].X.shape[1]), dtype=np.float32)
-    y = np.empty(rows, dtype=np.float64)
-    counts = None if pieces[0].counts is None else np.zeros((rows, pieces[0].counts.shape[1]), dtype=np.uint16)
-    at = 0
-    for piece in pieces:
-        X[at:at + len(piece.y)], y[at:at + len(piece.y)] = piece.X, piece.y
-        if counts is not None:
-            counts[at:at + len(piece.y)] = piece.counts
-        at += len(piece.y)
-    y[at:] = np.arange(n_classes)  # the class rows: features 0, count 0
-    return Sample(X, y, counts)
 
 
 def _tree_weights(sample: Sample, spec: TreeSpec, column: int) -> np.ndarray:
@@ -324,7 +191,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
         groups = [layout.groups[g] for g in wave]
         plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
                           None if regression else np.asarray(ctx.classes))
-        merged = _sample_wave(parts, plan, ctx, w, wave, n_classes)
+        merged = sample_wave(parts, plan, ctx, w, wave, n_classes)
         fits = []
         for g, group, sample in zip(wave, groups, merged):
             for c in range(0, len(group), layout.per_fit):
@@ -337,39 +204,9 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
         _collect(fits, trees, params, ctx)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
-        forest.oob_score_ = _oob_score(parts, forest.estimators_, SamplePlan(
+        forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan(
             (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.classes)), ctx)
     return forest
-
-
-def _oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: TrainContext) -> float:
-    """Out-of-bag accuracy (or R²) of the forest over all training rows, from per-partition tallies.
-
-    The trees go to every worker once; each partition redraws its rows' counts
-    from the trees' seeds, so no row leaves its worker. scikit-learn's per-row
-    ``oob_decision_function_`` is not kept: it would bring every row's scores to
-    the client.
-    """
-    from distml.tasks import map_bounded
-
-    [shared] = ctx.client.scatter([trees], broadcast=True)
-    n = len(parts.train)
-    tallies = map_bounded(ctx.client, _oob_part, parts.train, key=lambda i: ctx.key("oob", i),
-                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan,
-                          on_done=lambda done: ctx.report("train", 1.0 - OOB_SHARE * (1.0 - done / n)))
-    scored, unscored = sum(t.scored for t in tallies), sum(t.unscored for t in tallies)
-    if not scored:
-        raise DataError("model.params.oob_score: every training row was drawn by every tree, so none has an "
-                        "out-of-bag score; use fewer trees or a smaller max_samples")
-    if plan.classes is not None:
-        score, what = sum(t.correct for t in tallies) / scored, "accuracy"
-    else:
-        sse, sum_y, sum_y2 = (sum(getattr(t, f) for t in tallies) for f in ("sse", "sum_y", "sum_y2"))
-        total = sum_y2 - sum_y**2 / scored
-        score, what = (1.0 - sse / total if total > 0 else 0.0), "R²"
-    ctx.log(f"forest: out-of-bag {what} {score:.4f} on {scored:,} training rows"
-            + (f" ({unscored:,} drawn by every tree, not scored)" if unscored else ""))
-    return score
 
 
 def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext) -> None:
@@ -382,28 +219,6 @@ def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params
         trees[first[id(future)]] = future.result()
         future.release()
         ctx.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
-
-
-def _sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: int, group_ids: list[int],
-                 n_classes: int) -> list[Future]:
-    """One pass over the partitions (bounded in flight) drawing the samples of a wave's groups.
-
-    Returns, per group, a future of its merged sample; the pieces move worker to worker, never to the client.
-    """
-    from distributed import as_completed
-
-    client = ctx.client
-    pieces: list[list[Future]] = [[] for _ in group_ids]
-    queue = as_completed(loop=client.loop)
-    for i, source in enumerate(parts.train):
-        if i >= ctx.max_in_flight:
-            next(queue)  # wait for one partition to finish before reading another
-        drawn = client.submit(_sample_part, source, plan, key=ctx.key("sample", wave, i))
-        queue.add(drawn)
-        for j in range(len(group_ids)):
-            pieces[j].append(client.submit(_pick_part, drawn, j, key=ctx.key("sample", wave, i, j)))
-    return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.key("merge", "tree", g))
-            for g, group_pieces in zip(group_ids, pieces)]
 
 
 def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[str, Any]:
