@@ -134,15 +134,15 @@ def sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: in
     """
     from distributed import as_completed
 
-    client = ctx.client
+    client = ctx.env.client
     pieces: list[list[Future]] = [[] for _ in group_ids]
     queue = as_completed(loop=client.loop)
     for i, source in enumerate(parts.train):
-        if i >= ctx.max_in_flight:
+        if i >= ctx.env.max_in_flight:
             next(queue)  # wait for one partition to finish before reading another
-        drawn = client.submit(_sample_part, source, plan, key=ctx.key("sample", wave, i))
+        drawn = client.submit(_sample_part, source, plan, key=ctx.env.key("sample", wave, i))
         queue.add(drawn)
         for j in range(len(group_ids)):
-            pieces[j].append(client.submit(_pick_part, drawn, j, key=ctx.key("sample", wave, i, j)))
-    return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.key("merge", "tree", g))
+            pieces[j].append(client.submit(_pick_part, drawn, j, key=ctx.env.key("sample", wave, i, j)))
+    return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.env.key("merge", "tree", g))
             for g, group_pieces in zip(group_ids, pieces)]

@@ -69,11 +69,11 @@ def oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: TrainC
     """
     from distml.tasks import map_bounded
 
-    [shared] = ctx.client.scatter([trees], broadcast=True)
+    [shared] = ctx.env.client.scatter([trees], broadcast=True)
     n = len(parts.train)
-    tallies = map_bounded(ctx.client, _oob_part, parts.train, key=lambda i: ctx.key("oob", i),
-                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan,
-                          on_done=lambda done: ctx.report("train", 1.0 - OOB_SHARE * (1.0 - done / n)))
+    tallies = map_bounded(ctx.env.client, _oob_part, parts.train, key=lambda i: ctx.env.key("oob", i),
+                          max_in_flight=ctx.env.max_in_flight, trees=shared, plan=plan,
+                          on_done=lambda done: ctx.env.report("train", 1.0 - OOB_SHARE * (1.0 - done / n)))
     scored, unscored = sum(t.scored for t in tallies), sum(t.unscored for t in tallies)
     if not scored:
         raise DataError("model.params.oob_score: every training row was drawn by every tree, so none has an "
@@ -84,6 +84,6 @@ def oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: TrainC
         sse, sum_y, sum_y2 = (sum(getattr(t, f) for t in tallies) for f in ("sse", "sum_y", "sum_y2"))
         total = sum_y2 - sum_y**2 / scored
         score, what = (1.0 - sse / total if total > 0 else 0.0), "R²"
-    ctx.log(f"forest: out-of-bag {what} {score:.4f} on {scored:,} training rows"
+    ctx.env.log(f"forest: out-of-bag {what} {score:.4f} on {scored:,} training rows"
             + (f" ({unscored:,} drawn by every tree, not scored)" if unscored else ""))
     return score

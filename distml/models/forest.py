@@ -33,7 +33,7 @@ from distml.errors import DataError
 from distml.models._bootstrap import Sample, SamplePlan, sample_wave
 from distml.models._oob import OOB_SHARE, oob_score
 from distml.models._weights import class_weights
-from distml.models.base import FamilyParams, Task, TrainContext
+from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -46,7 +46,7 @@ REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poiss
 TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
 WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
-ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
+ENCODING: Encoding = "ordinal"  # trees split category codes as well as one-hot columns, at a fraction of the width
 
 
 _NUMBERS = {"max_features": (1, True), "min_samples_split": (2, True), "min_samples_leaf": (1, False),
@@ -174,14 +174,14 @@ def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestClassifier | RandomForestRegressor:
     """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest."""
-    regression = ctx.target_kind == "regression"
+    regression = ctx.data.target_kind == "regression"
     tree_params = _tree_params(params, ctx, regression)
     rates, per_class, subsample = _draw_rates(params, ctx, regression)
     layout = _layout(params, ctx, rates)
-    n_classes = 0 if regression else len(ctx.classes)
-    tree_seeds = ctx.child_seeds(params.n_estimators, salt=1)
-    draw_seeds = ctx.child_seeds(params.n_estimators, salt=2)
-    ctx.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
+    n_classes = 0 if regression else len(ctx.data.classes)
+    tree_seeds = ctx.env.child_seeds(params.n_estimators, salt=1)
+    draw_seeds = ctx.env.child_seeds(params.n_estimators, salt=2)
+    ctx.env.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
             f"wave(s), about {layout.group_bytes / 2**20:.0f} MiB of sample per group")
     trees: dict[int, list[Any]] = {}
     pending: list[list[tuple[int, Future]]] = []
@@ -190,7 +190,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
             _collect(pending[w - 2], trees, params, ctx)
         groups = [layout.groups[g] for g in wave]
         plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
-                          None if regression else np.asarray(ctx.classes))
+                          None if regression else np.asarray(ctx.data.classes))
         merged = sample_wave(parts, plan, ctx, w, wave, n_classes)
         fits = []
         for g, group, sample in zip(wave, groups, merged):
@@ -198,14 +198,15 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
                 chunk = group[c:c + layout.per_fit]
                 spec = TreeSpec(regression, tree_params, tuple(tree_seeds[t] for t in chunk),
                                 tuple(range(c, c + len(chunk))), n_classes, per_class, subsample)
-                fits.append((chunk[0], ctx.client.submit(_fit_trees_part, sample, spec, key=ctx.key("tree", g, c))))
+                fit = ctx.env.client.submit(_fit_trees_part, sample, spec, key=ctx.env.key("tree", g, c))
+                fits.append((chunk[0], fit))
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
         _collect(fits, trees, params, ctx)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
         forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan(
-            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.classes)), ctx)
+            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.data.classes)), ctx)
     return forest
 
 
@@ -215,10 +216,10 @@ def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params
 
     first = {id(f): i for i, f in fits}
     share = 1.0 - OOB_SHARE if params.oob_score else 1.0
-    for future in as_completed([f for _, f in fits], loop=ctx.client.loop):
+    for future in as_completed([f for _, f in fits], loop=ctx.env.client.loop):
         trees[first[id(future)]] = future.result()
         future.release()
-        ctx.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
+        ctx.env.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
 
 
 def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[str, Any]:
@@ -227,15 +228,15 @@ def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[st
         _check_task(params, "regression" if regression else "classification")
     except ValueError as exc:
         raise DataError(f"model.params.{exc}") from None
-    n = ctx.train_rows
+    n = ctx.data.train_rows
     if isinstance(params.max_samples, int) and params.max_samples > n:
         raise DataError(f"model.params.max_samples: {params.max_samples} rows per tree is more than the "
                         f"{n} training rows; expected at most {n} or a fraction")
     max_features = params.max_features
     if regression and "max_features" not in params.model_fields_set:
         max_features = 1.0  # scikit-learn's RandomForestRegressor default
-    if isinstance(max_features, int) and max_features > ctx.n_features:
-        raise DataError(f"model.params.max_features: {max_features} is more than the {ctx.n_features} "
+    if isinstance(max_features, int) and max_features > ctx.data.n_features:
+        raise DataError(f"model.params.max_features: {max_features} is more than the {ctx.data.n_features} "
                         "feature columns")
     criterion = params.criterion
     if regression and "criterion" not in params.model_fields_set:
@@ -255,17 +256,17 @@ def _draw_rates(params: Params, ctx: TrainContext,
     As in scikit-learn, class weights make the bootstrap draw rows in proportion
     to their weight, and ``max_samples`` as a fraction is of the summed weights.
     """
-    n = ctx.train_rows
+    n = ctx.data.train_rows
     option = params.class_weight
     weights = None
     if option is not None and not (option == "balanced_subsample" and params.bootstrap):
-        resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.classes,
-                                 ctx.class_counts)
-        weights = np.array([resolved.get(c, 1.0) for c in ctx.classes.tolist()])
+        resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.data.classes,
+                                 ctx.data.class_counts)
+        weights = np.array([resolved.get(c, 1.0) for c in ctx.data.classes.tolist()])
     subsample = option == "balanced_subsample" and params.bootstrap
     if not params.bootstrap:
         return None, weights, False
-    counts = np.array([n], dtype=np.float64) if regression else ctx.class_counts.astype(np.float64)
+    counts = np.array([n], dtype=np.float64) if regression else ctx.data.class_counts.astype(np.float64)
     per_row = np.ones(len(counts)) if weights is None else weights
     total = float((counts * per_row).sum())
     m = params.max_samples
@@ -283,14 +284,14 @@ class Layout:
 
 def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layout:
     """Group trees so one group's sample fits a worker thread's share of memory, and waves fit the cluster."""
-    n_trees, slots = params.n_estimators, max(1, ctx.max_in_flight)
-    memory = ctx.worker_memory or 4 * 2**30
-    per_thread = memory / max(1, slots // max(1, ctx.n_workers))
-    counts = np.array([ctx.train_rows]) if rates is None or len(rates) == 1 else ctx.class_counts
+    n_trees, slots = params.n_estimators, max(1, ctx.env.max_in_flight)
+    memory = ctx.env.worker_memory or 4 * 2**30
+    per_thread = memory / max(1, slots // max(1, ctx.env.n_workers))
+    counts = np.array([ctx.data.train_rows]) if rates is None or len(rates) == 1 else ctx.data.class_counts
 
     def sample_bytes(g: int) -> float:
-        rows = ctx.train_rows if rates is None else float((counts * -np.expm1(-g * rates)).sum())
-        return rows * (4 * ctx.n_features + 8 + (0 if rates is None else 2 * g)) + 1024
+        rows = ctx.data.train_rows if rates is None else float((counts * -np.expm1(-g * rates)).sum())
+        return rows * (4 * ctx.data.n_features + 8 + (0 if rates is None else 2 * g)) + 1024
 
     if rates is None:  # no bootstrap: every tree sees every row, so one shared sample
         groups, size = [list(range(n_trees))], sample_bytes(1)
@@ -311,7 +312,7 @@ def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layo
         raise DataError(f"model.params.max_samples: {what} takes about {size / 2**20:.0f} MiB, more than a "
                         f"worker thread can hold ({TASK_BUDGET * per_thread / 2**20:.0f} MiB); "
                         "set max_samples lower or give workers more memory")
-    per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.n_workers) / size))
+    per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.env.n_workers) / size))
     waves = [list(range(a, min(a + per_wave, len(groups)))) for a in range(0, len(groups), per_wave)]
     return Layout(groups, waves, per_fit, size)
 
@@ -322,23 +323,23 @@ def _assemble(trees: list[Any], params: Params, tree_params: dict[str, Any],
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    regression = ctx.target_kind == "regression"
+    regression = ctx.data.target_kind == "regression"
     cls, tree_cls = ((RandomForestRegressor, DecisionTreeRegressor) if regression
                      else (RandomForestClassifier, DecisionTreeClassifier))
     settings = {"n_estimators": params.n_estimators, "criterion": tree_params["criterion"],
                 "max_depth": params.max_depth, "max_features": tree_params["max_features"],
                 "min_samples_split": params.min_samples_split, "min_samples_leaf": params.min_samples_leaf,
                 "max_samples": params.max_samples, "bootstrap": params.bootstrap, "oob_score": params.oob_score,
-                "random_state": ctx.seed,
+                "random_state": ctx.env.seed,
                 **{name: getattr(params, name) for name in PASSED_TO_TREES}}
     if not regression:
         settings["class_weight"] = params.class_weight
     forest = cls(**settings)
     forest.estimator_ = tree_cls()
     forest.estimators_ = trees
-    forest.n_features_in_ = ctx.n_features
+    forest.n_features_in_ = ctx.data.n_features
     forest.n_outputs_ = 1
     if not regression:
-        forest.classes_ = np.asarray(ctx.classes)
-        forest.n_classes_ = len(ctx.classes)
+        forest.classes_ = np.asarray(ctx.data.classes)
+        forest.n_classes_ = len(ctx.data.classes)
     return forest
