@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 # Phase words are short, all letters and never 8 letters starting a-f, so the
 # dashboard's ``key_split`` shows ``distml-<phase>`` as the task group.
-PHASES = ("read", "stats", "train", "merge", "eval", "save", "load", "job", "tree", "svm")
+PHASES = ("read", "stats", "train", "merge", "eval", "save", "load", "job", "tree", "svm",
+          "sample", "oob", "cut", "pick", "layer", "screen", "kkt", "top", "refit", "size")
 _PHASE = re.compile(r"^[a-z]{2,7}$")
 
 
