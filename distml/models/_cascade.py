@@ -11,8 +11,8 @@ until two remain, the last layer merging up to five. The top layer is not
 fitted on their union alone: every partition is screened against the average
 margin of those two sets, and the top SVC is fitted on the rows inside it.
 Those are the rows the feedback pass would otherwise bring back one pass later
-(and refit the whole top problem for); screening first measured 3.5 s against
-3.4 s + 2.9 s of refit at 40k rows, with 53 violators left instead of 168.
+(and refit the whole top problem for), so screening first saves that refit
+and leaves fewer violators.
 
 Feedback passes. The final SVs go back to every partition, which keeps only
 its rows that violate the final model's KKT conditions (margin
@@ -117,8 +117,7 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
     """SVC parameters for problems made mostly of support vectors (merges, top, refits).
 
     libsvm's shrinking pays off when most rows end with a zero weight; when most
-    are support vectors it only costs time (2.6 s instead of 3.0 s at 10k rows) on
-    libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
+    are support vectors it only costs time on libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
     """
     return {**svc_params, "shrinking": False}
 
@@ -204,13 +203,12 @@ def _final_fit_part(final: SVSet, svc_params: dict[str, Any], gram_bytes: int) -
 
 # --- runs on the client ------------------------------------------------------
 
-# Sets merged per fit below the last merge layer. At 50k rows: 10.3 s of training with pairs (one more
-# sequential layer than with 3), about 7 s with 3 or 4.
+# Sets merged per fit below the last merge layer: pairs add a sequential layer, more than 3 or 4 make
+# each fit large.
 FAN_IN = 3
 # The last merge layer leaves two sets to screen the top layer with (each fitted on about half the rows),
-# merging up to this many sets per fit to get there in one layer. Measured at 40k training rows, 9
-# chunks: screening with 2 sets keeps 10.5k candidates and the top fit takes 1.8 s; with 3 sets 11.3k and
-# 2.5 s (same violators, 49 vs 48); with 1 set 9.2k, but 548 violators and a refit.
+# merging up to this many sets per fit to get there in one layer. Two sets screen in few more candidates
+# than one and leave far fewer violators (no refit); three keep more candidates for no fewer violators.
 TOP_SETS, TOP_FAN_IN = 2, 5
 
 

@@ -158,8 +158,8 @@ def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
     for seed, column in zip(spec.seeds, spec.columns):
         weights = _tree_weights(sample, spec, column)
         # Fit on this tree's own rows (and the class rows, so every tree knows all K classes): the
-        # tree is the same as on the whole sample with zero weights, and about a third faster,
-        # since its rows then sit together in memory.
+        # tree is the same as on the whole sample with zero weights, and faster, since its rows
+        # then sit together in memory.
         rows = weights > 0
         if spec.n_classes:
             rows[-spec.n_classes:] = True
