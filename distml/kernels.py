@@ -1,8 +1,8 @@
 """Kernel SVM arithmetic with BLAS: K(X, S) in blocks, margins and decision values, and fits on a Gram matrix.
 
 libsvm evaluates a kernel entry by entry; one matrix product per block of rows
-is about 4x faster in float64 and 13x in float32 (measured: 40k rows against 9k
-support vectors). The cascade checks margins in float32; evaluation uses float64.
+is much faster, more so in float32 (README.md has the benchmarks). The cascade
+checks margins in float32; evaluation uses float64.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from sklearn.svm import SVC
 
-KERNEL_BLOCK = 2**20  # kernel entries computed at once (4 MiB of float32: the fastest measured)
+KERNEL_BLOCK = 2**20  # kernel entries computed at once (4 MiB of float32: large enough for BLAS, small for cache)
 
 
 class KernelBlocks:
@@ -22,9 +22,9 @@ class KernelBlocks:
 
     S's side is prepared once and one output buffer is reused: a fresh buffer per
     block costs page faults on every block (Dask's nanny has glibc hand freed
-    memory back to the OS), which measured twice as slow on some workers.
+    memory back to the OS).
     For rbf, ``-gamma |x - s|^2`` comes out of a single product of augmented rows
-    ``[x, 1, |x|^2] . [2 gamma s, -gamma |s|^2, -gamma]``. float32 is 3x faster and
+    ``[x, 1, |x|^2] . [2 gamma s, -gamma |s|^2, -gamma]``. float32 is faster and
     keeps margins within ~1e-4 of libsvm's; float64 agrees with libsvm within 1e-9.
     """
 
@@ -92,7 +92,7 @@ def _decisions(model: SVC, X: np.ndarray, dtype: type) -> Iterator[tuple[slice, 
 
 
 def binary_decision(model: SVC, X: np.ndarray) -> np.ndarray:
-    """``model.decision_function(X)`` of a binary SVC, in float64 BLAS blocks (~4x faster than libsvm)."""
+    """``model.decision_function(X)`` of a binary SVC, in float64 BLAS blocks (not libsvm's entry by entry)."""
     out = np.empty(len(X))
     for rows, [(_, _, f)] in _decisions(model, X, np.float64):
         out[rows] = f
@@ -128,18 +128,18 @@ def margins(model: SVC, X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 # libsvm on a precomputed matrix: a column costs a copy, not kernel evaluations, so shrinking pays even when
-# most rows are support vectors, and a small cache is faster (0.93 s vs 1.19 s without shrinking and 200 MB, 11k rows).
+# most rows are support vectors, and a small cache is enough (the matrix is already in memory).
 PRECOMPUTED_SOLVER = {"kernel": "precomputed", "shrinking": True, "cache_size": 50}
 # Kernels fitted on a float32-built Gram matrix. Not sigmoid: it is not positive semi-definite, its dual has
 # no unique solution, and float32 entries moved decision values by up to 0.4 in a test (rbf, poly: < 0.02).
 GRAM_KERNELS = ("rbf", "poly")
-GRAM_BLOCK_ROWS = 256  # rows of the Gram matrix computed per float32 block (fastest of 64-1024 measured)
+GRAM_BLOCK_ROWS = 256  # rows of the Gram matrix computed per float32 block (chosen by the benchmarks)
 
 
 def gram_matrix(X: np.ndarray, model: SVC) -> np.ndarray:
     """K(X, X) in float64 for libsvm's precomputed kernel, computed in float32 BLAS blocks.
 
-    float32 for the products and ``exp`` (float64 ``exp`` is 4-5x slower here);
+    float32 for the products and ``exp`` (float64 ``exp`` is several times slower);
     the entries are within ~1e-6 of libsvm's own, far below its stopping tolerance.
     """
     K = np.empty((len(X), len(X)))
@@ -155,9 +155,8 @@ def fit_svc(X: np.ndarray, y: np.ndarray, params: dict[str, Any], gram_bytes: in
     libsvm evaluates kernel entries one at a time (float64 ``exp``), most of an
     SVC's time on support-vector-heavy problems. Solving on a precomputed matrix
     built in float32 BLAS blocks gives the same solution (support vectors equal
-    but for a few borderline rows, decision values within 0.02) in 0.45-0.8x the
-    time (measured from 4k to 11k rows, first touch of the matrix's memory
-    included). The result is a plain ``SVC`` with the named kernel and ``params``,
+    but for a few borderline rows, decision values within 0.02) in less time,
+    first touch of the matrix's memory included. The result is a plain ``SVC`` with the named kernel and ``params``,
     fitted on ``X``, as if libsvm had computed the kernel itself.
     """
     from sklearn.svm import SVC

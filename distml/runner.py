@@ -223,9 +223,8 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     n_workers, threads, memory = resources
     params = spec.model.params
     with phases("stats"):
-        # A family that wants ordinal-encoded categories (trees) says so with ENCODING = "ordinal".
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
-                             encoding=getattr(family, "ENCODING", "onehot"), log=log)
+                             encoding=family.ENCODING, log=log)
     parts = plan.parts
     # Measured by the statistics pass (rows kept x transformed width + targets); persisting holds the
     # holdout blocks too, so evaluation needs no further read.
@@ -236,15 +235,8 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         parts = persist(parts, client, job_id)
     else:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
-    y_moments = plan.stats.target_moments
-    ctx = TrainContext(
-        client=client, job_id=job_id, seed=spec.seed, target_kind=plan.target_kind,
-        classes=plan.classes, class_counts=plan.class_counts, n_features=plan.n_features,
-        x_var=plan.x_var, y_mean=float(y_moments.mean[0]) if y_moments else 0.0,
-        y_scale=float(max(y_moments.var[0], 1e-12) ** 0.5) if y_moments else 1.0,
-        train_rows=parts.train_rows, max_in_flight=max(1, threads), n_workers=n_workers,
-        worker_memory=memory, report=progress, log=log,
-    )
+    ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
+                              report=progress, log=log)
     with phases("train"):
         fitted = family.train(parts, params, ctx)
     if parts.persisted:

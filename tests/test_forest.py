@@ -1,7 +1,6 @@
 """The forest family on a real cluster: quality against in-memory scikit-learn, classes, determinism, errors."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from sklearn.pipeline import Pipeline
 
 from distml import load_model
 from distml.blocks import persist
+from distml.cluster import worker_resources
 from distml.data import open_dataset
 from distml.errors import DataError, SpecError
 from distml.features import plan_features
@@ -29,17 +29,11 @@ from distml.synth import make_dataset
 TREES = {"n_estimators": 40, "max_depth": 10}
 
 
-def _context(client, plan, seed=0, job_id="20260101-000000-forest", **changes) -> TrainContext:
-    """The context the runner would build for this plan and cluster."""
-    info = client.scheduler_info()["workers"].values()
-    moments = plan.stats.target_moments
-    ctx = TrainContext(
-        client=client, job_id=job_id, seed=seed, target_kind=plan.target_kind, classes=plan.classes,
-        class_counts=plan.class_counts, n_features=plan.n_features, x_var=plan.x_var,
-        y_mean=float(moments.mean[0]) if moments else 0.0, y_scale=1.0, train_rows=plan.parts.train_rows,
-        max_in_flight=sum(w["nthreads"] for w in info), n_workers=len(info),
-        worker_memory=min(w["memory_limit"] for w in info))
-    return dataclasses.replace(ctx, **changes)
+def _context(client, plan, seed=0, job_id="20260101-000000-forest", worker_memory=None, **callbacks) -> TrainContext:
+    """The context the runner would build for this plan and cluster (optionally with less worker memory)."""
+    n_workers, threads, memory = worker_resources(client)
+    return TrainContext.create(client=client, job_id=job_id, seed=seed, plan=plan,
+                               resources=(n_workers, threads, worker_memory or memory), **callbacks)
 
 
 def _fit(client, folder, params, *, seed=0, partition_bytes=200_000, keep=False, **changes):
@@ -149,7 +143,7 @@ def test_layout_bounds_a_groups_sample_by_worker_memory(client, data):
     assert sorted(t for g in layout.groups for t in g) == list(range(20))
     assert layout.group_bytes <= forest.TASK_BUDGET * 4 * 2**20 and len(layout.waves) > 1
     whole = forest.Params(max_samples=1.0)
-    tiny = dataclasses.replace(ctx, worker_memory=2 * 2**20)
+    tiny = _context(client, plan, worker_memory=2 * 2**20)
     with pytest.raises(DataError, match=r"^model\.params\.max_samples: one tree's sample takes about \d+ MiB"):
         forest._layout(whole, tiny, forest._draw_rates(whole, tiny, False)[0])
 

@@ -1,13 +1,10 @@
 """The registry: a job file's ``model.kind`` -> the family module that trains it."""
 from __future__ import annotations
 
-from types import ModuleType
+from distml.models import forest, linear, logistic, svm
+from distml.models.base import Family
 
-from distml.models import linear, logistic
-from distml.models import forest
-from distml.models import svm
-
-FAMILIES: dict[str, ModuleType] = {
+FAMILIES: dict[str, Family] = {
     "linear": linear,
     "logistic": logistic,
     "forest": forest,

@@ -11,8 +11,8 @@ until two remain, the last layer merging up to five. The top layer is not
 fitted on their union alone: every partition is screened against the average
 margin of those two sets, and the top SVC is fitted on the rows inside it.
 Those are the rows the feedback pass would otherwise bring back one pass later
-(and refit the whole top problem for); screening first measured 3.5 s against
-3.4 s + 2.9 s of refit at 40k rows, with 53 violators left instead of 168.
+(and refit the whole top problem for), so screening first saves that refit
+and leaves fewer violators.
 
 Feedback passes. The final SVs go back to every partition, which keeps only
 its rows that violate the final model's KKT conditions (margin
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from sklearn.svm import SVC
 
     from distml.blocks import Partitions
-    from distml.models.base import TrainContext
+    from distml.models.base import TrainEnv
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -118,8 +118,7 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
     """SVC parameters for problems made mostly of support vectors (merges, top, refits).
 
     libsvm's shrinking pays off when most rows end with a zero weight; when most
-    are support vectors it only costs time (2.6 s instead of 3.0 s at 10k rows) on
-    libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
+    are support vectors it only costs time on libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
     """
     return {**svc_params, "shrinking": False}
 
@@ -205,13 +204,12 @@ def _final_fit_part(final: SVSet, svc_params: dict[str, Any], gram_bytes: int) -
 
 # --- runs on the client ------------------------------------------------------
 
-# Sets merged per fit below the last merge layer. At 50k rows: 10.3 s of training with pairs (one more
-# sequential layer than with 3), about 7 s with 3 or 4.
+# Sets merged per fit below the last merge layer: pairs add a sequential layer, more than 3 or 4 make
+# each fit large.
 FAN_IN = 3
 # The last merge layer leaves two sets to screen the top layer with (each fitted on about half the rows),
-# merging up to this many sets per fit to get there in one layer. Measured at 40k training rows, 9
-# chunks: screening with 2 sets keeps 10.5k candidates and the top fit takes 1.8 s; with 3 sets 11.3k and
-# 2.5 s (same violators, 49 vs 48); with 1 set 9.2k, but 548 violators and a refit.
+# merging up to this many sets per fit to get there in one layer. Two sets screen in few more candidates
+# than one and leave far fewer violators (no refit); three keep more candidates for no fewer violators.
 TOP_SETS, TOP_FAN_IN = 2, 5
 
 
@@ -237,15 +235,15 @@ def plan_chunks(train_rows: int, chunk_rows: int) -> int:
 class Cascade:
     """One cascade run: submits the layers, reports progress, keeps the final SVs on the cluster."""
 
-    def __init__(self, parts: Partitions, ctx: TrainContext, plan: CascadePlan, svc_params: dict[str, Any],
+    def __init__(self, parts: Partitions, env: TrainEnv, plan: CascadePlan, svc_params: dict[str, Any],
                  probability: bool, seed: int) -> None:
-        self.parts, self.ctx, self.plan, self.svc = parts, ctx, plan, svc_params
-        self.client = ctx.client
+        self.parts, self.env, self.plan, self.svc = parts, env, plan, svc_params
+        self.client = env.client
         self.probability, self.seed = probability, seed
 
     def _pieces(self) -> Any:
         """Yield each chunk's list of piece futures, one read pass per group of chunks."""
-        plan, client, key = self.plan, self.client, self.ctx.key
+        plan, client, key = self.plan, self.client, self.env.key
         for lo in range(0, plan.n_chunks, plan.group):
             hi = min(plan.n_chunks, lo + plan.group)
             cuts = [client.submit(_cut_part, s, plan.n_chunks, lo, hi, key=key("cut", lo, i))
@@ -265,7 +263,7 @@ class Cascade:
         leaves: list[Any] = []
         for c, pieces in self._pieces():
             leaves.append(self.client.submit(_first_part, pieces, self.plan.chunk_rows, self.svc,
-                                             self.plan.gram_bytes, key=self.ctx.key("svm", 1, c)))
+                                             self.plan.gram_bytes, key=self.env.key("svm", 1, c)))
             if len(leaves) % self.plan.group == 0 and len(leaves) < self.plan.n_chunks:
                 self._wait(leaves[-self.plan.group:])
         return leaves
@@ -285,7 +283,7 @@ class Cascade:
             bounds = np.linspace(0, len(below), groups + 1).round().astype(int)
             layers.append([self.client.submit(_merge_part, below[lo:hi], self.svc, self.plan.limit,
                                               self.plan.gram_bytes,
-                                              key=self.ctx.key("layer", 1, len(layers), g))
+                                              key=self.env.key("layer", 1, len(layers), g))
                            if hi - lo > 1 else below[lo]
                            for g, (lo, hi) in enumerate(itertools.pairwise(bounds))])
         return layers
@@ -299,9 +297,9 @@ class Cascade:
         from distml.tasks import submit_bounded
 
         def one(i: int, source: Any) -> Any:
-            return self.client.submit(fn, source, *args, key=self.ctx.key(phase, pas, i))
+            return self.client.submit(fn, source, *args, key=self.env.key(phase, pas, i))
 
-        return submit_bounded(self.client, self.parts.train, one, max_in_flight=self.ctx.max_in_flight)
+        return submit_bounded(self.client, self.parts.train, one, max_in_flight=self.env.max_in_flight)
 
     def _screen(self, below: list[Any]) -> list[Any]:
         """Each partition's top-layer candidates (futures).
@@ -312,7 +310,7 @@ class Cascade:
         """
         if not self.parts.persisted:
             return self._per_partition("screen", 1, _screen_part, below)
-        submit, key, train = self.client.submit, self.ctx.key, self.parts.train
+        submit, key, train = self.client.submit, self.env.key, self.parts.train
         per_set = [[submit(_margin_part, source, rows, key=key("screen", "margins", k, i))
                     for i, source in enumerate(train)] for k, rows in enumerate(below)]
         return [submit(_select_part, source, [m[i] for m in per_set], key=key("screen", 1, i))
@@ -320,16 +318,16 @@ class Cascade:
 
     def _sizes(self, phase: str, sets: list[Any]) -> tuple[int, int]:
         """Rows and left-out rows of a list of SVSet futures (only the counts travel to the client)."""
-        counts = self.client.gather([self.client.submit(_count_part, f, key=self.ctx.key("size", phase, j))
+        counts = self.client.gather([self.client.submit(_count_part, f, key=self.env.key("size", phase, j))
                                      for j, f in enumerate(sets)])
         return sum(n for n, _ in counts), sum(d for _, d in counts)
 
     def _ids(self, svs: Any, pas: int) -> np.ndarray:
-        return self.client.submit(operator.attrgetter("ids"), svs, key=self.ctx.key("size", pas, "ids")).result()
+        return self.client.submit(operator.attrgetter("ids"), svs, key=self.env.key("size", pas, "ids")).result()
 
     def _progress(self, pas: int, step: int, steps: int, message: str, started: float) -> None:
-        self.ctx.log(f"cascade pass {pas} {message}, {time.perf_counter() - started:.2f}s")
-        self.ctx.report("train", min(0.99, (pas - 1 + step / steps) / self.plan.max_passes))
+        self.env.log(f"cascade pass {pas} {message}, {time.perf_counter() - started:.2f}s")
+        self.env.report("train", min(0.99, (pas - 1 + step / steps) / self.plan.max_passes))
 
     def _pass_one(self) -> tuple[Any, int]:
         """First layer, merge layers, then the top layer fitted on the rows the layer below screens in."""
@@ -357,11 +355,11 @@ class Cascade:
         """Submit the screen and the top layer's fit: (candidate futures, top future)."""
         candidates = self._screen(below)
         return candidates, self.client.submit(_top_part, candidates, below, self.svc, self.plan.limit,
-                                              self.plan.gram_bytes, key=self.ctx.key("top", 1))
+                                              self.plan.gram_bytes, key=self.env.key("top", 1))
 
     def run(self) -> SVC:
         """Pass 1, then feedback passes until converged; returns the fitted ``SVC``."""
-        plan, ctx, client = self.plan, self.ctx, self.client
+        plan, env, client = self.plan, self.env, self.client
         final, n_sv = self._pass_one()
         for pas in range(2, plan.max_passes + 1):
             started = time.perf_counter()
@@ -370,19 +368,19 @@ class Cascade:
             n_bad, _ = self._sizes(f"kkt{pas}", violators)
             self._progress(pas, 1, 2, f"layer 1/2: {n_bad:,} KKT violators against {n_sv:,} SVs", started)
             if n_bad <= plan.feedback_tol * n_sv:  # each violator would join the SVs: the set is settled
-                ctx.log(f"cascade converged after pass {pas}: {n_bad:,} rows violate the margins of {n_sv:,} SVs")
+                env.log(f"cascade converged after pass {pas}: {n_bad:,} rows violate the margins of {n_sv:,} SVs")
                 break
             ids = self._ids(final, pas - 1)  # the SVs' draws: ids only, never rows, reach the client
             final = client.submit(_refit_part, final, violators, self.svc, plan.limit, plan.gram_bytes,
-                                  key=ctx.key("refit", pas))
+                                  key=env.key("refit", pas))
             new_ids = self._ids(final, pas)
             changed, n_sv = len(np.setxor1d(ids, new_ids)), len(new_ids)
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
                            f"{changed:,} changed", started)
             if changed <= plan.feedback_tol * n_sv:
-                ctx.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
+                env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break
-        ctx.report("train", 1.0)
+        env.report("train", 1.0)
         return self._finish(final)
 
     def _finish(self, final: Any) -> SVC:
@@ -390,5 +388,5 @@ class Cascade:
         if self.probability:
             params = {**self.svc, "probability": True, "random_state": self.seed}
             return self.client.submit(_final_fit_part, final, params, self.plan.gram_bytes,
-                                      key=self.ctx.key("refit", "final")).result()
-        return self.client.submit(operator.attrgetter("model"), final, key=self.ctx.key("size", "model")).result()
+                                      key=self.env.key("refit", "final")).result()
+        return self.client.submit(operator.attrgetter("model"), final, key=self.env.key("size", "model")).result()

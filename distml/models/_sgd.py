@@ -94,26 +94,25 @@ def train_sgd(
     loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False,
 ) -> BaseSGD:
     """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs."""
-    client = ctx.client
+    client = ctx.env.client
     n_parts = parts.n_parts
-    lanes = max(1, min(n_parts, ctx.max_in_flight))
-    y_shift, y_scale = (ctx.y_mean, ctx.y_scale) if scale_target else (0.0, 1.0)
+    lanes = max(1, min(n_parts, ctx.env.max_in_flight))
+    y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
     model: BaseSGD = template
     best: tuple[float, BaseSGD] | None = None
     stale = 0
     for epoch in range(schedule.epochs):
-        seeds = ctx.child_seeds(n_parts + 1, salt=epoch)
+        seeds = ctx.env.child_seeds(n_parts + 1, salt=epoch)
         order = np.random.default_rng(seeds[-1]).permutation(n_parts)
         reference = model if epoch > 0 and schedule.early_stopping else None
         ends = []
         for lane in range(lanes):
             state: Any = LaneState(model)
             for step, i in enumerate(order[lane::lanes]):
-                # pure=False: each task draws its own shuffle and must run even if inputs repeat.
                 state = client.submit(
                     _sgd_epoch_part, state, parts.train[i], reference, seeds[i], val_fraction,
-                    loss, fit_kwargs, y_shift, y_scale, key=ctx.key("train", epoch, lane, step), pure=False,
+                    loss, fit_kwargs, y_shift, y_scale, key=ctx.env.key("train", epoch, lane, step),
                 )
             ends.append(state)
         # Only each lane's final state (a model and three sums) comes back to the client.
@@ -121,20 +120,20 @@ def train_sgd(
         trained = [s.n_trained for s in lane_states]
         val_loss, n_val = sum(s.val_loss for s in lane_states), sum(s.n_val for s in lane_states)
         model = _average([s.model for s in lane_states], trained)
-        ctx.report("train", (epoch + 1) / schedule.epochs)
+        ctx.env.report("train", (epoch + 1) / schedule.epochs)
         if reference is not None and n_val:
             mean_loss = val_loss / n_val
-            ctx.log(f"epoch {epoch}: validation loss of epoch {epoch - 1}'s model {mean_loss:.5f}")
+            ctx.env.log(f"epoch {epoch}: validation loss of epoch {epoch - 1}'s model {mean_loss:.5f}")
             if best is None or mean_loss < best[0] - (schedule.tol or 0.0):
                 best, stale = (mean_loss, reference), 0
             else:
                 stale += 1
                 if stale >= schedule.n_iter_no_change:
-                    ctx.log(f"early stop after epoch {epoch}: no improvement for {stale} epochs")
+                    ctx.env.log(f"early stop after epoch {epoch}: no improvement for {stale} epochs")
                     model = best[1]
                     break
         else:
-            ctx.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
+            ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift

@@ -1,7 +1,8 @@
-"""The trainer signature every model family plugs into.
+"""The contract every model family plugs into: the ``Family`` protocol and the ``TrainContext`` it is given.
 
-A family module exports ``Params`` (a ``FamilyParams`` subclass with a default
-for every field), ``task(params)`` (which kind of target it learns) and
+A family module declares ``Params`` (a ``FamilyParams`` subclass with a
+default for every field), ``ENCODING`` (how its categories are encoded),
+``task(params)`` (which kind of target it learns) and
 ``train(parts, params, ctx) -> fitted sklearn estimator``. The runner knows
 nothing else about it.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -19,15 +20,36 @@ if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
     from distml.blocks import Partitions
+    from distml.features import FeaturePlan
 
 TargetKind = Literal["regression", "binary", "multiclass"]
 Task = Literal["regression", "classification"]
+Encoding = Literal["onehot", "ordinal"]  # how the feature plan encodes categorical columns for a family
 
 
 class FamilyParams(BaseModel):
     """Base of each family's hyper-parameters: frozen, unknown keys rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What the registry maps a job file's ``model.kind`` to: a module with these four names.
+
+    ``params`` is typed ``Any`` here because each family narrows it to its own ``Params``.
+    """
+
+    Params: type[FamilyParams]
+    ENCODING: Encoding
+
+    def task(self, params: Any) -> Task | None:
+        """``regression``/``classification``, or None to infer from the target."""
+        ...
+
+    def train(self, parts: Partitions, params: Any, ctx: TrainContext) -> BaseEstimator:
+        """Fit on the cluster and return a plain fitted scikit-learn estimator."""
+        ...
 
 
 def _no_report(phase: str, fraction: float) -> None:
@@ -39,20 +61,18 @@ def _no_log(message: str) -> None:
 
 
 @dataclass(frozen=True)
-class TrainContext:
-    """Everything about the environment a trainer needs; data comes in ``parts``."""
+class TrainEnv:
+    """Where a trainer runs: the cluster, the job's identity and seed, its limits and callbacks.
+
+    ``report(phase, fraction)`` and ``log(message)`` may raise
+    ``distml.errors.JobCancelled``: in a job they go through its tracker, which
+    checks for ``distml jobs cancel``. A trainer lets that exception through;
+    every other callback and method here never raises it.
+    """
 
     client: Client
     job_id: str
     seed: int
-    target_kind: TargetKind
-    classes: np.ndarray | None  # sorted global classes (classification), else None
-    class_counts: np.ndarray | None  # training rows per class, aligned with classes
-    n_features: int  # columns after the feature transformer
-    x_var: float  # variance of all transformed feature values (SVC's gamma="scale")
-    y_mean: float  # regression target's mean over training rows (0 for classification)
-    y_scale: float  # regression target's standard deviation (1 for classification)
-    train_rows: int
     max_in_flight: int  # bound on partition tasks submitted at once
     n_workers: int
     worker_memory: int  # smallest worker memory limit, bytes (0: unknown)
@@ -71,15 +91,50 @@ class TrainContext:
         return [int(s.generate_state(1)[0]) for s in seq.spawn(n)]
 
 
-class Family(Protocol):
-    """What the registry maps a job file's ``model.kind`` to."""
+@dataclass(frozen=True)
+class DataSummary:
+    """What the statistics pass learned about the training rows; the rows themselves come in ``parts``."""
 
-    Params: type[FamilyParams]
+    target_kind: TargetKind
+    classes: np.ndarray | None  # sorted global classes (classification), else None
+    class_counts: np.ndarray | None  # training rows per class, aligned with classes
+    n_features: int  # columns after the feature transformer
+    x_var: float  # variance of all transformed feature values (SVC's gamma="scale")
+    y_mean: float  # regression target's mean over training rows (0 for classification)
+    y_scale: float  # regression target's standard deviation (1 for classification)
+    train_rows: int
 
-    def task(self, params: FamilyParams) -> Task | None:
-        """``regression``/``classification``, or None to infer from the target."""
-        ...
+    @classmethod
+    def from_plan(cls, plan: FeaturePlan) -> DataSummary:
+        """The summary of a feature plan's training rows."""
+        y_moments = plan.stats.target_moments
+        return cls(
+            target_kind=plan.target_kind, classes=plan.classes, class_counts=plan.class_counts,
+            n_features=plan.n_features, x_var=plan.x_var,
+            y_mean=float(y_moments.mean[0]) if y_moments else 0.0,
+            y_scale=float(max(y_moments.var[0], 1e-12) ** 0.5) if y_moments else 1.0,
+            train_rows=plan.parts.train_rows,
+        )
 
-    def train(self, parts: Partitions, params: FamilyParams, ctx: TrainContext) -> BaseEstimator:
-        """Fit on the cluster and return a plain fitted scikit-learn estimator."""
-        ...
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Everything a trainer is given besides its partitions and parameters: ``env`` and ``data``."""
+
+    env: TrainEnv
+    data: DataSummary
+
+    @classmethod
+    def create(cls, *, client: Client, job_id: str, seed: int, plan: FeaturePlan,
+               resources: tuple[int, int, int], report: Callable[[str, float], None] = _no_report,
+               log: Callable[[str], None] = _no_log) -> TrainContext:
+        """The one way to build a context, in the runner and in tests.
+
+        ``resources`` is ``(workers, threads, smallest worker memory)`` as
+        ``distml.cluster.worker_resources`` measures them; ``report`` and ``log``
+        may raise ``JobCancelled`` (see ``TrainEnv``).
+        """
+        n_workers, threads, memory = resources
+        env = TrainEnv(client=client, job_id=job_id, seed=seed, max_in_flight=max(1, threads),
+                       n_workers=n_workers, worker_memory=memory, report=report, log=log)
+        return cls(env, DataSummary.from_plan(plan))

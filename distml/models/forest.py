@@ -16,7 +16,9 @@ sample. Only the fitted trees come back to the client. Groups are sized from
 worker memory, and processed in waves when all groups' samples would not fit
 in the cluster at once. With ``oob_score``, (4) ``oob``: the trees go to every
 worker and each partition scores its rows with the trees whose redrawn count
-for that row is zero; only tallies come back.
+for that row is zero; only tallies come back. The draws live in ``_bootstrap``
+(passes 1 and 2), the out-of-bag pass in ``_oob``; this module holds the
+parameters, the layout of groups and waves, the tree fits and the assembly.
 """
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import numpy as np
 from pydantic import Field, model_validator
 
-from distml.draws import GOLDEN, mix_uniform
 from distml.errors import DataError
-from distml.models.base import FamilyParams, Task, TrainContext
+from distml.models._bootstrap import Sample, SamplePlan, sample_wave
+from distml.models._oob import OOB_SHARE, oob_score
+from distml.models._weights import class_weights
+from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 
 if TYPE_CHECKING:
     from distributed import Future
@@ -41,9 +45,8 @@ CLASSIFICATION_CRITERIA = ("gini", "entropy", "log_loss")
 REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poisson")
 TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
 WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
-OOB_SHARE = 0.1  # of the train phase's progress bar, for the out-of-bag pass when asked
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
-ENCODING = "ordinal"  # trees split ordinal codes of categories as well as one-hot columns, at a fraction of the width
+ENCODING: Encoding = "ordinal"  # trees split category codes as well as one-hot columns, at a fraction of the width
 
 
 _NUMBERS = {"max_features": (1, True), "min_samples_split": (2, True), "min_samples_leaf": (1, False),
@@ -111,25 +114,6 @@ def task(params: Params) -> Task | None:
 # --- runs on workers ---------------------------------------------------------
 
 
-
-@dataclass(frozen=True)
-class SamplePlan:
-    """What a partition task needs to draw every group's rows: seeds, Poisson rates, label coding."""
-
-    groups: tuple[tuple[int, ...], ...]  # per group, the sampling seed of each of its trees
-    rates: np.ndarray | None  # Poisson rate per class code (classification) or [rate]; None: no bootstrap
-    classes: np.ndarray | None  # global classes, to code labels 0..K-1
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Rows some tree of a group picked: features (float32, as trees use), target, count per tree."""
-
-    X: np.ndarray
-    y: np.ndarray
-    counts: np.ndarray | None  # (rows, trees) uint16; None: every row once (no bootstrap)
-
-
 @dataclass(frozen=True)
 class TreeSpec:
     """One tree task's trees: the class to build, its parameters, and each tree's seed."""
@@ -141,118 +125,6 @@ class TreeSpec:
     n_classes: int
     class_weights: np.ndarray | None  # per class code, applied as weights (bootstrap: false)
     subsample_balanced: bool
-
-
-def _tree_uniforms(bits: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform draw per (row, tree) from the row's own draw and the tree's seed (splitmix64)."""
-    with np.errstate(over="ignore"):
-        return mix_uniform(bits + np.uint64(seed) * GOLDEN)
-
-
-def _poisson(v: np.ndarray, rate: float) -> np.ndarray:
-    """Poisson(rate) counts by inverting the CDF at the uniforms ``v``."""
-    from scipy.special import gammaln
-
-    out = np.zeros(len(v), dtype=np.uint16)
-    k = np.arange(int(rate + 12 * math.sqrt(rate) + 20))
-    cdf = np.cumsum(np.exp(k * math.log(rate) - rate - gammaln(k + 1)))
-    hit = v >= cdf[0]  # most rows draw zero when the rate is small: skip the search for them
-    out[hit] = np.minimum(np.searchsorted(cdf, v[hit], side="right"), 65535)
-    return out
-
-
-def _sample_part(source: Any, plan: SamplePlan) -> list[Sample]:
-    """Draw, for every group, the rows of this partition its trees pick, and their counts."""
-    block = source.load()
-    X, y = _tree_rows(block, plan)
-    if plan.rates is None:
-        return [Sample(X, y, None)]
-    bits, rate = _draw_inputs(block.u, y, plan)
-    out = []
-    for seeds in plan.groups:
-        counts = np.zeros((len(y), len(seeds)), dtype=np.uint16)
-        for j, seed in enumerate(seeds):
-            counts[:, j] = _tree_counts(bits, rate, seed)
-        keep = counts.any(axis=1)
-        out.append(Sample(X[keep], y[keep], counts[keep]))
-    return out
-
-
-def _tree_rows(block: Any, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """A block's features as trees use them (float32) and its target (class codes 0..K-1, as floats)."""
-    X = np.asarray(block.X, dtype=np.float32)
-    if plan.classes is not None:
-        return X, np.searchsorted(plan.classes, block.y).astype(np.float64)
-    return X, np.asarray(block.y, dtype=np.float64)
-
-
-def _draw_inputs(u: np.ndarray, y: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """The rows' draws as bits, and each row's Poisson rate (by class code, or the one rate)."""
-    rate = plan.rates[y.astype(np.int64)] if plan.classes is not None else np.full(len(y), plan.rates[0])
-    return (u * 2.0**53).astype(np.uint64), rate
-
-
-def _tree_counts(bits: np.ndarray, rate: np.ndarray, seed: int) -> np.ndarray:
-    """How many times the tree drawing with ``seed`` picked each row."""
-    v = _tree_uniforms(bits, seed)
-    counts = np.zeros(len(v), dtype=np.uint16)
-    for r in np.unique(rate):
-        rows = rate == r
-        counts[rows] = _poisson(v[rows], float(r))
-    return counts
-
-
-@dataclass(frozen=True)
-class OobStats:
-    """One partition's out-of-bag tallies: rows scored, and correct labels or the sums R² needs."""
-
-    scored: int
-    unscored: int  # rows every tree drew
-    correct: int = 0
-    sse: float = 0.0  # regression: sum of squared errors, and of y and y^2 over the scored rows
-    sum_y: float = 0.0
-    sum_y2: float = 0.0
-
-
-def _oob_part(source: Any, trees: list[Any], plan: SamplePlan) -> OobStats:
-    """Score this partition's rows with the trees that did not draw them (only the tallies travel back)."""
-    block = source.load()
-    X, y = _tree_rows(block, plan)
-    bits, rate = _draw_inputs(block.u, y, plan)
-    (seeds,) = plan.groups  # one group: every tree of the forest
-    votes = np.zeros((len(y), len(plan.classes) if plan.classes is not None else 1))
-    voters = np.zeros(len(y), dtype=np.int64)
-    for tree, seed in zip(trees, seeds, strict=True):
-        out = _tree_counts(bits, rate, seed) == 0
-        if out.any():
-            votes[out] += tree.predict_proba(X[out]) if plan.classes is not None else tree.predict(X[out])[:, None]
-            voters += out
-    scored = voters > 0
-    if plan.classes is not None:
-        correct = int((votes[scored].argmax(axis=1) == y[scored]).sum())
-        return OobStats(int(scored.sum()), int((~scored).sum()), correct=correct)
-    truth, predicted = y[scored], votes[scored, 0] / voters[scored]
-    return OobStats(int(scored.sum()), int((~scored).sum()), sse=float(((truth - predicted) ** 2).sum()),
-                    sum_y=float(truth.sum()), sum_y2=float((truth**2).sum()))
-
-
-def _merge_part(pieces: list[Sample], n_classes: int) -> Sample:
-    """One group's sample on one worker, plus a zero-weight row per class so every tree knows all K.
-
-    Written into preallocated arrays: the peak is the pieces plus one copy, not several.
-    """
-    rows = sum(len(p.y) for p in pieces) + n_classes
-    X = np.zeros((rows, pieces[0].X.shape[1]), dtype=np.float32)
-    y = np.empty(rows, dtype=np.float64)
-    counts = None if pieces[0].counts is None else np.zeros((rows, pieces[0].counts.shape[1]), dtype=np.uint16)
-    at = 0
-    for piece in pieces:
-        X[at:at + len(piece.y)], y[at:at + len(piece.y)] = piece.X, piece.y
-        if counts is not None:
-            counts[at:at + len(piece.y)] = piece.counts
-        at += len(piece.y)
-    y[at:] = np.arange(n_classes)  # the class rows: features 0, count 0
-    return Sample(X, y, counts)
 
 
 def _tree_weights(sample: Sample, spec: TreeSpec, column: int) -> np.ndarray:
@@ -286,8 +158,8 @@ def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
     for seed, column in zip(spec.seeds, spec.columns):
         weights = _tree_weights(sample, spec, column)
         # Fit on this tree's own rows (and the class rows, so every tree knows all K classes): the
-        # tree is the same as on the whole sample with zero weights, and about a third faster,
-        # since its rows then sit together in memory.
+        # tree is the same as on the whole sample with zero weights, and faster, since its rows
+        # then sit together in memory.
         rows = weights > 0
         if spec.n_classes:
             rows[-spec.n_classes:] = True
@@ -302,14 +174,14 @@ def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestClassifier | RandomForestRegressor:
     """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest."""
-    regression = ctx.target_kind == "regression"
+    regression = ctx.data.target_kind == "regression"
     tree_params = _tree_params(params, ctx, regression)
-    rates, class_weights, subsample = _draw_rates(params, ctx, regression)
+    rates, per_class, subsample = _draw_rates(params, ctx, regression)
     layout = _layout(params, ctx, rates)
-    n_classes = 0 if regression else len(ctx.classes)
-    tree_seeds = ctx.child_seeds(params.n_estimators, salt=1)
-    draw_seeds = ctx.child_seeds(params.n_estimators, salt=2)
-    ctx.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
+    n_classes = 0 if regression else len(ctx.data.classes)
+    tree_seeds = ctx.env.child_seeds(params.n_estimators, salt=1)
+    draw_seeds = ctx.env.child_seeds(params.n_estimators, salt=2)
+    ctx.env.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
             f"wave(s), about {layout.group_bytes / 2**20:.0f} MiB of sample per group")
     trees: dict[int, list[Any]] = {}
     pending: list[list[tuple[int, Future]]] = []
@@ -318,53 +190,24 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
             _collect(pending[w - 2], trees, params, ctx)
         groups = [layout.groups[g] for g in wave]
         plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
-                          None if regression else np.asarray(ctx.classes))
-        merged = _sample_wave(parts, plan, ctx, w, wave, n_classes)
+                          None if regression else np.asarray(ctx.data.classes))
+        merged = sample_wave(parts, plan, ctx, w, wave, n_classes)
         fits = []
         for g, group, sample in zip(wave, groups, merged):
             for c in range(0, len(group), layout.per_fit):
                 chunk = group[c:c + layout.per_fit]
                 spec = TreeSpec(regression, tree_params, tuple(tree_seeds[t] for t in chunk),
-                                tuple(range(c, c + len(chunk))), n_classes, class_weights, subsample)
-                fits.append((chunk[0], ctx.client.submit(_fit_trees_part, sample, spec, key=ctx.key("tree", g, c))))
+                                tuple(range(c, c + len(chunk))), n_classes, per_class, subsample)
+                fit = ctx.env.client.submit(_fit_trees_part, sample, spec, key=ctx.env.key("tree", g, c))
+                fits.append((chunk[0], fit))
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
         _collect(fits, trees, params, ctx)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
-        forest.oob_score_ = _oob_score(parts, forest.estimators_, SamplePlan(
-            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.classes)), ctx)
+        forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan(
+            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.data.classes)), ctx)
     return forest
-
-
-def _oob_score(parts: Partitions, trees: list[Any], plan: SamplePlan, ctx: TrainContext) -> float:
-    """Out-of-bag accuracy (or R²) of the forest over all training rows, from per-partition tallies.
-
-    The trees go to every worker once; each partition redraws its rows' counts
-    from the trees' seeds, so no row leaves its worker. scikit-learn's per-row
-    ``oob_decision_function_`` is not kept: it would bring every row's scores to
-    the client.
-    """
-    from distml.tasks import map_bounded
-
-    [shared] = ctx.client.scatter([trees], broadcast=True)
-    n = len(parts.train)
-    tallies = map_bounded(ctx.client, _oob_part, parts.train, key=lambda i: ctx.key("oob", i),
-                          max_in_flight=ctx.max_in_flight, trees=shared, plan=plan,
-                          on_done=lambda done: ctx.report("train", 1.0 - OOB_SHARE * (1.0 - done / n)))
-    scored, unscored = sum(t.scored for t in tallies), sum(t.unscored for t in tallies)
-    if not scored:
-        raise DataError("model.params.oob_score: every training row was drawn by every tree, so none has an "
-                        "out-of-bag score; use fewer trees or a smaller max_samples")
-    if plan.classes is not None:
-        score, what = sum(t.correct for t in tallies) / scored, "accuracy"
-    else:
-        sse, sum_y, sum_y2 = (sum(getattr(t, f) for t in tallies) for f in ("sse", "sum_y", "sum_y2"))
-        total = sum_y2 - sum_y**2 / scored
-        score, what = (1.0 - sse / total if total > 0 else 0.0), "R²"
-    ctx.log(f"forest: out-of-bag {what} {score:.4f} on {scored:,} training rows"
-            + (f" ({unscored:,} drawn by every tree, not scored)" if unscored else ""))
-    return score
 
 
 def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext) -> None:
@@ -373,32 +216,10 @@ def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params
 
     first = {id(f): i for i, f in fits}
     share = 1.0 - OOB_SHARE if params.oob_score else 1.0
-    for future in as_completed([f for _, f in fits], loop=ctx.client.loop):
+    for future in as_completed([f for _, f in fits], loop=ctx.env.client.loop):
         trees[first[id(future)]] = future.result()
         future.release()
-        ctx.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
-
-
-def _sample_wave(parts: Partitions, plan: SamplePlan, ctx: TrainContext, wave: int, group_ids: list[int],
-                 n_classes: int) -> list[Future]:
-    """One pass over the partitions (bounded in flight) drawing the samples of a wave's groups.
-
-    Returns, per group, a future of its merged sample; the pieces move worker to worker, never to the client.
-    """
-    from distml.tasks import pick, submit_bounded
-
-    client = ctx.client
-    pieces: list[list[Future]] = [[] for _ in group_ids]
-
-    def draw(i: int, source: Any) -> Future:
-        drawn = client.submit(_sample_part, source, plan, key=ctx.key("sample", wave, i))
-        for j in range(len(group_ids)):
-            pieces[j].append(pick(client, drawn, j, key=ctx.key("sample", wave, i, j)))
-        return drawn
-
-    submit_bounded(client, parts.train, draw, max_in_flight=ctx.max_in_flight)
-    return [client.submit(_merge_part, group_pieces, n_classes, key=ctx.key("merge", "tree", g))
-            for g, group_pieces in zip(group_ids, pieces)]
+        ctx.env.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
 
 
 def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[str, Any]:
@@ -407,15 +228,15 @@ def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[st
         _check_task(params, "regression" if regression else "classification")
     except ValueError as exc:
         raise DataError(f"model.params.{exc}") from None
-    n = ctx.train_rows
+    n = ctx.data.train_rows
     if isinstance(params.max_samples, int) and params.max_samples > n:
         raise DataError(f"model.params.max_samples: {params.max_samples} rows per tree is more than the "
                         f"{n} training rows; expected at most {n} or a fraction")
     max_features = params.max_features
     if regression and "max_features" not in params.model_fields_set:
         max_features = 1.0  # scikit-learn's RandomForestRegressor default
-    if isinstance(max_features, int) and max_features > ctx.n_features:
-        raise DataError(f"model.params.max_features: {max_features} is more than the {ctx.n_features} "
+    if isinstance(max_features, int) and max_features > ctx.data.n_features:
+        raise DataError(f"model.params.max_features: {max_features} is more than the {ctx.data.n_features} "
                         "feature columns")
     criterion = params.criterion
     if regression and "criterion" not in params.model_fields_set:
@@ -435,19 +256,17 @@ def _draw_rates(params: Params, ctx: TrainContext,
     As in scikit-learn, class weights make the bootstrap draw rows in proportion
     to their weight, and ``max_samples`` as a fraction is of the summed weights.
     """
-    n = ctx.train_rows
+    n = ctx.data.train_rows
     option = params.class_weight
     weights = None
     if option is not None and not (option == "balanced_subsample" and params.bootstrap):
-        from distml.models.logistic import class_weights
-
-        resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.classes,
-                                 ctx.class_counts)
-        weights = np.array([resolved.get(c, 1.0) for c in ctx.classes.tolist()])
+        resolved = class_weights("balanced" if option == "balanced_subsample" else option, ctx.data.classes,
+                                 ctx.data.class_counts)
+        weights = np.array([resolved.get(c, 1.0) for c in ctx.data.classes.tolist()])
     subsample = option == "balanced_subsample" and params.bootstrap
     if not params.bootstrap:
         return None, weights, False
-    counts = np.array([n], dtype=np.float64) if regression else ctx.class_counts.astype(np.float64)
+    counts = np.array([n], dtype=np.float64) if regression else ctx.data.class_counts.astype(np.float64)
     per_row = np.ones(len(counts)) if weights is None else weights
     total = float((counts * per_row).sum())
     m = params.max_samples
@@ -465,14 +284,14 @@ class Layout:
 
 def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layout:
     """Group trees so one group's sample fits a worker thread's share of memory, and waves fit the cluster."""
-    n_trees, slots = params.n_estimators, max(1, ctx.max_in_flight)
-    memory = ctx.worker_memory or 4 * 2**30
-    per_thread = memory / max(1, slots // max(1, ctx.n_workers))
-    counts = np.array([ctx.train_rows]) if rates is None or len(rates) == 1 else ctx.class_counts
+    n_trees, slots = params.n_estimators, max(1, ctx.env.max_in_flight)
+    memory = ctx.env.worker_memory or 4 * 2**30
+    per_thread = memory / max(1, slots // max(1, ctx.env.n_workers))
+    counts = np.array([ctx.data.train_rows]) if rates is None or len(rates) == 1 else ctx.data.class_counts
 
     def sample_bytes(g: int) -> float:
-        rows = ctx.train_rows if rates is None else float((counts * -np.expm1(-g * rates)).sum())
-        return rows * (4 * ctx.n_features + 8 + (0 if rates is None else 2 * g)) + 1024
+        rows = ctx.data.train_rows if rates is None else float((counts * -np.expm1(-g * rates)).sum())
+        return rows * (4 * ctx.data.n_features + 8 + (0 if rates is None else 2 * g)) + 1024
 
     if rates is None:  # no bootstrap: every tree sees every row, so one shared sample
         groups, size = [list(range(n_trees))], sample_bytes(1)
@@ -493,7 +312,7 @@ def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layo
         raise DataError(f"model.params.max_samples: {what} takes about {size / 2**20:.0f} MiB, more than a "
                         f"worker thread can hold ({TASK_BUDGET * per_thread / 2**20:.0f} MiB); "
                         "set max_samples lower or give workers more memory")
-    per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.n_workers) / size))
+    per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.env.n_workers) / size))
     waves = [list(range(a, min(a + per_wave, len(groups)))) for a in range(0, len(groups), per_wave)]
     return Layout(groups, waves, per_fit, size)
 
@@ -504,23 +323,23 @@ def _assemble(trees: list[Any], params: Params, tree_params: dict[str, Any],
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    regression = ctx.target_kind == "regression"
+    regression = ctx.data.target_kind == "regression"
     cls, tree_cls = ((RandomForestRegressor, DecisionTreeRegressor) if regression
                      else (RandomForestClassifier, DecisionTreeClassifier))
     settings = {"n_estimators": params.n_estimators, "criterion": tree_params["criterion"],
                 "max_depth": params.max_depth, "max_features": tree_params["max_features"],
                 "min_samples_split": params.min_samples_split, "min_samples_leaf": params.min_samples_leaf,
                 "max_samples": params.max_samples, "bootstrap": params.bootstrap, "oob_score": params.oob_score,
-                "random_state": ctx.seed,
+                "random_state": ctx.env.seed,
                 **{name: getattr(params, name) for name in PASSED_TO_TREES}}
     if not regression:
         settings["class_weight"] = params.class_weight
     forest = cls(**settings)
     forest.estimator_ = tree_cls()
     forest.estimators_ = trees
-    forest.n_features_in_ = ctx.n_features
+    forest.n_features_in_ = ctx.data.n_features
     forest.n_outputs_ = 1
     if not regression:
-        forest.classes_ = np.asarray(ctx.classes)
-        forest.n_classes_ = len(ctx.classes)
+        forest.classes_ = np.asarray(ctx.data.classes)
+        forest.n_classes_ = len(ctx.data.classes)
     return forest

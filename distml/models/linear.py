@@ -14,13 +14,16 @@ import numpy as np
 from pydantic import Field
 
 from distml.models._sgd import SGDSchedule, train_sgd
-from distml.models.base import FamilyParams, Task, TrainContext
+from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import tree_reduce
 
 if TYPE_CHECKING:
     from sklearn.base import RegressorMixin
 
     from distml.blocks import Partitions
+
+
+ENCODING: Encoding = "onehot"  # a linear model needs one column per category
 
 
 class Params(FamilyParams):
@@ -70,7 +73,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixi
     if params.solver == "sgd":
         from sklearn.linear_model import SGDRegressor
 
-        template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.seed)
+        template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.env.seed)
         return train_sgd(parts, template, ctx, SGDSchedule(epochs=params.epochs),
                          loss=_squared_loss, fit_kwargs={}, scale_target=True)
     return _train_exact(parts, params, ctx)
@@ -79,15 +82,15 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixi
 def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
     from sklearn.linear_model import LinearRegression, Ridge
 
-    client = ctx.client
-    grams = [client.submit(_gram_part, s, key=ctx.key("train", i)) for i, s in enumerate(parts.train)]
-    total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.key("merge", level, j)).result()
-    ctx.report("train", 1.0)
+    client = ctx.env.client
+    grams = [client.submit(_gram_part, s, key=ctx.env.key("train", i)) for i, s in enumerate(parts.train)]
+    total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.env.key("merge", level, j)).result()
+    ctx.env.report("train", 1.0)
     coef, intercept = solve_normal_equations(total, params.alpha)
     model = Ridge(alpha=params.alpha) if params.alpha > 0 else LinearRegression()
     model.coef_ = coef
     model.intercept_ = intercept
-    model.n_features_in_ = ctx.n_features
+    model.n_features_in_ = ctx.data.n_features
     if isinstance(model, LinearRegression):
         d = len(coef)
         model.rank_ = int(np.linalg.matrix_rank(total[:d, :d]))

@@ -13,12 +13,16 @@ from pydantic import Field
 
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models._softmax import SoftmaxSGD, to_estimator
-from distml.models.base import FamilyParams, Task, TrainContext
+from distml.models._weights import class_weights
+from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression, SGDClassifier
 
     from distml.blocks import Partitions
+
+
+ENCODING: Encoding = "onehot"  # a linear model needs one column per category
 
 
 class Params(FamilyParams):
@@ -51,39 +55,17 @@ def _log_loss(model: SGDClassifier | SoftmaxSGD, X: np.ndarray, y: np.ndarray) -
 # --- runs on the client ------------------------------------------------------
 
 
-def class_weights(option: str | dict[str | int, float] | None, classes: np.ndarray,
-                  counts: np.ndarray) -> dict[object, float] | None:
-    """Resolve ``class_weight`` to a dict: ``balanced`` from the global class counts.
-
-    ``partial_fit`` refuses ``"balanced"`` because one batch cannot know the
-    class frequencies; the statistics pass does.
-    """
-    if option is None:
-        return None
-    if option == "balanced":
-        weights = counts.sum() / (len(classes) * counts)
-        return {c: float(w) for c, w in zip(classes.tolist(), weights)}
-    by_name = {str(c): c for c in classes.tolist()}
-    unknown = sorted(set(map(str, option)) - set(by_name))
-    if unknown:
-        from distml.errors import SpecError
-
-        raise SpecError(f"model.params.class_weight names unknown class {unknown[0]!r}; "
-                        f"classes are {', '.join(by_name)}")
-    return {by_name[str(name)]: weight for name, weight in option.items()}
-
-
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegression | SGDClassifier:
     """Streamed, parameter-averaged SGD on the log loss; returns a fitted sklearn classifier."""
     from sklearn.linear_model import SGDClassifier
 
-    weights = class_weights(params.class_weight, ctx.classes, ctx.class_counts)
+    weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
     schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction,
                            params.tol, params.n_iter_no_change)
     if params.solver == "sgd":
         template = SGDClassifier(loss="log_loss", alpha=params.alpha, class_weight=weights,
-                                 random_state=ctx.seed)
-        return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.classes})
+                                 random_state=ctx.env.seed)
+        return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes})
     learner = SoftmaxSGD(alpha=params.alpha, eta0=params.eta0, batch_size=params.batch_size, class_weight=weights)
-    fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.classes})
-    return to_estimator(fitted, ctx.n_features, ctx.train_rows, params.epochs)
+    fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes})
+    return to_estimator(fitted, ctx.data.n_features, ctx.data.train_rows, params.epochs)

@@ -19,8 +19,8 @@ from sklearn.linear_model import SGDClassifier
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
 from distml.models._sgd import SGDSchedule, train_sgd
-from distml.models.base import FamilyParams, Task, TrainContext
-from distml.models.logistic import class_weights
+from distml.models._weights import class_weights
+from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import map_bounded
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when work
 _CASCADE_ONLY = {"tol", "probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
 _SGD_ONLY = {"alpha", "loss", "epochs"}
 _KERNEL_ONLY = {"gamma", "degree", "coef0"}
+
+ENCODING: Encoding = "onehot"  # kernels and margins need one column per category
 
 
 class Params(FamilyParams):
@@ -132,98 +134,98 @@ class _ApproxSGD(SGDClassifier):
 
 def _check_data(params: Params, ctx: TrainContext) -> None:
     """Data-dependent refusals, before any heavy work: one line naming the parameter."""
-    counts = ctx.class_counts
+    counts = ctx.data.class_counts
     rarest = int(np.argmin(counts))
-    name, n = ctx.classes.tolist()[rarest], int(counts[rarest])
+    name, n = ctx.data.classes.tolist()[rarest], int(counts[rarest])
     if params.probability and n < PROBA_MIN_CLASS_ROWS:
         raise DataError(f"model.params.probability needs at least {PROBA_MIN_CLASS_ROWS} training rows of each "
                         f"class for its 5-fold Platt scaling; class {name!r} has {n}")
     if params.route != "cascade":
         return
-    n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
+    n_chunks = plan_chunks(ctx.data.train_rows, params.chunk_rows)
     if n_chunks > 1 and n / n_chunks < MIN_CLASS_ROWS_PER_CHUNK:
         need_chunks = max(1, n // MIN_CLASS_ROWS_PER_CHUNK)
-        lo, hi = params.chunk_rows, 4 * ctx.train_rows + 100
+        lo, hi = params.chunk_rows, 4 * ctx.data.train_rows + 100
         while lo < hi:  # the smallest chunk_rows that cuts few enough chunks
             mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if plan_chunks(ctx.train_rows, mid) > need_chunks else (lo, mid)
+            lo, hi = (mid + 1, hi) if plan_chunks(ctx.data.train_rows, mid) > need_chunks else (lo, mid)
         raise DataError(f"model.params.chunk_rows={params.chunk_rows} is too small for class {name!r} "
-                        f"({n:,} of {ctx.train_rows:,} training rows): a chunk would hold about {n / n_chunks:.1f} "
-                        f"of them; use chunk_rows >= {lo} so every chunk holds every class")
+                        f"({n:,} of {ctx.data.train_rows:,} training rows): a chunk would hold about "
+                        f"{n / n_chunks:.1f} of them; use chunk_rows >= {lo} so every chunk holds every class")
 
 
 def _gamma(params: Params, ctx: TrainContext) -> float:
     """One kernel for every chunk: ``scale`` from the global variance of the standardized features."""
     if params.gamma != "scale":
         return float(params.gamma)
-    return 1.0 / (ctx.n_features * ctx.x_var) if ctx.x_var > 0 else 1.0
+    return 1.0 / (ctx.data.n_features * ctx.data.x_var) if ctx.data.x_var > 0 else 1.0
 
 
 def _max_support_vectors(params: Params, ctx: TrainContext) -> int:
     """Default guard: a merge task holds its union about four times (inputs, union, libsvm's copy)."""
     if params.max_support_vectors is not None:
         return params.max_support_vectors
-    if not ctx.worker_memory:
+    if not ctx.env.worker_memory:
         return 200_000
-    row_bytes = 8 * (ctx.n_features + 2) * 4
-    return max(1000, (ctx.worker_memory // 4 - 200 * 2**20) // row_bytes)
+    row_bytes = 8 * (ctx.data.n_features + 2) * 4
+    return max(1000, (ctx.env.worker_memory // 4 - 200 * 2**20) // row_bytes)
 
 
 def _gram_bytes(ctx: TrainContext) -> int:
     """Largest precomputed kernel matrix one fit may build: a quarter of a worker thread's memory share."""
-    if not ctx.worker_memory:
+    if not ctx.env.worker_memory:
         return DEFAULT_GRAM_BYTES
-    threads_per_worker = max(1, ctx.max_in_flight // max(1, ctx.n_workers))
-    return ctx.worker_memory // 4 // threads_per_worker
+    threads_per_worker = max(1, ctx.env.max_in_flight // max(1, ctx.env.n_workers))
+    return ctx.env.worker_memory // 4 // threads_per_worker
 
 
 def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
     """Chunks cut in one read pass: their pieces may take a quarter of the cluster's memory."""
-    if not ctx.worker_memory:
+    if not ctx.env.worker_memory:
         return n_chunks
-    budget = ctx.worker_memory * ctx.n_workers // 4 // (8 * (ctx.n_features + 2))
-    return max(1, min(n_chunks, max(ctx.max_in_flight, budget // params.chunk_rows)))
+    budget = ctx.env.worker_memory * ctx.env.n_workers // 4 // (8 * (ctx.data.n_features + 2))
+    return max(1, min(n_chunks, max(ctx.env.max_in_flight, budget // params.chunk_rows)))
 
 
 def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights: Any) -> BaseEstimator:
-    n_chunks = plan_chunks(ctx.train_rows, params.chunk_rows)
+    n_chunks = plan_chunks(ctx.data.train_rows, params.chunk_rows)
     group = _chunks_per_read(n_chunks, params, ctx)
     plan = CascadePlan(n_chunks, params.chunk_rows, group, _max_support_vectors(params, ctx), _gram_bytes(ctx),
                        params.max_passes, params.feedback_tol)
     svc = {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
            "coef0": params.coef0, "tol": params.tol, "class_weight": weights}
-    ctx.log(f"cascade SVM: {n_chunks} chunks of at most {params.chunk_rows:,} rows ({group} per read pass), "
+    ctx.env.log(f"cascade SVM: {n_chunks} chunks of at most {params.chunk_rows:,} rows ({group} per read pass), "
             f"gamma {svc['gamma']:.4g}, at most {plan.limit:,} support vectors")
-    return Cascade(parts, ctx, plan, svc, params.probability, ctx.child_seeds(1, salt=3)[0]).run()
+    return Cascade(parts, ctx.env, plan, svc, params.probability, ctx.env.child_seeds(1, salt=3)[0]).run()
 
 
 def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type = SGDClassifier) -> SGDClassifier:
-    alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.train_rows)
+    alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.data.train_rows)
     # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
-    return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.seed)
+    return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
 
 
 def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
     return train_sgd(parts, template, ctx, SGDSchedule(params.epochs), loss=_hinge_loss,
-                     fit_kwargs={"classes": ctx.classes})
+                     fit_kwargs={"classes": ctx.data.classes})
 
 
 def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
     """Fit Nystroem / RBFSampler on a bounded sample drawn on the workers by the rows' draws."""
     from sklearn.kernel_approximation import Nystroem, RBFSampler
 
-    fraction = min(1.0, SAMPLE_ROWS_PER_COMPONENT * params.n_components / max(1, ctx.train_rows))
-    samples = map_bounded(ctx.client, _sample_part, parts.train, key=lambda i: ctx.key("sample", i),
-                          max_in_flight=ctx.max_in_flight, fraction=fraction)
+    fraction = min(1.0, SAMPLE_ROWS_PER_COMPONENT * params.n_components / max(1, ctx.data.train_rows))
+    samples = map_bounded(ctx.env.client, _sample_part, parts.train, key=lambda i: ctx.env.key("sample", i),
+                          max_in_flight=ctx.env.max_in_flight, fraction=fraction)
     X = np.concatenate([x for x, _ in samples])[np.argsort(np.concatenate([u for _, u in samples]), kind="stable")]
-    seed = ctx.child_seeds(1, salt=4)[0]
+    seed = ctx.env.child_seeds(1, salt=4)[0]
     gamma = _gamma(params, ctx)
     if params.approximation == "rbf_sampler":
         approx = RBFSampler(gamma=gamma, n_components=params.n_components, random_state=seed)
     else:
         approx = Nystroem(kernel=params.kernel, gamma=gamma, degree=params.degree, coef0=params.coef0,
                           n_components=min(params.n_components, len(X)), random_state=seed)
-    ctx.log(f"{params.approximation}: {params.n_components} components fitted on a sample of {len(X):,} rows")
+    ctx.env.log(f"{params.approximation}: {params.n_components} components fitted on a sample of {len(X):,} rows")
     return approx.fit(X)
 
 
@@ -241,7 +243,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
     from sklearn.pipeline import Pipeline
 
     _check_data(params, ctx)
-    weights = class_weights(params.class_weight, ctx.classes, ctx.class_counts)
+    weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
     if params.route == "cascade":
         return _train_cascade(parts, params, ctx, weights)
     if params.route == "linear":
