@@ -11,7 +11,7 @@ from distml.errors import DataError, JobFailed, SpecError
 from distml.runner import run_job
 from distml.spec import parse_job
 from distml.synth import make_nonlinear_dataset
-from tests.reference import split_frames, xy
+from reference import split_frames, xy
 
 SEED, HOLDOUT = 0, 0.2
 
