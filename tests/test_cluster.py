@@ -56,13 +56,45 @@ def _task_groups(dask_scheduler):
     return list(dask_scheduler.task_prefixes)
 
 
+# A scheduler preload (plain Dask configuration) that writes down every worker as it joins the embedded
+# cluster, so the test reads the cluster the command really started rather than the flags it parsed.
+_RECORD_WORKERS = """
+import json
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+
+class _Record(SchedulerPlugin):
+    def add_worker(self, scheduler, worker):
+        ws = scheduler.workers[worker]
+        with open({path!r}, "a") as out:
+            out.write(json.dumps({{"scheduler": scheduler.address, "address": ws.address,
+                                  "nthreads": ws.nthreads, "memory_limit": ws.memory_limit}}) + "\\n")
+
+
+def dask_setup(scheduler):
+    scheduler.add_plugin(_Record(), name="distml-test-record-workers")
+"""
+
+
 def test_embedded_cluster_binds_to_loopback_and_uses_the_flags(tmp_path, make_data):
+    import dask
+
     folder, _ = make_data("classification", rows=20_000, features=6, files=3)
-    result = CliRunner().invoke(main, ["submit", str(_job(tmp_path, folder)), "--workers", "1",
-                                       "--memory-limit", "512MiB"])
+    seen, preload = tmp_path / "workers.jsonl", tmp_path / "record_workers.py"
+    preload.write_text(_RECORD_WORKERS.format(path=str(seen)))
+    job = _job(tmp_path, folder, n_workers=2, threads_per_worker=1, memory_limit="1GiB")  # the flags win
+    with dask.config.set({"distributed.scheduler.preload": [str(preload)]}):
+        result = CliRunner().invoke(main, ["submit", str(job), "--workers", "1", "--threads", "2",
+                                           "--memory-limit", "512MiB"])
     assert result.exit_code == 0, result.stderr
     assert re.search(r"dashboard:? http://127\.0\.0\.1:\d+/status", result.stderr), result.stderr
     assert "job " in result.stdout and "succeeded" in result.stdout
+    workers = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [(w["nthreads"], w["memory_limit"]) for w in workers] == [(2, 512 * 2**20)], workers
+    assert all(w["scheduler"].startswith("tcp://127.0.0.1:") and w["address"].startswith("tcp://127.0.0.1:")
+               for w in workers), workers
+    manifest = json.loads(next((tmp_path / "models" / "cluster-test").glob("*/manifest.json")).read_text())
+    assert manifest["cluster"] == {"workers": 1}
 
 
 @pytest.mark.parametrize("phase", list(PHASES))

@@ -175,12 +175,17 @@ def test_forest_job_saves_a_pipeline_with_importances_by_input_column(client, da
 ], ids=["max-samples-larger-than-the-data", "regression-on-string-target"])
 def test_bad_data_for_a_forest_fails_before_work_with_one_line_and_no_artifact(client, tmp_path, params, target,
                                                                                message, make_data):
+    from distributed import get_task_stream
+
     folder, _ = make_data("classification", rows=3000, string_labels=True)
-    with pytest.raises(DataError, match=message) as info:
+    with get_task_stream(client=client) as stream, pytest.raises(DataError, match=message) as info:
         run_job(_job(tmp_path, folder, params, target), client)
     assert "\n" not in str(info.value) and info.value.exit_code == 2
     assert not list((tmp_path / "models").rglob("manifest.json"))
-    assert not [k for k in client.who_has() if "distml-tree" in str(k)]
+    # every task the scheduler ran during the job (whichever client sent it): the statistics pass that found
+    # the problem, and no sampling, tree or out-of-bag work
+    groups = {key_split(t["key"]) for t in stream.data}
+    assert groups == {"distml-stats"}, groups
 
 
 @pytest.mark.parametrize("params,field", [

@@ -65,10 +65,17 @@ def test_load_model_refuses_a_file_whose_sha256_changed(client, tmp_path, small)
 def test_newest_version_is_loaded_by_name_and_versions_sort_by_time(client, tmp_path, small):
     store = str(tmp_path / "models")
     first = run_job(_spec(str(small[0]), store), client)
-    second = run_job(_spec(str(small[0]), store), client)
+    # one more epoch: a second model that differs from the first, so which one loads can be seen
+    second = run_job(_spec(str(small[0]), store, model={"kind": "logistic", "params": {"epochs": 3}}), client)
     versions = distml.store.Store(store, {}).versions("store-test")
-    assert versions == sorted([Path(first.uri).name, Path(second.uri).name])
-    assert load_model(f"{store}/store-test") is not None
+    assert versions == [Path(first.uri).name, Path(second.uri).name]  # oldest first, in the order they were made
+    manifests = [json.loads((Path(r.uri) / "manifest.json").read_text()) for r in (first, second)]
+    assert [m["job_id"] for m in manifests] == [first.job_id, second.job_id]
+    assert manifests[0]["created"] < manifests[1]["created"]
+    newest, older, by_uri = (load_model(u)[-1] for u in (f"{store}/store-test", first.uri, second.uri))
+    assert not np.array_equal(older.coef_, by_uri.coef_)
+    np.testing.assert_array_equal(newest.coef_, by_uri.coef_)
+    np.testing.assert_array_equal(newest.intercept_, by_uri.intercept_)
     listing = CliRunner().invoke(main, ["models", "list", store])
     assert listing.exit_code == 0 and Path(second.uri).name in listing.stdout
 

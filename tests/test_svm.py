@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dask.utils import key_split
 
 from distml.errors import DataError, JobFailed, SpecError
 from distml.jobfile import parse_job
 from distml.runner import run_job
 from distml.synth import make_nonlinear_dataset
-from tests.reference import split_frames, xy
+from reference import split_frames, xy
 
 SEED, HOLDOUT = 0, 0.2
 
@@ -104,23 +105,40 @@ def test_same_seed_gives_identical_support_vectors_however_chunks_are_read(clien
 def test_svm_job_saves_a_model_that_predicts_probabilities_on_raw_rows(client, nonlinear, job_file, tmp_path):
     from click.testing import CliRunner
 
+    from distributed import get_task_stream
+    from sklearn.svm import SVC
+
     from distml import load_model
     from distml.cli import main
-    from distml.tasks import task_key
 
     folder = nonlinear(4_000, 2)
     path = job_file(name="svm-proba", data={"path": str(folder), "target": "target"},
                     model={"kind": "svm", "params": {"chunk_rows": 1500, "probability": True}})
     address = client.scheduler.address
-    out = CliRunner().invoke(main, ["submit", str(path), "--scheduler", address, "--json"])
+    with get_task_stream(client=client) as stream:
+        out = CliRunner().invoke(main, ["submit", str(path), "--scheduler", address, "--json"])
     assert out.exit_code == 0, out.output
     model = load_model(next((tmp_path / "models" / "svm-proba").iterdir()).as_uri())
-    raw = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
+    test = pd.read_parquet(folder.with_name(folder.name + "-test.parquet"))
+    raw, truth = test.drop(columns=["target"]), test["target"].to_numpy()
     proba = model.predict_proba(raw)
     assert proba.shape == (len(raw), 2) and np.allclose(proba.sum(axis=1), 1.0)
-    assert set(model.predict(raw)) <= {0, 1}
-    for phase in ("cut", "pick", "svm", "layer", "screen", "top", "size", "kkt", "refit", "sample"):
-        assert task_key(phase, "20260101-000000-abc", 1).startswith(f"distml-{phase}-")
+    predicted = model.predict(raw)
+    assert set(predicted) == {0, 1}, set(predicted)  # a constant model predicts one class
+    # as good as one SVC fitted in memory on the same training rows, and far better than the majority class
+    train, _ = split_frames(folder, SEED, HOLDOUT)
+    svc = model[-1]
+    one = SVC(C=svc.C, kernel="rbf", gamma=svc.gamma).fit(model[0].transform(xy(train)[0]), xy(train)[1])
+    ours = float((predicted == truth).mean())
+    theirs = float((one.predict(model[0].transform(raw)) == truth).mean())
+    majority = float(pd.Series(truth).value_counts(normalize=True).iloc[0])
+    assert abs(ours - theirs) <= 0.01 and ours >= majority + 0.1, (ours, theirs, majority)
+    # every task the job ran groups on the dashboard under its phase word, never under the job id
+    keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("distml-")]
+    groups = {key_split(k) for k in keys}
+    assert all(key_split(k) == "distml-" + k.split("-")[1] for k in keys), groups
+    phases = {"load", "stats", "cut", "pick", "svm", "layer", "screen", "top", "size", "kkt", "refit", "eval"}
+    assert {f"distml-{phase}" for phase in phases} <= groups, groups
 
 
 def test_nystroem_approximation_saves_a_pipeline_that_beats_the_linear_kernel(client, nonlinear, tmp_path):
@@ -129,8 +147,13 @@ def test_nystroem_approximation_saves_a_pipeline_that_beats_the_linear_kernel(cl
 
     from distml import load_model
 
+    from distributed import get_task_stream
+
     folder = nonlinear(8_000, 2)
-    approx = run_job(svm_job(folder, tmp_path, approximation="nystroem", n_components=200, epochs=10), client)
+    with get_task_stream(client=client) as stream:
+        approx = run_job(svm_job(folder, tmp_path, approximation="nystroem", n_components=200, epochs=10), client)
+    keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith(f"distml-sample-{approx.job_id}-")]
+    assert keys and {key_split(k) for k in keys} == {"distml-sample"}, keys  # the sample draws group as a phase
     linear = run_job(svm_job(folder, tmp_path, kernel="linear"), client)
     estimator = load_model(approx.uri)[-1]
     assert isinstance(estimator, Pipeline) and isinstance(estimator[0], Nystroem)
