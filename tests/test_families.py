@@ -20,7 +20,7 @@ from distml import load_model
 from distml.models import FAMILIES
 from distml.models.base import Encoding, Family, FamilyParams
 from distml.runner import run_job
-from distml.spec import parse_job
+from distml.jobfile import parse_job
 from distml.tasks import PHASES
 
 KINDS = sorted(FAMILIES)

@@ -13,17 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-# The summaries and their merges, from where they live in this tree (one block, easy to repoint).
-from distml.encoding import (
-    SKETCH_ACCURACY,
-    SKETCH_BUCKETS,
-    Moments,
-    QuantileSketch,
-    hll_count,
-    hll_of,
-    merge_counts,
-    summarize_categories,
-)
+# The summaries and their merges (one block, easy to repoint).
+from distml.blocks import Block
 from distml.evaluate import (
     ClassificationSums,
     RegressionSums,
@@ -32,7 +23,20 @@ from distml.evaluate import (
     classification_metrics,
     regression_metrics,
 )
-from distml.features import Block, PartStats, StatsPlan, _merge_stats_part, _stats_part
+from distml.stats import (
+    SKETCH_ACCURACY,
+    SKETCH_BUCKETS,
+    Moments,
+    QuantileSketch,
+    hll_count,
+    hll_of,
+    merge_counts,
+    PartStats,
+    StatsPlan,
+    _merge_stats_part,
+    _stats_part,
+    summarize_categories,
+)
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
