@@ -1,6 +1,6 @@
 """Batch scoring: a saved Pipeline applied to a Parquet dataset on the cluster, written as Parquet.
 
-One task per input file streams it in record batches, predicts, and writes one
+One task per input file reads it a row group at a time, predicts, and writes one
 output file of the same name under a temporary prefix. Only when every file is
 written are they moved into place and ``_SUCCESS`` written, so a failed or
 killed run leaves nothing that looks complete (readers skip ``_``-names).
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 SUCCESS = "_SUCCESS"
-BATCH_ROWS = 65_536  # rows scored at once: a worker holds a few batches, never a whole file
 
 
 @dataclass(frozen=True)
@@ -86,14 +85,18 @@ def _predict_part(scored: ScoredFile, pipeline: Pipeline, protocol: str, storage
     rows = 0
     writer = None
     with fs.open(scored.source, "rb") as f, out_fs.open(out_path, "wb") as sink:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            frame = batch.to_pandas()
+        source = pq.ParquetFile(f)
+        for i in range(source.metadata.num_row_groups):
+            # One row group at a time: pyarrow's batch iterator reads ahead several.
+            frame = source.read_row_group(i, columns=columns).to_pandas()
             table = pa.Table.from_pandas(_scores(pipeline, frame, passthrough, proba), preserve_index=False)
             writer = writer or pq.ParquetWriter(sink, table.schema)
             writer.write_table(table)
             rows += len(frame)
-        if writer is None:  # an empty file: an empty output with the right columns
-            frame = pq.ParquetFile(f).schema_arrow.empty_table().select(columns).to_pandas()
+            del frame, table
+            pa.default_memory_pool().release_unused()  # freed pages would count as the worker's memory
+        if writer is None:  # a file without rows: an empty output with the right columns
+            frame = source.schema_arrow.empty_table().select(columns).to_pandas()
             table = pa.Table.from_pandas(_scores(pipeline, frame, passthrough, proba), preserve_index=False)
             writer = pq.ParquetWriter(sink, table.schema)
         writer.close()
