@@ -289,3 +289,27 @@ def test_the_allow_list_is_exactly_what_every_family_saves(client, tmp_path):
         assert len(pipeline.predict(rows.drop(columns=[target]))) == len(rows)
     assert {name for _, name in seen} <= ALLOWED_TYPES
     assert {name for loader, name in seen if loader == "ObjectNode"} == SAVED_ESTIMATORS
+
+
+def test_a_detached_job_whose_driver_lacks_the_submitters_key_fails_unsaved(cluster, tmp_path, small, job_file,
+                                                                            monkeypatch):
+    """The workers started without DISTML_SIGNING_KEY; the submitter has it, so the model must not be saved."""
+    import subprocess
+
+    store = tmp_path / "models"
+    path = job_file(name="detached-signed", data={"path": str(small[0]), "target": "target"},
+                    model={"kind": "logistic", "params": {"epochs": 1}}, output={"store": str(store)})
+    monkeypatch.setenv("DISTML_SIGNING_KEY", KEY)
+    distml = [sys.executable, "-m", "distml"]
+    submitted = subprocess.run([*distml, "submit", str(path), "--scheduler", cluster.scheduler_address, "--detach"],
+                               capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[0]
+    waited = subprocess.run([*distml, "jobs", "wait", job_id, "--store", str(store), "--timeout", "90"],
+                            capture_output=True, text=True, timeout=120)
+    record = json.loads(next((store / "_jobs").glob(f"{job_id}*.json")).read_text())
+    assert waited.returncode == 1 and record["state"] == "failed"
+    assert record["error"] == ("the job's driver found no signing key on its worker; set DISTML_SIGNING_KEY for the "
+                               "workers or output.signing_key_file to a file they can read, so the model is signed "
+                               "as its submitter asked")
+    assert not (store / "detached-signed").exists()
