@@ -12,80 +12,8 @@ from typing import Any
 
 import click
 
-from distml.errors import DistmlError
-
-
-class CliError(click.ClickException):
-    """A ``DistmlError`` as click shows it: one ``Error: …`` line on stderr and its exit status."""
-
-    def __init__(self, error: DistmlError) -> None:
-        super().__init__(error.message)
-        self.exit_code = error.exit_code
-
-
-class Group(click.Group):
-    """Turns every ``DistmlError`` raised by a command into its one-line message and exit status."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DistmlError as exc:
-            if os.environ.get("DISTML_DEBUG"):
-                raise
-            raise CliError(exc) from None
-
-
-class Size(click.ParamType):
-    """A memory size like ``2GiB``."""
-
-    name = "size"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from distml.spec import parse_size
-
-        try:
-            parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        return str(value)
-
-
-class StorageOption(click.ParamType):
-    """``KEY=VALUE``, one fsspec option for an s3:// store; a dotted key nests (``client_kwargs.region_name=…``)."""
-
-    name = "key=value"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
-        if isinstance(value, tuple):
-            return value
-        key, sep, raw = str(value).partition("=")
-        if not sep or not key.strip():
-            self.fail("expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000", param, ctx)  # no echo: a secret
-        return key.strip(), {"true": True, "false": False}.get(raw.lower(), raw)  # other values stay strings
-
-
-def storage_options(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    """``-o`` pairs as the nested dict fsspec takes (the same shape as a job file's ``storage_options``)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-storage_option = click.option(
-    "-o", "--storage-option", "options", type=StorageOption(), multiple=True, metavar="KEY=VALUE",
-    help="fsspec option for an s3:// store, repeatable (endpoint_url=URL, key=…, secret=…, "
-         "client_kwargs.region_name=…); without it credentials come from the usual AWS environment variables.")
-
-
-signing_key_option = click.option(
-    "--signing-key-file", default=None, type=click.Path(dir_okay=False), metavar="PATH",
-    help="File holding the manifest signing key (default: $DISTML_SIGNING_KEY); "
-         "with a key, unsigned or badly signed manifests are refused.")
+from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
+from distml.cli_scoring import evaluate_command, predict
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +84,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     click.echo("  rows      " + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
-        click.echo("  metrics   " + ", ".join(_metric(k, v) for k, v in result.metrics.items() if k != "rows"))
+        click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in result.metrics.items() if k != "rows"))
     importances = list(result.summary.get("feature_importances", {}).items())
     if importances:  # a short table, most important first
         click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])
@@ -179,8 +107,6 @@ def _detached(spec: Any, client: Any, as_json: bool) -> None:
                f"--store {spec.output.store}`" + (f" or on {info['page']}" if info["page"] else ""), err=True)
 
 
-def _metric(name: str, value: float) -> str:
-    return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
 
 
 @main.command("make-data")
@@ -230,7 +156,7 @@ def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
     for name in names:
         for version in st.versions(name):
             metrics = st.read_manifest(name, version).get("metrics", {})
-            shown = ", ".join(_metric(k, v) for k, v in metrics.items() if k != "rows")
+            shown = ", ".join(metric_text(k, v) for k, v in metrics.items() if k != "rows")
             click.echo(f"{name}  {version}  {shown}")
 
 
@@ -254,45 +180,6 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
     status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
-
-
-@main.command()
-@click.argument("model")
-@click.argument("data")
-@click.argument("out")
-@click.option("--columns", default="", metavar="A,B,…", help="Input columns to copy into the output (e.g. an id).")
-@click.option("--proba", is_flag=True, help="Also write one proba_<class> column per class.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output (never done without it).")
-@click.option("--scheduler", default=None, metavar="ADDR",
-              help="Address of a running Dask scheduler; default: an embedded local cluster.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Workers of the embedded cluster.")
-@click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@storage_option
-@signing_key_option
-def predict(model: str, data: str, out: str, columns: str, proba: bool, overwrite: bool, scheduler: str | None,
-            workers: int | None, memory_limit: str | None, as_json: bool, options: tuple[tuple[str, Any], ...],
-            signing_key_file: str | None) -> None:
-    """Score the Parquet dataset DATA with the saved MODEL on the cluster; write Parquet to OUT.
-
-    One output file per input file, rows in the same order, with the --columns asked for,
-    `prediction` and (--proba) the class probabilities. OUT is complete when OUT/_SUCCESS exists.
-    """
-    from distml.cluster import connect
-    from distml.predict import Output, predict_dataset
-    from distml.spec import ClusterSpec
-
-    opts = storage_options(options)
-    output = Output(out, opts, tuple(c.strip() for c in columns.split(",") if c.strip()), proba)
-    cluster = ClusterSpec(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit)
-    with connect(cluster) as client:
-        summary = predict_dataset(model, data, output, client, model_options=opts, data_options=opts,
-                                  overwrite=overwrite, signing_key_file=signing_key_file)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"predicted {summary['rows']:,} rows in {len(summary['files'])} files to {out}"
-               f" (model {summary['model']})")
 
 
 def jobs_store_option(command: Any) -> Any:
@@ -400,7 +287,7 @@ def jobs_cancel(job_id: str, store: str, options: tuple[tuple[str, Any], ...]) -
 @click.option("--timeout", type=click.FloatRange(0), default=None, help="Give up after this many seconds.")
 def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], timeout: float | None) -> None:
     """Wait for a job to end; exit 0 if it succeeded, 1 if it failed or was cancelled."""
-    from distml.errors import JobCancelled, JobFailed
+    from distml.errors import DistmlError, JobCancelled, JobFailed
     from distml.service import wait
 
     r = wait(_records(store, options), job_id, timeout)
@@ -413,6 +300,9 @@ def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], tim
     else:
         raise DistmlError(f"job {job_id} is still {r['state']} after {timeout:g}s")
 
+
+main.add_command(predict)
+main.add_command(evaluate_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

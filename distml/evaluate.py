@@ -89,6 +89,10 @@ def _metrics_part(source: BlockSource, model: Any, classes: np.ndarray | None) -
     if not len(y):
         return ClassificationSums(confusion, 0.0, hist)
     true_idx = np.searchsorted(classes, y)
+    unseen = (true_idx >= k) | (classes[np.minimum(true_idx, k - 1)] != y)
+    if unseen.any():  # only new data can hold these: a holdout's labels come from the same statistics pass
+        raise ValueError(f"target value {y[unseen][:1].tolist()[0]!r} is not one of the model's classes "
+                         f"({', '.join(map(str, classes))})")
     pred, proba, score = predictions(model, X)
     np.add.at(confusion, (true_idx, np.searchsorted(classes, pred)), 1)
     log_loss = float("nan")

@@ -70,8 +70,9 @@ class _Phases:
         self.on_phase(self.current, "done" if exc[0] is None else "failed", self.timings[self.current])
 
 
-def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, headroom: int) -> int:
-    """Partition size: the job's setting, else small enough for memory and for every thread to work.
+def partition_bytes(setting: str | None, dataset: Dataset, threads: int, headroom: int) -> int:
+    """Partition size: the job's setting (``data.partition_size``), else small enough for memory and
+    for every thread to work.
 
     A task holds about six copies of its partition at its peak (Arrow table,
     pandas frame, numpy block, transformed block, a shuffled copy), so a
@@ -79,8 +80,8 @@ def partition_bytes(spec: JobSpec, dataset: Dataset, threads: int, headroom: int
     """
     from distml.spec import parse_size
 
-    if spec.data.partition_size:
-        return parse_size(spec.data.partition_size)
+    if setting:
+        return parse_size(setting)
     total = dataset.num_rows * 8 * (len(dataset.features) + 1)
     limit = DEFAULT_PARTITION_BYTES if not headroom else min(DEFAULT_PARTITION_BYTES, headroom // 6)
     return max(2**20, min(limit, total // max(1, 2 * threads)))
@@ -178,7 +179,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             dataset = dataset or open_dataset(spec.data, spec.seed)
             n_workers, threads, memory = worker_resources(client)
             per_thread = memory_headroom(client) * n_workers // max(1, threads)
-            dataset.partition(partition_bytes(spec, dataset, threads, per_thread))
+            dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
         fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
                                      (n_workers, threads, memory), progress, log)
         metrics: dict[str, float] = {}

@@ -1,0 +1,87 @@
+"""What the commands share: the error-to-exit-status group, option types and the common options."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from distml.errors import DistmlError
+
+
+class CliError(click.ClickException):
+    """A ``DistmlError`` as click shows it: one ``Error: …`` line on stderr and its exit status."""
+
+    def __init__(self, error: DistmlError) -> None:
+        super().__init__(error.message)
+        self.exit_code = error.exit_code
+
+
+class Group(click.Group):
+    """Turns every ``DistmlError`` raised by a command into its one-line message and exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DistmlError as exc:
+            if os.environ.get("DISTML_DEBUG"):
+                raise
+            raise CliError(exc) from None
+
+
+class Size(click.ParamType):
+    """A memory size like ``2GiB``."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from distml.spec import parse_size
+
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+class StorageOption(click.ParamType):
+    """``KEY=VALUE``, one fsspec option for an s3:// store; a dotted key nests (``client_kwargs.region_name=…``)."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Any]:
+        if isinstance(value, tuple):
+            return value
+        key, sep, raw = str(value).partition("=")
+        if not sep or not key.strip():
+            self.fail("expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000", param, ctx)  # no echo: a secret
+        return key.strip(), {"true": True, "false": False}.get(raw.lower(), raw)  # other values stay strings
+
+
+def storage_options(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """``-o`` pairs as the nested dict fsspec takes (the same shape as a job file's ``storage_options``)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+storage_option = click.option(
+    "-o", "--storage-option", "options", type=StorageOption(), multiple=True, metavar="KEY=VALUE",
+    help="fsspec option for an s3:// store, repeatable (endpoint_url=URL, key=…, secret=…, "
+         "client_kwargs.region_name=…); without it credentials come from the usual AWS environment variables.")
+
+
+signing_key_option = click.option(
+    "--signing-key-file", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+    help="File holding the manifest signing key (default: $DISTML_SIGNING_KEY); "
+         "with a key, unsigned or badly signed manifests are refused.")
+
+
+def metric_text(name: str, value: float) -> str:
+    """A metric as the summaries print it."""
+    return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
