@@ -9,6 +9,20 @@ import click
 from distml.cli_options import Size, metric_text, signing_key_option, storage_option, storage_options
 
 
+def model_use_options(command: Any) -> Any:
+    """The options a command that uses a saved model takes: where it runs, the store's options, the key."""
+    for option in reversed([
+        click.option("--scheduler", default=None, metavar="ADDR",
+                     help="Address of a running Dask scheduler; default: an embedded local cluster."),
+        click.option("--workers", type=click.IntRange(1, 256), default=None, help="Workers of the embedded cluster."),
+        click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+        storage_option, signing_key_option,
+    ]):
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.argument("model")
 @click.argument("data")
@@ -16,13 +30,7 @@ from distml.cli_options import Size, metric_text, signing_key_option, storage_op
 @click.option("--columns", default="", metavar="A,B,…", help="Input columns to copy into the output (e.g. an id).")
 @click.option("--proba", is_flag=True, help="Also write one proba_<class> column per class.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (never done without it).")
-@click.option("--scheduler", default=None, metavar="ADDR",
-              help="Address of a running Dask scheduler; default: an embedded local cluster.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Workers of the embedded cluster.")
-@click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@storage_option
-@signing_key_option
+@model_use_options
 def predict(model: str, data: str, out: str, columns: str, proba: bool, overwrite: bool, scheduler: str | None,
             workers: int | None, memory_limit: str | None, as_json: bool, options: tuple[tuple[str, Any], ...],
             signing_key_file: str | None) -> None:
@@ -51,13 +59,7 @@ def predict(model: str, data: str, out: str, columns: str, proba: bool, overwrit
 @click.command("evaluate")
 @click.argument("model")
 @click.argument("data")
-@click.option("--scheduler", default=None, metavar="ADDR",
-              help="Address of a running Dask scheduler; default: an embedded local cluster.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Workers of the embedded cluster.")
-@click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@storage_option
-@signing_key_option
+@model_use_options
 def evaluate_command(model: str, data: str, scheduler: str | None, workers: int | None, memory_limit: str | None,
                      as_json: bool, options: tuple[tuple[str, Any], ...], signing_key_file: str | None) -> None:
     """Compute the saved MODEL's metrics on the labelled Parquet dataset DATA, on the cluster."""
