@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import DataError, JobFailed, SpecError, first_line
+from distml.remote import filesystem, open_url
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -75,12 +76,11 @@ def _predict_part(scored: ScoredFile, pipeline: Pipeline, protocol: str, storage
                   columns: list[str], passthrough: tuple[str, ...], proba: bool,
                   out_options: dict[str, Any]) -> int:
     """Score one input file batch by batch into its target; returns the rows written."""
-    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs = fsspec.filesystem(protocol, **storage_options)
-    out_fs, out_path = fsspec.core.url_to_fs(scored.target, **out_options)
+    fs = filesystem(protocol, storage_options)
+    out_fs, out_path = open_url(scored.target, out_options)
     out_fs.makedirs(posixpath.dirname(out_path), exist_ok=True)  # a local folder; nothing on object stores
     rows = 0
     writer = None
@@ -163,13 +163,12 @@ def predict_dataset(model_uri: str, data_url: str, output: Output, client: Clien
 def _input_files(data_url: str, options: dict[str, Any], features: list[str], manifest: dict[str, Any],
                  passthrough: tuple[str, ...]) -> tuple[str, list[ScoredFile]]:
     """The dataset's Parquet files, each checked from its footer against the model's columns."""
-    import fsspec
     import pyarrow.parquet as pq
 
     from distml.data import list_parquet_files, root_folder
 
     try:
-        fs, root = fsspec.core.url_to_fs(data_url, **options)
+        fs, root = open_url(data_url, options)
         paths = list_parquet_files(fs, root, data_url)
     except DataError:
         raise
@@ -191,10 +190,9 @@ def _input_files(data_url: str, options: dict[str, Any], features: list[str], ma
 
 def _output_root(output: Output, overwrite: bool) -> tuple[Any, str]:
     """The output's filesystem and root; an existing output is refused unless ``overwrite``."""
-    import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(output.url, **output.storage_options)
+        fs, root = open_url(output.url, output.storage_options)
         exists = fs.exists(root) and (not fs.isdir(root) or bool(fs.ls(root)))
     except Exception as exc:
         raise SpecError(f"{output.url}: cannot open the output ({type(exc).__name__}: {first_line(exc)})") from None

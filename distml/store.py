@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import JobFailed, StoreError, first_line
+from distml.remote import open_url
 from distml.signing import resolve_key, sign, verify
 from distml.trust import check_model_file
 
@@ -59,10 +60,9 @@ class Store:
 
     def filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and the store's root path in it."""
-        import fsspec
 
         try:
-            return fsspec.core.url_to_fs(self.url, **self.storage_options)
+            return open_url(self.url, self.storage_options)
         except Exception as exc:
             raise StoreError(f"{self.url}: cannot open the store ({type(exc).__name__}: {first_line(exc)})") from None
 
@@ -75,10 +75,7 @@ class Store:
         probe = posixpath.join(root, f".distml-probe-{secrets.token_hex(4)}")
         try:
             if _is_object_store(fs):
-                bucket = root.split("/", 1)[0]
-                if not fs.exists(bucket):  # makedirs or a write would create it: a typo must not
-                    raise StoreError(f"{self.url}: the store cannot be written (bucket '{bucket}' does not "
-                                     "exist; distml does not create buckets)")
+                _check_bucket(fs, root.split("/", 1)[0], self.url)
             else:
                 fs.makedirs(root, exist_ok=True)
             with fs.open(probe, "wb") as f:
@@ -218,6 +215,18 @@ def _is_object_store(fs: Any) -> bool:
     """An object store (S3 and the like) has buckets and no folders to make."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return not {"file", "local", "memory"} & set(protocols)
+
+
+def _check_bucket(fs: Any, bucket: str, url: str) -> None:
+    """Refuse a bucket that does not exist: makedirs or a write would create it, and a typo must not.
+
+    ``head_bucket`` rather than ``exists``, which answers False for a store that does not answer.
+    """
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        raise StoreError(f"{url}: the store cannot be written (bucket '{bucket}' does not exist; "
+                         "distml does not create buckets)") from None
 
 
 def _create(fs: Any, path: str, payload: bytes) -> None:

@@ -195,3 +195,28 @@ def test_a_save_on_a_full_disk_says_so_and_leaves_nothing(full_disk):
     assert message.startswith(f"{full_disk}/models/full/") and message.endswith(
         ": cannot write the model (the disk is full); nothing was saved")
     assert store.versions("full") == [] and list((full_disk / "models" / "full").iterdir()) == []
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP listener on 127.0.0.1 that never answers: a store that stopped responding."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_store_that_never_answers_fails_in_bounded_time_with_its_error(silent_endpoint):
+    import time
+
+    opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": silent_endpoint, "region_name": "us-east-1"},
+            "config_kwargs": {"read_timeout": 1}}  # the user's timeout wins; retries stay bounded by distml
+    started = time.monotonic()
+    with pytest.raises(StoreError) as refused:
+        distml.store.Store("s3://bucket/models", opts).check_writable()
+    assert time.monotonic() - started < 30
+    assert str(refused.value) == ('s3://bucket/models: the store cannot be written (ReadTimeoutError: Read timeout '
+                                  f'on endpoint URL: "{silent_endpoint}/bucket")')
