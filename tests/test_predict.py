@@ -220,3 +220,25 @@ def test_proba_needs_a_model_with_probabilities(client, tmp_path, make_data):
     model = run_job(spec, client).uri
     with pytest.raises(SpecError, match=r"--proba needs a model with predict_proba; LinearRegression has none"):
         predict_dataset(model, str(folder), Output(str(tmp_path / "scores"), {}, proba=True), client)
+
+
+def test_predict_reads_and_writes_s3_and_commits_only_when_done(client, s3, scored_table):
+    import fsspec
+
+    table, model = scored_table
+    opts = s3["storage_options"]
+    fs = fsspec.filesystem("s3", **opts)
+    fs.put(str(table) + "/", f"{s3['bucket']}/table/", recursive=True)
+    out = f"s3://{s3['bucket']}/scores"
+    summary = predict_dataset(model, f"s3://{s3['bucket']}/table", Output(out, opts, ("x0",)), client,
+                              data_options=opts)
+    keys = sorted(o["Key"] for o in s3["boto"].list_objects_v2(Bucket=s3["bucket"], Prefix="scores/")["Contents"])
+    inputs = sorted(p.name for p in table.glob("*.parquet"))
+    assert keys == ["scores/_SUCCESS", *(f"scores/{name}" for name in inputs)]  # no temporary prefix left
+    pipeline = load_model(model)
+    for name in inputs:
+        with fs.open(f"{s3['bucket']}/scores/{name}", "rb") as f:
+            scored = pd.read_parquet(f)
+        np.testing.assert_array_equal(scored["prediction"].to_numpy(),
+                                      pipeline.predict(pd.read_parquet(table / name)[FEATURES]))
+    assert summary["rows"] == 40_000 and opts["secret"] not in json.dumps(summary)
