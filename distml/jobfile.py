@@ -124,7 +124,7 @@ def parse_job(raw: Any, source: str) -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping of job settings; got {type(raw).__name__}")
     try:
-        return JobSpec.model_validate(raw)
+        return JobSpec.model_validate(raw, context={"job_file": source})
     except ValidationError as exc:
         errors = _one_per_key(exc.errors())
         lines = [f"{source}: {_sentence(e)}" for e in errors[:MAX_ERRORS]]

@@ -125,8 +125,12 @@ class ClusterSpec(Strict):
 
     @field_validator("scheduler")
     @classmethod
-    def _address_ok(cls, value: str | None) -> str | None:
+    def _address_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """In a job file (validated with a ``job_file`` context) a field error named by its key path;
+        built directly, as ``predict``/``evaluate`` do from their flags, a ``SpecError`` naming ``--scheduler``."""
         problem = scheduler_problem(value) if value is not None else None
+        if problem and not (info.context or {}).get("job_file"):
+            raise SpecError(f"--scheduler: {problem}; got {value[:200]!r}")
         if problem:
             raise ValueError(problem)
         return value
