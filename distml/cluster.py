@@ -5,10 +5,13 @@ never made the process-wide default: every caller passes it explicitly.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from distml.errors import ClusterError
 
@@ -31,10 +34,17 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
     """Yield a client for the cluster the spec names, closing what was started here."""
     from distributed import Client
 
+    from distml.spec import check_scheduler
+
     address = spec.scheduler or os.environ.get("DISTML_SCHEDULER") or None
     if address:
+        if not spec.scheduler:  # --scheduler and cluster.scheduler were checked where they were read
+            check_scheduler(address, "DISTML_SCHEDULER")
+        started = time.monotonic()
+        _check_handshake(address)
+        left = max(1.0, CONNECT_TIMEOUT - (time.monotonic() - started))
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            client = Client(address, timeout=left, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
                                f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
@@ -43,6 +53,47 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
         return
     with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
+
+
+def _check_handshake(address: str) -> None:
+    """Ask ``address`` who it is, all within ``CONNECT_TIMEOUT``; raise ``ClusterError`` unless a scheduler answers.
+
+    ``Client(address, timeout=…)`` bounds the TCP connect but not the Dask
+    handshake that follows, so a listener that accepts and stays silent (or an
+    HTTP server) would hang it for ever. The probe runs in its own thread and
+    event loop (the caller may already be inside one) and closes its comm.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="distml-probe") as pool:
+        found = pool.submit(asyncio.run, _identity(address)).result()
+    if isinstance(found, BaseException):
+        reason = ("something listens there but did not complete the Dask handshake"
+                  if isinstance(found, asyncio.TimeoutError) else type(found).__name__)
+        raise ClusterError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT}s ({reason})")
+    kind = found.get("type") if isinstance(found, dict) else None
+    if kind != "Scheduler":
+        raise ClusterError(f"{address} answers as {kind or 'something'}, not as a Dask scheduler; "
+                           "expected the scheduler's address (tcp://host:8786)")
+
+
+async def _identity(address: str) -> Any:
+    """The ``identity`` reply of the server at ``address``, or the exception that stopped us getting it."""
+    from distributed.comm import connect as comm_connect
+
+    comm = None
+
+    async def ask() -> Any:
+        nonlocal comm
+        comm = await comm_connect(address, timeout=0.8 * CONNECT_TIMEOUT)  # its OSError first, if nothing listens
+        await comm.write({"op": "identity", "reply": True})
+        return await comm.read()
+
+    try:
+        return await asyncio.wait_for(ask(), CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, EOFError, ValueError, TypeError) as exc:
+        return exc
+    finally:
+        if comm is not None:
+            comm.abort()
 
 
 @contextlib.contextmanager

@@ -12,8 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from distml.errors import SpecError
+
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 _SIZE = re.compile(r"^\s*(\d+(\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+# scheme://host:port with a host name, an IPv4 address or a bracketed IPv6 address, and nothing after the port
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_ADDRESS = re.compile(r"^(tcp|ws)://(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[^/]*))?$")
+_LIKE = "like tcp://host:8786"
 
 
 def parse_size(value: str | int) -> int:
@@ -27,6 +33,43 @@ def parse_size(value: str | int) -> int:
     base = 1024 if "i" in unit else 1000
     power = {"b": 0, "k": 1, "m": 2, "g": 3, "t": 4}[unit[0]]
     return int(number * base**power)
+
+
+def scheduler_problem(address: str) -> str | None:
+    """Why ``address`` cannot name a remote Dask scheduler distml can reach, or ``None`` if it can.
+
+    One check for ``--scheduler``, ``cluster.scheduler`` and ``DISTML_SCHEDULER``,
+    made before any connection, so that a typo is one line rather than a
+    timeout. Only ``tcp://`` and ``ws://`` are taken: ``inproc://`` reaches only a
+    scheduler in this same process, and ``tls://``/``wss://`` need certificates,
+    which no distml option gives yet.
+    """
+    scheme = _SCHEME.match(address)
+    if not scheme:
+        return f"must be a Dask scheduler address {_LIKE}"
+    if scheme.group(1) in ("tls", "wss"):
+        return f"{scheme.group(1)}:// needs TLS certificates, which distml cannot be given yet; use tcp://host:port"
+    if scheme.group(1) == "inproc":
+        return "inproc:// only reaches a scheduler inside this same process; use tcp://host:port"
+    if scheme.group(1) not in ("tcp", "ws"):
+        return f"must use tcp:// or ws:// ({scheme.group(1)}:// is not a Dask scheduler protocol), {_LIKE}"
+    match = _ADDRESS.match(address)
+    if not match:
+        return f"must be a Dask scheduler address {_LIKE}"
+    port = match.group("port")
+    if not port:
+        return f"must name the scheduler's port, {_LIKE}"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "port must be a number from 1 to 65535"
+    return None
+
+
+def check_scheduler(address: str, where: str) -> str:
+    """``address`` unchanged if it is usable; otherwise a ``SpecError`` naming ``where`` it came from."""
+    problem = scheduler_problem(address)
+    if problem:
+        raise SpecError(f"{where}: {problem}; got {address[:200]!r}")
+    return address
 
 
 class Strict(BaseModel):
@@ -82,9 +125,14 @@ class ClusterSpec(Strict):
 
     @field_validator("scheduler")
     @classmethod
-    def _address_ok(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(tcp|tls|inproc|ws|wss)://[^\s/]+(:\d+)?$", value):
-            raise ValueError("must be a scheduler address like tcp://host:8786")
+    def _address_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """In a job file (validated with a ``job_file`` context) a field error named by its key path;
+        built directly, as ``predict``/``evaluate`` do from their flags, a ``SpecError`` naming ``--scheduler``."""
+        problem = scheduler_problem(value) if value is not None else None
+        if problem and not (info.context or {}).get("job_file"):
+            raise SpecError(f"--scheduler: {problem}; got {value[:200]!r}")
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("memory_limit")

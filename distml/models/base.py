@@ -28,9 +28,9 @@ Encoding = Literal["onehot", "ordinal"]  # how the feature plan encodes categori
 
 
 class FamilyParams(BaseModel):
-    """Base of each family's hyper-parameters: frozen, unknown keys rejected."""
+    """Base of each family's hyper-parameters: frozen, unknown keys and non-finite numbers rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/nan would hang or poison a solver
 
 
 @runtime_checkable
