@@ -2,7 +2,7 @@
 
 botocore's defaults (a 60 s read timeout, up to five attempts) times s3fs's own
 five retries let a store that stops answering hold a job for many minutes; these
-bounds make such a store fail with its error in about a minute and a half at
+bounds make such a store fail with its error in about two minutes at
 most. A user's own ``config_kwargs`` win over them.
 """
 from __future__ import annotations
