@@ -6,6 +6,7 @@ never made the process-wide default: every caller passes it explicitly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -61,7 +62,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:8787",
-            silence_logs=40,
+            silence_logs=logging.CRITICAL,  # worker tracebacks and ERROR lines stay off the user's terminal
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
