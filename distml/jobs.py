@@ -12,6 +12,7 @@ This module imports no Dask: ``distml jobs list`` must start fast.
 """
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
 import re
@@ -79,7 +80,7 @@ class JobRecords:
                 fs.pipe_file(path, body)
         except Exception as exc:
             raise StoreError(f"{self.uri(record['job_id'])}: cannot write the job record "
-                             f"({type(exc).__name__}: {first_line(exc)})") from None
+                             f"({write_reason(exc)})") from None
 
     def read(self, job_id: str) -> dict[str, Any]:
         fs, _ = self._fs()
@@ -116,6 +117,13 @@ class JobRecords:
         path = self._path(job_id, ".cancel")
         fs.invalidate_cache(path)
         return bool(fs.exists(path))
+
+
+def write_reason(exc: BaseException) -> str:
+    """Why a record write failed, in words a user can act on (a full disk says so)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
@@ -159,6 +167,7 @@ class JobTracker:
         self._last_cancel_check = 0.0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self.written_state: str | None = None  # the state the store holds: the last write that succeeded
 
     @property
     def job_id(self) -> str:
@@ -171,6 +180,7 @@ class JobTracker:
             self.record["updated"] = now_iso(t)
             self.records.write(self.record)
             self._last_write = t
+            self.written_state = self.record["state"]
             if self.publish is not None:
                 try:
                     self.publish({k: v for k, v in self.record.items() if k != "events"})
