@@ -14,6 +14,7 @@ import click
 
 from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
 from distml.cli_scoring import evaluate_command, predict
+from distml.console import interruptible
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +38,7 @@ def main() -> None:
 @click.option("--detach/--wait", default=False, show_default=True,
               help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
 @signing_key_option
+@interruptible
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
            signing_key_file: str | None) -> None:
