@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from distml.errors import ClusterError
@@ -54,6 +54,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
 
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
+    restore = _workers_ignore_sigint()
     try:
         cluster = LocalCluster(
             n_workers=spec.n_workers or n_workers,
@@ -66,8 +67,26 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
+    finally:
+        restore()
     with cluster:
         yield cluster
+
+
+def _workers_ignore_sigint() -> Callable[[], None]:
+    """Ignore SIGINT while the embedded workers are spawned (they inherit it); returns the undo.
+
+    Ctrl-C at a terminal reaches the whole process group: workers that heard it printed
+    KeyboardInterrupt tracebacks of their own. The submitting process alone handles it and closes
+    the workers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: Client) -> str | None:
