@@ -4,16 +4,19 @@ Heavy libraries are imported inside the commands so ``distml --help`` is quick.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
 from distml.cli_scoring import evaluate_command, predict
+from distml.console import interruptible
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +40,7 @@ def main() -> None:
 @click.option("--detach/--wait", default=False, show_default=True,
               help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
 @signing_key_option
+@interruptible
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
            signing_key_file: str | None) -> None:
@@ -146,18 +150,25 @@ def models() -> None:
 @storage_option
 def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
     """List the models and versions in STORE."""
+    from distml.errors import StoreError
     from distml.store import Store
 
     st = Store(store, storage_options(options))
-    names = st.models()
-    if not names:
-        click.echo(f"no models in {store}", err=True)
-        return
-    for name in names:
-        for version in st.versions(name):
-            metrics = st.read_manifest(name, version).get("metrics", {})
-            shown = ", ".join(metric_text(k, v) for k, v in metrics.items() if k != "rows")
-            click.echo(f"{name}  {version}  {shown}")
+    with reading_store(store):
+        names = st.models()
+        if not names:
+            click.echo(f"no models in {store}", err=True)
+            return
+        for name in names:
+            for version in st.versions(name):
+                try:
+                    metrics = st.read_manifest(name, version).get("metrics", {})
+                except StoreError as exc:  # one damaged version must not hide the others
+                    click.echo(f"warning: skipped {exc.message}", err=True)
+                    continue
+                shown = ", ".join(metric_text(k, v) for k, v in metrics.items() if k != "rows") \
+                    if isinstance(metrics, dict) else ""
+                click.echo(f"{name}  {version}  {shown}")
 
 
 @models.command("show")
@@ -175,11 +186,28 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
 
     key = resolve_key(key_file=signing_key_file)
     st, name, version = split_uri(uri, storage_options(options))
-    version = version or st.latest(name)
-    manifest = st.read_manifest(name, version)
-    status = verify(manifest, key, st.uri(name, version, MANIFEST))
+    with reading_store(st.url):
+        version = version or st.latest(name)
+        manifest = st.read_manifest(name, version)
+        status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
+
+
+@contextlib.contextmanager
+def reading_store(url: str) -> Iterator[None]:
+    """Turn a store that cannot be read (wrong credentials, unreachable server) into one line and exit 2.
+
+    The message is the filesystem's first line, which names the refusal, never the secret.
+    """
+    from distml.errors import DistmlError, StoreError, first_line
+
+    try:
+        yield
+    except DistmlError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"{url}: cannot read the store ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def jobs_store_option(command: Any) -> Any:
@@ -211,21 +239,38 @@ def _look(records: Any, job_id: str) -> dict[str, Any]:
 @jobs_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the records (without their events) as JSON.")
 def jobs_list(store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -> None:
-    """List the jobs recorded in the store, oldest first."""
-    from distml.jobs import elapsed
+    """List the jobs recorded in the store, oldest first; a damaged record is skipped with a warning on stderr."""
+    from distml.errors import first_line
     from distml.service import reconcile
 
+    def skip(uri: str, problem: str) -> None:
+        click.echo(f"warning: skipped {uri}: not a valid job record ({problem})", err=True)
+
     records = _records(store, options)
-    found = [reconcile(records, r) for r in records.list()]
+    found: list[tuple[dict[str, Any], str]] = []
+    with reading_store(store):
+        for r in records.list(on_bad=skip):
+            try:
+                r = reconcile(records, r)
+                found.append((r, _job_line(r)))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. a time that does not parse
+                skip(records.uri(r["job_id"]), f"{type(exc).__name__}: {first_line(exc)}")
     if as_json:
-        click.echo(json.dumps([{k: v for k, v in r.items() if k != "events"} for r in found], indent=2))
+        click.echo(json.dumps([{k: v for k, v in r.items() if k != "events"} for r, _ in found], indent=2))
         return
     if not found:
         click.echo(f"no job records in {store}", err=True)
         return
-    for r in found:
-        click.echo(f"{r['job_id']}  {r.get('name') or '':<24} {r['state']:<9} {r.get('phase') or '':<6} "
-                   f"{float(r.get('progress') or 0):5.0%}  {elapsed(r):7.1f}s  {r.get('model') or r.get('error') or ''}")
+    for _, line in found:
+        click.echo(line)
+
+
+def _job_line(r: dict[str, Any]) -> str:
+    """One job as ``jobs list`` prints it."""
+    from distml.jobs import elapsed
+
+    return (f"{r['job_id']}  {r.get('name') or '':<24} {r['state']:<9} {r.get('phase') or '':<6} "
+            f"{float(r.get('progress') or 0):5.0%}  {elapsed(r):7.1f}s  {r.get('model') or r.get('error') or ''}")
 
 
 @jobs.command("status")

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
 
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
+    restore = _workers_ignore_sigint()
     try:
         cluster = LocalCluster(
             n_workers=spec.n_workers or n_workers,
@@ -112,12 +114,30 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:8787",
-            silence_logs=40,
+            silence_logs=logging.CRITICAL,  # worker tracebacks and ERROR lines stay off the user's terminal
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
+    finally:
+        restore()
     with cluster:
         yield cluster
+
+
+def _workers_ignore_sigint() -> Callable[[], None]:
+    """Ignore SIGINT while the embedded workers are spawned (they inherit it); returns the undo.
+
+    Ctrl-C at a terminal reaches the whole process group: workers that heard it printed
+    KeyboardInterrupt tracebacks of their own. The submitting process alone handles it and closes
+    the workers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: Client) -> str | None:

@@ -1,16 +1,27 @@
-"""What ``distml submit`` shows while a job runs: a live bar per phase on a terminal, plain lines otherwise.
+"""What ``distml submit`` shows while a job runs: a live bar per phase on a terminal, plain lines otherwise;
+and what it hears: SIGINT and SIGTERM end the job as cancelled, with one line and no traceback.
 
 Only stderr is used, so ``--json`` output on stdout stays machine-readable.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import os
+import signal
 import sys
+import threading
 import time
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 import click
 
+from distml.errors import DistmlError, JobCancelled
 from distml.jobs import phase_message
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 LABELS = {"read": "reading", "stats": "statistics pass (partitions read)", "train": "training",
           "eval": "evaluating", "save": "saving"}
@@ -93,3 +104,87 @@ class Console:
 
     def close(self) -> None:
         self._end_bar()
+
+
+def interruptible(command: F) -> F:
+    """Run a command with SIGINT and SIGTERM turned into one ``Error:`` line and exit 130 or 143 (128 + signal).
+
+    Either signal raises ``KeyboardInterrupt`` in the main thread, so the job takes the path Ctrl-C
+    always took: ``run_job`` records ``cancelled`` ("interrupted by SIGTERM"), the embedded cluster is
+    closed as the error leaves ``connect``, and the exit status tells the caller which signal ended
+    it. Without a handler SIGTERM killed the process outright and left the record ``running``.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        caught: list[int] = []
+        with _signals_raise(caught), quiet_cluster_logs():
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:  # before the job started, or while the cluster was closing
+                error = JobCancelled(f"distml submit was interrupted by {_name(caught)}")
+                error.exit_code = 128 + (caught[0] if caught else signal.SIGINT)
+                raise error from None
+            except DistmlError as exc:
+                if caught:  # the job's own one line, with the shell's status for the signal that ended it
+                    exc.exit_code = 128 + caught[0]
+                raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _name(caught: list[int]) -> str:
+    return signal.Signals(caught[0]).name if caught else "SIGINT"
+
+
+@contextlib.contextmanager
+def _signals_raise(caught: list[int]) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM raise ``KeyboardInterrupt("SIGTERM")`` once; repeats are ignored.
+
+    A repeat while the job is being recorded and the cluster closed would only turn a clean shutdown
+    into tracebacks; the shutdown is bounded by distributed's own timeouts, and SIGKILL still works.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if caught:
+            return
+        caught.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def quiet_cluster_logs() -> Iterator[None]:
+    """Keep distributed's client-side log lines and asyncio's "Task exception was never retrieved"
+    (an interrupted gather) off stderr, so a failing job prints only its one ``Error:`` line.
+
+    The embedded cluster's own processes are silenced by ``LocalCluster(silence_logs=...)``; this
+    covers the submitting process before the cluster starts and after it closed. ``DISTML_DEBUG=1``
+    leaves them on.
+    """
+    if os.environ.get("DISTML_DEBUG"):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("distributed", "asyncio", "tornado")]
+    previous = [logger.level for logger in loggers]
+    handlers = [(h, h.level) for logger in loggers for h in logger.handlers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    for handler, _ in handlers:
+        handler.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
+        for handler, level in handlers:
+            handler.setLevel(level)

@@ -12,6 +12,7 @@ This module imports no Dask: ``distml jobs list`` must start fast.
 """
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
 import re
@@ -79,21 +80,29 @@ class JobRecords:
                 fs.pipe_file(path, body)
         except Exception as exc:
             raise StoreError(f"{self.uri(record['job_id'])}: cannot write the job record "
-                             f"({type(exc).__name__}: {first_line(exc)})") from None
+                             f"({write_reason(exc)})") from None
 
     def read(self, job_id: str) -> dict[str, Any]:
         fs, _ = self._fs()
         path = self._path(job_id)
         try:
             fs.invalidate_cache(path)
-            return json.loads(fs.cat_file(path))
+            record = json.loads(fs.cat_file(path))
         except FileNotFoundError:
             raise StoreError(f"no job {job_id} in {self.url} (see `distml jobs list --store {self.url}`)") from None
         except ValueError:
-            raise StoreError(f"{self.uri(job_id)}: not a valid job record") from None
+            raise StoreError(f"{self.uri(job_id)}: not a valid job record (not JSON)") from None
+        problem = record_problem(record)
+        if problem:
+            raise StoreError(f"{self.uri(job_id)}: not a valid job record ({problem})")
+        return record
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every record, oldest first (job ids sort by creation time)."""
+    def list(self, on_bad: Callable[[str, str], None] | None = None) -> list[dict[str, Any]]:
+        """Every readable record, oldest first (job ids sort by creation time).
+
+        A record that is not valid JSON or lacks a job id or state is skipped and handed to
+        ``on_bad(uri, problem)``, so one damaged file never hides the other jobs.
+        """
         fs, root = self._fs()
         try:
             fs.invalidate_cache(root)
@@ -102,10 +111,19 @@ class JobRecords:
             return []
         records = []
         for path in paths:
+            uri = posixpath.join(self.url.rstrip("/"), JOBS_DIR, posixpath.basename(path))
             try:
-                records.append(json.loads(fs.cat_file(path)))
-            except (FileNotFoundError, ValueError):
-                continue  # removed or being replaced right now
+                record = json.loads(fs.cat_file(path))
+            except FileNotFoundError:
+                continue  # removed since the listing
+            except ValueError:
+                problem: str | None = "not JSON"
+            else:
+                problem = record_problem(record)
+            if problem is None:
+                records.append(record)
+            elif on_bad is not None:
+                on_bad(uri, problem)
         return records
 
     def request_cancel(self, job_id: str) -> None:
@@ -116,6 +134,24 @@ class JobRecords:
         path = self._path(job_id, ".cancel")
         fs.invalidate_cache(path)
         return bool(fs.exists(path))
+
+
+def record_problem(record: Any) -> str | None:
+    """What makes a parsed record unusable (not an object, no job id or state), or None if it is usable."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("job_id"), str) or not JOB_ID.match(record["job_id"]):
+        return "no valid job_id"
+    if not isinstance(record.get("state"), str):
+        return "no state"
+    return None
+
+
+def write_reason(exc: BaseException) -> str:
+    """Why a record write failed, in words a user can act on (a full disk says so)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
@@ -159,6 +195,7 @@ class JobTracker:
         self._last_cancel_check = 0.0
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self.written_state: str | None = None  # the state the store holds: the last write that succeeded
 
     @property
     def job_id(self) -> str:
@@ -171,6 +208,7 @@ class JobTracker:
             self.record["updated"] = now_iso(t)
             self.records.write(self.record)
             self._last_write = t
+            self.written_state = self.record["state"]
             if self.publish is not None:
                 try:
                     self.publish({k: v for k, v in self.record.items() if k != "events"})

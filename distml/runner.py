@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-from distml.errors import DistmlError, JobCancelled, JobFailed, first_line
+from distml.errors import DistmlError, JobCancelled, JobFailed, StoreError, first_line
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -140,24 +140,48 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     try:
         result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
     except BaseException as exc:
-        _record_failure(tracker, exc)
-        if tracker.record["state"] == "cancelled" and not isinstance(exc, (JobCancelled, KeyboardInterrupt)):
-            raise JobCancelled(f"job {tracker.job_id} was cancelled") from None
-        if not isinstance(exc, (DistmlError, KeyboardInterrupt)):  # e.g. a task cancelled on the cluster
-            raise JobFailed(f"job {tracker.job_id} failed: {tracker.record['error']}") from exc
-        raise
+        unrecorded = _record_failure(tracker, exc)
+        if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)
+            error: DistmlError = JobCancelled(f"job {tracker.job_id} was cancelled: {tracker.record['error']}")
+        elif tracker.record["state"] == "cancelled" and not isinstance(exc, JobCancelled):
+            error = JobCancelled(f"job {tracker.job_id} was cancelled")
+        elif isinstance(exc, DistmlError):
+            error = exc
+        else:  # e.g. a task cancelled on the cluster
+            error = JobFailed(f"job {tracker.job_id} failed: {tracker.record['error']}")
+        if unrecorded:  # the cause comes first; the record's trouble must not hide it
+            error = type(error)(f"{error.message}; {unrecorded}")
+        if error is exc:
+            raise
+        raise error from (None if isinstance(exc, (KeyboardInterrupt, JobCancelled)) else exc)
     tracker.finish("succeeded", model=result.uri)
     return result
 
 
-def _record_failure(tracker: JobTracker, exc: BaseException) -> None:
-    """Write how the job ended: cancelled (asked for, or interrupted) or failed with its one line."""
-    if isinstance(exc, (JobCancelled, KeyboardInterrupt)) or tracker.cancel_requested():
-        tracker.finish("cancelled", error="interrupted" if isinstance(exc, KeyboardInterrupt) else None)
+def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
+    """Write how the job ended: cancelled (asked for, or interrupted) or failed with its one line.
+
+    Returns None when the record was written, else a clause saying it could not be (the same full
+    disk or dead server that failed the job often fails the record too), so the caller can report
+    both in one line instead of letting the record's error replace the job's.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        state, error = "cancelled", "interrupted" + (f" by {exc}" if str(exc) else "")
+    elif isinstance(exc, JobCancelled) or tracker.cancel_requested():
+        state, error = "cancelled", None
     elif isinstance(exc, DistmlError):
-        tracker.finish("failed", error=exc.message)
+        state, error = "failed", exc.message
     else:
-        tracker.finish("failed", error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        state, error = "failed", f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+    try:
+        tracker.finish(state, error=error)
+    except Exception as record_exc:  # noqa: BLE001 - reported in the job's one line, never raised over it
+        from distml.jobs import write_reason
+
+        cause = record_exc.__context__ if isinstance(record_exc, StoreError) and record_exc.__context__ else record_exc
+        return (f"the job record {tracker.records.uri(tracker.job_id)} could not be updated either "
+                f"({write_reason(cause)}): it still says {tracker.written_state or 'nothing'}")
+    return None
 
 
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
@@ -182,6 +206,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
         fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
                                      (n_workers, threads, memory), progress, log)
+        check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
         metrics: dict[str, float] = {}
         if parts.holdout:
             from distml.evaluate import evaluate
@@ -243,6 +268,34 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
     return fitted, plan, parts
+
+
+def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:
+    """Fail the job if a fitted numeric attribute (``coef_``, ``intercept_``, a loss…) is NaN or infinite.
+
+    A diverged SGD run (e.g. ``eta0: 1e300``) otherwise saves a model that predicts nothing useful, or
+    breaks evaluation with an unrelated-looking error; the user needs the cause and what to change.
+    """
+    import numpy as np
+
+    for name, value in sorted(vars(estimator).items()):
+        if not name.endswith("_") or name.startswith("_"):
+            continue  # fitted attributes only, as scikit-learn names them
+        if isinstance(value, (float, np.floating)) or (
+                isinstance(value, np.ndarray) and value.dtype.kind in "fc" and value.size):
+            if not np.all(np.isfinite(value)):
+                raise JobFailed(f"job {job_id}: the fitted model's {name} is not finite (NaN/inf): "
+                                f"training diverged; {_divergence_hint(params)}; nothing was saved")
+
+
+def _divergence_hint(params: Any) -> str:
+    """What to change when a family's training diverged, in its own parameter names."""
+    names = set(getattr(type(params), "model_fields", {}) or {})
+    if "eta0" in names:
+        return "lower model.params.eta0 or raise model.params.alpha"
+    if "alpha" in names:
+        return "raise model.params.alpha"
+    return "check the data for extreme values"
 
 
 def feature_importances(transformer: Any, estimator: Any) -> dict[str, float] | None:
