@@ -45,6 +45,7 @@ class SoftmaxSGD:
     def _reset(self, w: np.ndarray) -> None:
         self._w, self._avg, self._seen = w.copy(), w.copy(), 0
 
+    @np.errstate(over="ignore", invalid="ignore")  # a diverging run is refused after training, in one line
     def partial_fit(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> SoftmaxSGD:
         """One pass over (X, y) in mini-batches, in the given row order."""
         k = len(classes)
