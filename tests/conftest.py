@@ -101,3 +101,17 @@ def job_file(tmp_path):
     return write
 
 
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from distml.jobs import JobRecords, JobTracker, new_record
 from distml.runner import new_job_id, run_job
 from distml.store import Store
 from distml.tracking import record_for
+from waiting import poll
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 DISTML = [sys.executable, "-m", "distml"]
@@ -44,34 +44,9 @@ def only_record(store: Path) -> dict:
     return records[0]
 
 
-def poll(fn, timeout: float, every: float = 0.1):
-    """Call ``fn`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def small(make_data):
     return make_data("classification", rows=20_000, features=6, files=2)
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def fill(folder: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from distml.errors import StoreError
+from waiting import poll
 from distml.jobs import PHASE_ORDER, JobRecords, new_record
 
 DISTML = [sys.executable, "-m", "distml"]
@@ -21,17 +22,6 @@ LONG_MODEL = {"kind": "logistic", "params": {"epochs": 1000}}  # runs far longer
 
 def distml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*DISTML, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-def poll(fn, timeout: float, every: float = 0.2):
-    """Call ``fn`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def state_of(store: Path, job_id: str) -> str:

@@ -165,22 +165,6 @@ def test_a_missing_bucket_is_refused_not_created(s3):
     assert f"{s3['bucket']}-typo" not in [b["Name"] for b in s3["boto"].list_buckets()["Buckets"]]
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_a_save_on_a_full_disk_says_so_and_leaves_nothing(full_disk):
     from sklearn.dummy import DummyClassifier
     from sklearn.pipeline import Pipeline
