@@ -6,8 +6,6 @@ reduces on its holdout; only those sums reach the client.
 """
 from __future__ import annotations
 
-import secrets
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +30,7 @@ def evaluate_dataset(model_uri: str, data_url: str, client: Client, *, model_opt
     from distml.data import open_dataset
     from distml.evaluate import evaluate
     from distml.predict import check_columns
-    from distml.runner import partition_bytes
+    from distml.runner import new_job_id, partition_bytes
     from distml.spec import DataSpec
     from distml.store import open_model
 
@@ -51,7 +49,7 @@ def evaluate_dataset(model_uri: str, data_url: str, client: Client, *, model_opt
     transformer, estimator = pipeline[:-1], pipeline[-1]
     sources = [PartSource(piece, dataset.reader, transformer, 0.0, "train", drop_nulls=missing == "drop")
                for piece in dataset.pieces]
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_id = new_job_id()
     try:
         metrics = evaluate(estimator, sources, client, run_id, classes)
     except Exception as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -127,6 +126,7 @@ def predict_dataset(model_uri: str, data_url: str, output: Output, client: Clien
     Raises ``DataError``/``SpecError`` (exit 2) for bad input before anything is written, and
     ``JobFailed`` if scoring fails; then no output is committed and the temporary files are removed.
     """
+    from distml.runner import new_job_id
     from distml.store import open_model
     from distml.tasks import map_bounded, task_key
 
@@ -137,7 +137,7 @@ def predict_dataset(model_uri: str, data_url: str, output: Output, client: Clien
     features = [str(c) for c in pipeline.feature_names_in_]
     protocol, files = _input_files(data_url, data_options or {}, features, manifest, output.columns)
     out_fs, out_root = _output_root(output, overwrite)
-    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_id = run_id or new_job_id()
     temp = posixpath.join(out_root, f"_temporary-{run_id}")
     columns = list(dict.fromkeys([*output.columns, *features]))
     files = [ScoredFile(f.source, f.key, _url(out_fs, posixpath.join(temp, f.key))) for f in files]
