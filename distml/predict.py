@@ -190,7 +190,6 @@ def _input_files(data_url: str, options: dict[str, Any], features: list[str], ma
 
 def _output_root(output: Output, overwrite: bool) -> tuple[Any, str]:
     """The output's filesystem and root; an existing output is refused unless ``overwrite``."""
-
     try:
         fs, root = open_url(output.url, output.storage_options)
         exists = fs.exists(root) and (not fs.isdir(root) or bool(fs.ls(root)))

@@ -60,7 +60,6 @@ class Store:
 
     def filesystem(self) -> tuple[Any, str]:
         """The fsspec filesystem and the store's root path in it."""
-
         try:
             return open_url(self.url, self.storage_options)
         except Exception as exc:
@@ -112,8 +111,8 @@ class Store:
         except Exception as exc:
             raise JobFailed(f"{where}: cannot write the model ({_reason(exc)})") from None
         files = {CLAIM: claim, MODEL: sio.dumps(pipeline), **(extra_files or {})}
-        digests = {name: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
-                   for name, payload in files.items()}
+        digests = {filename: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+                   for filename, payload in files.items()}
         document = json.loads(json.dumps({**manifest, "name": name, "version": version, "files": digests},
                                          default=str))  # plain JSON values: what a reader signs
         body = json.dumps(sign(document, key) if key else document, indent=2, sort_keys=True).encode()
