@@ -239,6 +239,7 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
     except Exception as exc:  # pyarrow and fsspec raise many types for a bad file
         reason = first_line(exc) or type(exc).__name__
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
+    schema = _data_columns(_url(protocol, path), meta.schema.to_arrow_schema())
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     size = int(fs.size(path) or 0)
     column_bytes: dict[str, int] = {}
@@ -248,7 +249,29 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
             name = group.column(j).path_in_schema
             column_bytes[name] = column_bytes.get(name, 0) + int(group.column(j).total_uncompressed_size)
     info = FileInfo(path, key, meta.num_rows, size, rg_rows, tuple(column_bytes.items()))
-    return info, meta.schema.to_arrow_schema()
+    return info, schema
+
+
+def _data_columns(url: str, schema: pa.Schema) -> pa.Schema:
+    """A file's data columns: names must be unique, and the columns pandas stored for a DataFrame's
+    index (``__index_level_0__`` from ``df[mask].to_parquet()``, listed in the pandas metadata) are
+    left out, as ``pandas.read_parquet`` makes them the index rather than data."""
+    import pyarrow as pa
+
+    counts: dict[str, int] = {}
+    for name in schema.names:
+        counts[name] = counts.get(name, 0) + 1
+    repeated = [(name, n) for name, n in counts.items() if n > 1]
+    if repeated:
+        name, n = repeated[0]
+        raise DataError(f"{url}: column '{name}' appears {n} times; column names must be unique")
+    try:
+        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    except (ValueError, TypeError, AttributeError):  # unreadable pandas metadata: no index columns known
+        index = set()
+    if not index & set(schema.names):
+        return schema
+    return pa.schema([f for f in schema if f.name not in index], metadata=schema.metadata)
 
 
 def root_folder(fs: Any, root: str) -> str:
