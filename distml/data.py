@@ -63,13 +63,21 @@ class PieceGroup:
 
 @dataclass(frozen=True)
 class Reader:
-    """Reads pieces on the workers and tags every row with its stable split draw."""
+    """Reads pieces on the workers and tags every row with its stable split draw.
+
+    Any failure to read a file on a worker (a damaged page, a file deleted or
+    rewritten since its footer was read) becomes a ``DataError`` naming the
+    file, not a task failure naming a task key. With ``verify`` (the statistics
+    pass) pages written with checksums are checked and the values read are
+    compared with the footer's statistics (``distml.stats.check_footer_bounds``).
+    """
 
     protocol: str
     storage_options: dict[str, Any]
     columns: tuple[str, ...]
     seed: int
     schema: Any = None  # a pyarrow schema every file is cast to (int/float and all-null columns reconciled)
+    verify: bool = False
 
     def read(self, piece: Piece | PieceGroup) -> tuple[pd.DataFrame, np.ndarray]:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
@@ -78,7 +86,7 @@ class Reader:
 
         fs = fsspec.filesystem(self.protocol, **self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)
-        tables = [self._table(fs, m) for m in members]
+        tables = [self._checked_table(fs, m) for m in members]
         draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
                  for m in members]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -89,11 +97,31 @@ class Reader:
         pa.default_memory_pool().release_unused()
         return frame, np.concatenate(draws)
 
+    def _checked_table(self, fs: Any, piece: Piece) -> pa.Table:
+        """``_table``, with any reading error turned into one line naming the file and its row groups."""
+        try:
+            return self._table(fs, piece)
+        except (DataError, MemoryError):
+            raise
+        except Exception as exc:  # fsspec, the OS and pyarrow raise many types for a file that changed
+            raise DataError(f"{_url(self.protocol, piece.path)}: cannot read {_groups(piece)} ({type(exc).__name__}: "
+                            f"{first_line(exc)}); expected the Parquet file its footer described when the job "
+                            "started") from None
+
     def _table(self, fs: Any, piece: Piece) -> pa.Table:
         import pyarrow.parquet as pq
 
         with fs.open(piece.path, "rb") as f:
-            table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(self.columns))
+            parquet = pq.ParquetFile(f, page_checksum_verification=self.verify)
+            table = parquet.read_row_groups(list(piece.row_groups), columns=list(self.columns))
+            if self.verify:
+                from distml.stats import check_footer_bounds
+
+                check_footer_bounds(_url(self.protocol, piece.path), parquet.metadata, piece.row_groups, table)
+        if table.num_rows < piece.skip + piece.num_rows:
+            raise DataError(f"{_url(self.protocol, piece.path)}: {_groups(piece)} "
+                            f"{'holds' if len(piece.row_groups) == 1 else 'hold'} {table.num_rows:,} rows, expected {piece.skip + piece.num_rows:,} as the footer "
+                            "said when the job started; the file changed during the job")
         table = table.slice(piece.skip, piece.num_rows)
         if self.schema is not None:
             import pyarrow as pa
@@ -102,6 +130,11 @@ class Reader:
             if not table.schema.equals(wanted):
                 table = table.select(list(self.columns)).cast(wanted)
         return table
+
+
+def _groups(piece: Piece) -> str:
+    """``row group 3`` or ``row groups 0, 1``: where in its file a piece's rows are."""
+    return ("row group " if len(piece.row_groups) == 1 else "row groups ") + ", ".join(map(str, piece.row_groups))
 
 
 def column_kind(arrow_type: pa.DataType) -> str:

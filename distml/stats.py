@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.errors import DataError
 from distml.tasks import task_key, tree_reduce
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     from distributed import Client, Future
 
     from distml.data import Dataset, Piece, PieceGroup, Reader
@@ -111,6 +113,38 @@ class Moments:
     @property
     def var(self) -> np.ndarray:
         return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
+
+
+def check_footer_bounds(url: str, metadata: Any, row_groups: tuple[int, ...], table: pa.Table) -> None:
+    """Refuse values outside the [min, max] a file's footer records for their row group and column.
+
+    ``table`` holds ``row_groups`` read whole, in order. A writer computes the
+    footer's statistics from the values it wrote, so a value outside them means
+    the page was damaged after writing (its bytes decode to other numbers). Only
+    integer and float columns are compared (exact statistics, no truncation);
+    NaN is ignored on both sides. Runs on the workers, on the footer already open.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
+    checked = [c for c in table.column_names if c in names and (
+        pa.types.is_integer(table.schema.field(c).type) or pa.types.is_floating(table.schema.field(c).type))
+        and not pa.types.is_float16(table.schema.field(c).type)]
+    start = 0
+    for group in row_groups:
+        meta = metadata.row_group(group)
+        for name in checked:
+            stats = meta.column(names[name]).statistics
+            if stats is None or not stats.has_min_max or meta.num_rows == 0:
+                continue
+            found = pc.min_max(table.column(name).slice(start, meta.num_rows))
+            low, high = found["min"].as_py(), found["max"].as_py()
+            if low is not None and (low < stats.min or high > stats.max):
+                raise DataError(f"{url}: row group {group}, column '{name}' holds values from {low:.6g} to "
+                                f"{high:.6g}, outside the footer's {stats.min:.6g} to {stats.max:.6g}; "
+                                "a data page is corrupt (expected values within the footer's statistics)")
+        start += meta.num_rows
 
 
 @dataclass
@@ -296,7 +330,10 @@ def run_stats(dataset: Dataset, client: Client, job_id: str, plan: StatsPlan, re
     """The dataset's statistics: one task per piece, tree-merged on the workers; only the total comes back."""
     # One task per partition; each worker runs as many at once as it has threads, and each
     # returns only small statistics, so the pass's memory is bounded whatever the data's size.
-    futures = [client.submit(_stats_part, piece, dataset.reader, plan, key=task_key("stats", job_id, i))
+    from dataclasses import replace
+
+    reader = replace(dataset.reader, verify=True)  # the one pass that checks pages against the footers
+    futures = [client.submit(_stats_part, piece, reader, plan, key=task_key("stats", job_id, i))
                for i, piece in enumerate(dataset.pieces)]
     if report is not None:
         _report_progress(client, futures, lambda f: report("stats", f))
