@@ -89,30 +89,48 @@ def hll_count(registers: np.ndarray) -> int:
 
 @dataclass
 class Moments:
-    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge)."""
+    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge), and the
+    largest magnitude seen, so a column whose statistics overflow float64 can be named with it."""
 
     n: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
+    peak: np.ndarray | None = None  # max |value| per column (None: not measured)
 
     @classmethod
     def of(cls, values: np.ndarray) -> Moments:
         n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        # Values beyond ~1e154 overflow the squares (beyond ~1e308 / n the sum): the result is inf or
+        # nan, kept as it is so the plan refuses the column by name instead of scaling it to nothing.
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
             m2 = np.nansum((values - mean) ** 2, axis=0)
-        return cls(n, mean, m2)
+            peak = np.max(np.where(np.isnan(values), 0.0, np.abs(values)), axis=0, initial=0.0)
+        return cls(n, mean, m2, peak)
 
     def merge(self, other: Moments) -> Moments:
         n = self.n + other.n
         delta = other.mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             w = np.where(n > 0, other.n / np.maximum(n, 1), 0.0)
-        return Moments(n, self.mean + delta * w, self.m2 + other.m2 + delta**2 * self.n * w)
+            m2 = self.m2 + other.m2 + delta**2 * self.n * w
+        peak = other.peak if self.peak is None else self.peak if other.peak is None else np.maximum(
+            self.peak, other.peak)
+        return Moments(n, self.mean + delta * w, m2, peak)
 
     @property
     def var(self) -> np.ndarray:
         return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
+
+    def overflowed(self) -> list[tuple[int, str, float]]:
+        """Columns whose mean or variance is not finite: (index, which statistic, its value)."""
+        out = []
+        for j, (mean, var) in enumerate(zip(self.mean, self.var)):
+            if not np.isfinite(mean):
+                out.append((j, "mean", float(mean)))
+            elif not np.isfinite(var):
+                out.append((j, "variance", float(var)))
+        return out
 
 
 def check_footer_bounds(url: str, metadata: Any, row_groups: tuple[int, ...], table: pa.Table) -> None:
