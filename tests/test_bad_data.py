@@ -240,3 +240,24 @@ def test_a_file_rewritten_shorter_after_its_footer_was_read_is_named(tmp_path, c
                                  f"{ROWS:,} as the footer said when the job started; the file changed during "
                                  "the job")
     assert not manifests(tmp_path)
+
+
+def test_the_footer_check_passes_valid_files_of_every_numeric_kind(tmp_path):
+    """Nulls, NaN, unsigned, narrow and float32 columns, several row groups: no false alarm."""
+    from distml.stats import check_footer_bounds
+
+    rng = np.random.default_rng(1)
+    n = 4000
+    with_nulls = rng.normal(size=n)
+    table = pa.table({
+        "f64": rng.normal(size=n), "f32": pa.array(rng.normal(size=n), pa.float32()),
+        "nulls": pa.array(with_nulls, mask=rng.random(n) < 0.1),
+        "nan": np.where(rng.random(n) < 0.1, np.nan, with_nulls),
+        "u64": pa.array(rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2), pa.uint64()),
+        "i8": pa.array(rng.integers(-128, 128, n), pa.int8()), "empty": pa.array([None] * n, pa.float64()),
+    })
+    path = tmp_path / "valid.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    parquet = pq.ParquetFile(path)
+    groups = tuple(range(parquet.metadata.num_row_groups))
+    check_footer_bounds(str(path), parquet.metadata, groups, parquet.read_row_groups(list(groups)))
