@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -65,11 +66,9 @@ class PieceGroup:
 class Reader:
     """Reads pieces on the workers and tags every row with its stable split draw.
 
-    Any failure to read a file on a worker (a damaged page, a file deleted or
-    rewritten since its footer was read) becomes a ``DataError`` naming the
-    file, not a task failure naming a task key. With ``verify`` (the statistics
-    pass) pages written with checksums are checked and the values read are
-    compared with the footer's statistics (``distml.stats.check_footer_bounds``).
+    A failure to read a file (a damaged page, a file deleted or rewritten since its footer was read)
+    is a ``DataError`` naming the file, not a failed task. With ``verify`` (the statistics pass) page
+    checksums are checked and values compared with the footer (``distml.stats.check_footer_bounds``).
     """
 
     protocol: str
@@ -104,9 +103,9 @@ class Reader:
         except (DataError, MemoryError):
             raise
         except Exception as exc:  # fsspec, the OS and pyarrow raise many types for a file that changed
-            raise DataError(f"{_url(self.protocol, piece.path)}: cannot read {_groups(piece)} ({type(exc).__name__}: "
-                            f"{first_line(exc)}); expected the Parquet file its footer described when the job "
-                            "started") from None
+            raise DataError(f"{_url(self.protocol, piece.path)}: cannot read {_groups(piece)} "
+                            f"({type(exc).__name__}: {first_line(exc)}); expected the Parquet file its footer "
+                            "described when the job started") from None
 
     def _table(self, fs: Any, piece: Piece) -> pa.Table:
         import pyarrow.parquet as pq
@@ -119,9 +118,10 @@ class Reader:
 
                 check_footer_bounds(_url(self.protocol, piece.path), parquet.metadata, piece.row_groups, table)
         if table.num_rows < piece.skip + piece.num_rows:
-            raise DataError(f"{_url(self.protocol, piece.path)}: {_groups(piece)} "
-                            f"{'holds' if len(piece.row_groups) == 1 else 'hold'} {table.num_rows:,} rows, expected {piece.skip + piece.num_rows:,} as the footer "
-                            "said when the job started; the file changed during the job")
+            verb = "holds" if len(piece.row_groups) == 1 else "hold"
+            raise DataError(f"{_url(self.protocol, piece.path)}: {_groups(piece)} {verb} {table.num_rows:,} rows, "
+                            f"expected {piece.skip + piece.num_rows:,} as the footer said when the job started; "
+                            "the file changed during the job")
         table = table.slice(piece.skip, piece.num_rows)
         if self.schema is not None:
             import pyarrow as pa
@@ -291,10 +291,7 @@ def _data_columns(url: str, schema: pa.Schema) -> pa.Schema:
     left out, as ``pandas.read_parquet`` makes them the index rather than data."""
     import pyarrow as pa
 
-    counts: dict[str, int] = {}
-    for name in schema.names:
-        counts[name] = counts.get(name, 0) + 1
-    repeated = [(name, n) for name, n in counts.items() if n > 1]
+    repeated = [(name, n) for name, n in Counter(schema.names).items() if n > 1]
     if repeated:
         name, n = repeated[0]
         raise DataError(f"{url}: column '{name}' appears {n} times; column names must be unique")
