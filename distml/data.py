@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,13 +64,19 @@ class PieceGroup:
 
 @dataclass(frozen=True)
 class Reader:
-    """Reads pieces on the workers and tags every row with its stable split draw."""
+    """Reads pieces on the workers and tags every row with its stable split draw.
+
+    A failure to read a file (a damaged page, a file deleted or rewritten since its footer was read)
+    is a ``DataError`` naming the file, not a failed task. With ``verify`` (the statistics pass) page
+    checksums are checked and values compared with the footer (``distml.stats.check_footer_bounds``).
+    """
 
     protocol: str
     storage_options: dict[str, Any]
     columns: tuple[str, ...]
     seed: int
     schema: Any = None  # a pyarrow schema every file is cast to (int/float and all-null columns reconciled)
+    verify: bool = False
 
     def read(self, piece: Piece | PieceGroup) -> tuple[pd.DataFrame, np.ndarray]:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
@@ -78,7 +85,7 @@ class Reader:
 
         fs = fsspec.filesystem(self.protocol, **self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)
-        tables = [self._table(fs, m) for m in members]
+        tables = [self._checked_table(fs, m) for m in members]
         draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
                  for m in members]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -89,11 +96,32 @@ class Reader:
         pa.default_memory_pool().release_unused()
         return frame, np.concatenate(draws)
 
+    def _checked_table(self, fs: Any, piece: Piece) -> pa.Table:
+        """``_table``, with any reading error turned into one line naming the file and its row groups."""
+        try:
+            return self._table(fs, piece)
+        except (DataError, MemoryError):
+            raise
+        except Exception as exc:  # fsspec, the OS and pyarrow raise many types for a file that changed
+            raise DataError(f"{_url(self.protocol, piece.path)}: cannot read {_groups(piece)} "
+                            f"({type(exc).__name__}: {first_line(exc)}); expected the Parquet file its footer "
+                            "described when the job started") from None
+
     def _table(self, fs: Any, piece: Piece) -> pa.Table:
         import pyarrow.parquet as pq
 
         with fs.open(piece.path, "rb") as f:
-            table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(self.columns))
+            parquet = pq.ParquetFile(f, page_checksum_verification=self.verify)
+            table = parquet.read_row_groups(list(piece.row_groups), columns=list(self.columns))
+            if self.verify:
+                from distml.stats import check_footer_bounds
+
+                check_footer_bounds(_url(self.protocol, piece.path), parquet.metadata, piece.row_groups, table)
+        if table.num_rows < piece.skip + piece.num_rows:
+            verb = "holds" if len(piece.row_groups) == 1 else "hold"
+            raise DataError(f"{_url(self.protocol, piece.path)}: {_groups(piece)} {verb} {table.num_rows:,} rows, "
+                            f"expected {piece.skip + piece.num_rows:,} as the footer said when the job started; "
+                            "the file changed during the job")
         table = table.slice(piece.skip, piece.num_rows)
         if self.schema is not None:
             import pyarrow as pa
@@ -102,6 +130,11 @@ class Reader:
             if not table.schema.equals(wanted):
                 table = table.select(list(self.columns)).cast(wanted)
         return table
+
+
+def _groups(piece: Piece) -> str:
+    """``row group 3`` or ``row groups 0, 1``: where in its file a piece's rows are."""
+    return ("row group " if len(piece.row_groups) == 1 else "row groups ") + ", ".join(map(str, piece.row_groups))
 
 
 def column_kind(arrow_type: pa.DataType) -> str:
@@ -239,6 +272,7 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
     except Exception as exc:  # pyarrow and fsspec raise many types for a bad file
         reason = first_line(exc) or type(exc).__name__
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
+    schema = _data_columns(_url(protocol, path), meta.schema.to_arrow_schema())
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     size = int(fs.size(path) or 0)
     column_bytes: dict[str, int] = {}
@@ -248,7 +282,26 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
             name = group.column(j).path_in_schema
             column_bytes[name] = column_bytes.get(name, 0) + int(group.column(j).total_uncompressed_size)
     info = FileInfo(path, key, meta.num_rows, size, rg_rows, tuple(column_bytes.items()))
-    return info, meta.schema.to_arrow_schema()
+    return info, schema
+
+
+def _data_columns(url: str, schema: pa.Schema) -> pa.Schema:
+    """A file's data columns: names must be unique, and the columns pandas stored for a DataFrame's
+    index (``__index_level_0__`` from ``df[mask].to_parquet()``, listed in the pandas metadata) are
+    left out, as ``pandas.read_parquet`` makes them the index rather than data."""
+    import pyarrow as pa
+
+    repeated = [(name, n) for name, n in Counter(schema.names).items() if n > 1]
+    if repeated:
+        name, n = repeated[0]
+        raise DataError(f"{url}: column '{name}' appears {n} times; column names must be unique")
+    try:
+        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    except (ValueError, TypeError, AttributeError):  # unreadable pandas metadata: no index columns known
+        index = set()
+    if not index & set(schema.names):
+        return schema
+    return pa.schema([f for f in schema if f.name not in index], metadata=schema.metadata)
 
 
 def root_folder(fs: Any, root: str) -> str:

@@ -60,6 +60,7 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
                      dataset.missing == "impute" and dataset.impute_strategy == "median")
     stats = run_stats(dataset, client, job_id, plan, report)
     _check_stats(dataset, stats, regression)
+    _check_overflow(dataset, stats, plan)
     columns = plan_columns(dataset, stats, plan, encoding)
     transformer = build_transformer(columns, dataset.features)
     n_features, x_var = output_variance(columns, stats.categories)
@@ -123,6 +124,23 @@ def _check_stats(dataset: Dataset, stats: PartStats, regression: bool) -> None:
         only = next(iter(stats.classes), None)
         raise DataError(f"{where}: target '{target}' has a single class ({only!r}) in the training rows; "
                         "expected at least 2 classes")
+
+
+def _check_overflow(dataset: Dataset, stats: PartStats, plan: StatsPlan) -> None:
+    """Refuse a numeric feature (or a regression target) whose mean or variance overflowed float64.
+
+    Values from ~1e154 on square to inf, in a piece or in Chan's merge of two
+    pieces, so the check is on the merged result; left alone, the scaler would
+    silently turn such a column into zeros. Named with its largest magnitude.
+    """
+    checks = [(stats.moments, list(plan.numeric), "column")]
+    if stats.target_moments is not None:
+        checks.append((stats.target_moments, [dataset.target], "target"))
+    for moments, names, what in checks:
+        for j, statistic, value in moments.overflowed():
+            peak = float(moments.peak[j]) if moments.peak is not None else float("nan")
+            raise DataError(f"{dataset.url}: {what} '{names[j]}': values up to {peak:.2g} overflow float64 "
+                            f"statistics (the {statistic} is {value:g}); rescale the {what}")
 
 
 def _notes(dataset: Dataset, stats: PartStats, columns: ColumnPlan) -> list[str]:

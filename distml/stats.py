@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.errors import DataError
 from distml.tasks import task_key, tree_reduce
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
     from distributed import Client, Future
 
     from distml.data import Dataset, Piece, PieceGroup, Reader
@@ -87,30 +89,98 @@ def hll_count(registers: np.ndarray) -> int:
 
 @dataclass
 class Moments:
-    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge)."""
+    """Count, mean and sum of squared deviations per column (Chan et al.'s parallel merge), and the
+    largest magnitude seen, so a column whose statistics overflow float64 can be named with it."""
 
     n: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
+    peak: np.ndarray | None = None  # max |value| per column (None: not measured)
 
     @classmethod
     def of(cls, values: np.ndarray) -> Moments:
         n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        # Values beyond ~1e154 overflow the squares (beyond ~1e308 / n the sum): the result is inf or
+        # nan, kept as it is so the plan refuses the column by name instead of scaling it to nothing.
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
             m2 = np.nansum((values - mean) ** 2, axis=0)
-        return cls(n, mean, m2)
+            peak = np.max(np.where(np.isnan(values), 0.0, np.abs(values)), axis=0, initial=0.0)
+        return cls(n, mean, m2, peak)
 
     def merge(self, other: Moments) -> Moments:
         n = self.n + other.n
         delta = other.mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             w = np.where(n > 0, other.n / np.maximum(n, 1), 0.0)
-        return Moments(n, self.mean + delta * w, self.m2 + other.m2 + delta**2 * self.n * w)
+            m2 = self.m2 + other.m2 + delta**2 * self.n * w
+        peak = other.peak if self.peak is None else self.peak if other.peak is None else np.maximum(
+            self.peak, other.peak)
+        return Moments(n, self.mean + delta * w, m2, peak)
 
     @property
     def var(self) -> np.ndarray:
         return np.where(self.n > 0, self.m2 / np.maximum(self.n, 1), 0.0)
+
+    def overflowed(self) -> list[tuple[int, str, float]]:
+        """Columns whose mean or variance is not finite: (index, which statistic, its value)."""
+        out = []
+        for j, (mean, var) in enumerate(zip(self.mean, self.var)):
+            if not np.isfinite(mean):
+                out.append((j, "mean", float(mean)))
+            elif not np.isfinite(var):
+                out.append((j, "variance", float(var)))
+        return out
+
+
+def check_footer_bounds(url: str, metadata: Any, row_groups: tuple[int, ...], table: pa.Table) -> None:
+    """Refuse values outside the [min, max] a file's footer records for their row group and column.
+
+    ``table`` holds ``row_groups`` read whole, in order. A writer computes the
+    footer's statistics from the values it wrote, so a value outside them means
+    the page was damaged after writing (its bytes decode to other numbers). Only
+    integer and float columns are compared (exact statistics, no truncation); a
+    row group whose floats hold NaN is skipped, as some older writers computed
+    its statistics wrongly (PARQUET-1222). Runs on the workers, on the footer
+    the read already opened; numpy's min/max cost a few percent of the read.
+    """
+    import pyarrow as pa
+
+    names = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
+    checked = [c for c in table.column_names if c in names and (
+        pa.types.is_integer(table.schema.field(c).type) or pa.types.is_floating(table.schema.field(c).type))
+        and not pa.types.is_float16(table.schema.field(c).type)]
+    start = 0
+    for group in row_groups:
+        meta = metadata.row_group(group)
+        for name in checked:
+            stats = meta.column(names[name]).statistics
+            if stats is None or not stats.has_min_max or meta.num_rows == 0:
+                continue
+            found = _min_max(table.column(name).slice(start, meta.num_rows))
+            if found is not None and (found[0] < stats.min or found[1] > stats.max):
+                raise DataError(f"{url}: row group {group}, column '{name}' holds values from {found[0]:.6g} to "
+                                f"{found[1]:.6g}, outside the footer's {stats.min:.6g} to {stats.max:.6g}; "
+                                "a data page is corrupt (expected values within the footer's statistics)")
+        start += meta.num_rows
+
+
+def _min_max(column: pa.ChunkedArray) -> tuple[Any, Any] | None:
+    """The smallest and largest value of a numeric column (None when it holds only nulls, or a NaN)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        found = pc.min_max(column)  # skips nulls (and NaN, unless only NaN)
+        low, high = found["min"].as_py(), found["max"].as_py()
+        if low is None or (pa.types.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py()):
+            return None
+        return low, high
+    values = [chunk.to_numpy(zero_copy_only=False) for chunk in column.chunks if len(chunk)]
+    if not values:
+        return None
+    low, high = min(v.min() for v in values).item(), max(v.max() for v in values).item()
+    return None if low != low or high != high else (low, high)  # numpy's min/max propagate NaN
 
 
 @dataclass
@@ -296,7 +366,10 @@ def run_stats(dataset: Dataset, client: Client, job_id: str, plan: StatsPlan, re
     """The dataset's statistics: one task per piece, tree-merged on the workers; only the total comes back."""
     # One task per partition; each worker runs as many at once as it has threads, and each
     # returns only small statistics, so the pass's memory is bounded whatever the data's size.
-    futures = [client.submit(_stats_part, piece, dataset.reader, plan, key=task_key("stats", job_id, i))
+    from dataclasses import replace
+
+    reader = replace(dataset.reader, verify=True)  # the one pass that checks pages against the footers
+    futures = [client.submit(_stats_part, piece, reader, plan, key=task_key("stats", job_id, i))
                for i, piece in enumerate(dataset.pieces)]
     if report is not None:
         _report_progress(client, futures, lambda f: report("stats", f))
