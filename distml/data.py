@@ -16,6 +16,7 @@ import numpy as np
 
 from distml.draws import row_draws
 from distml.errors import DataError, first_line
+from distml.remote import filesystem, open_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,7 +69,7 @@ class Reader:
 
     A failure to read a file (a damaged page, a file deleted or rewritten since its footer was read)
     is a ``DataError`` naming the file, not a failed task. With ``verify`` (the statistics pass) page
-    checksums are checked and values compared with the footer (``distml.stats.check_footer_bounds``).
+    checksums are checked and values compared with the footer (``distml.integrity.check_footer_bounds``).
     """
 
     protocol: str
@@ -80,10 +81,9 @@ class Reader:
 
     def read(self, piece: Piece | PieceGroup) -> tuple[pd.DataFrame, np.ndarray]:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
-        import fsspec
         import pyarrow as pa
 
-        fs = fsspec.filesystem(self.protocol, **self.storage_options)
+        fs = filesystem(self.protocol, self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)
         tables = [self._checked_table(fs, m) for m in members]
         draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
@@ -114,7 +114,7 @@ class Reader:
             parquet = pq.ParquetFile(f, page_checksum_verification=self.verify)
             table = parquet.read_row_groups(list(piece.row_groups), columns=list(self.columns))
             if self.verify:
-                from distml.stats import check_footer_bounds
+                from distml.integrity import check_footer_bounds
 
                 check_footer_bounds(_url(self.protocol, piece.path), parquet.metadata, piece.row_groups, table)
         if table.num_rows < piece.skip + piece.num_rows:
@@ -317,10 +317,8 @@ def _url(protocol: str, path: str) -> str:
 
 def open_dataset(spec: DataSpec, seed: int) -> Dataset:
     """Find the files, read their footers, and check the schema against the job's columns."""
-    import fsspec
-
     try:
-        fs, root = fsspec.core.url_to_fs(spec.path, **spec.storage_options)
+        fs, root = open_url(spec.path, spec.storage_options)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         paths = list_parquet_files(fs, root, spec.path)
     except DataError:

@@ -244,7 +244,7 @@ def test_a_file_rewritten_shorter_after_its_footer_was_read_is_named(tmp_path, c
 
 def test_the_footer_check_passes_valid_files_of_every_numeric_kind(tmp_path):
     """Nulls, NaN, unsigned, narrow and float32 columns, several row groups: no false alarm."""
-    from distml.stats import check_footer_bounds
+    from distml.integrity import check_footer_bounds
 
     rng = np.random.default_rng(1)
     n = 4000
