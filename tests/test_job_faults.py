@@ -176,10 +176,11 @@ def test_a_task_that_fails_on_the_embedded_cluster_prints_only_its_error_line(tm
     store = tmp_path / "models"
     job = job_file(name="corrupt", data={"path": str(folder), "target": "target"}, output={"store": str(store)})
     out = submit(job)
-    assert out.returncode == 1, out.stderr
+    assert out.returncode == 2, out.stderr  # the worker's reading error names the file: bad data, exit 2
     record = only_record(store)
-    assert out.stderr == (f"Error: job {record['job_id']} failed in phase stats: OSError: Couldn't deserialize "
-                          "thrift: Variable-length int over 10 bytes.\n")
+    assert out.stderr == (f"Error: {path}: cannot read row group 0 (OSError: Couldn't deserialize thrift: "
+                          "Variable-length int over 10 bytes.); expected the Parquet file its footer described "
+                          "when the job started\n")
     assert record["state"] == "failed" and Store(str(store), {}).models() == []
 
 
