@@ -114,7 +114,8 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:8787",
-            silence_logs=logging.CRITICAL,  # worker tracebacks and ERROR lines stay off the user's terminal
+            # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
+            silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
