@@ -12,6 +12,15 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return lines[0][:limit] if lines else ""
 
 
+def io_reason(exc: BaseException) -> str:
+    """Why a read or write failed, in words a user can act on (a full disk says so)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 class DistmlError(Exception):
     """Base error: a one-line message and the exit status the CLI uses."""
 

@@ -12,7 +12,6 @@ This module imports no Dask: ``distml jobs list`` must start fast.
 """
 from __future__ import annotations
 
-import errno
 import json
 import posixpath
 import re
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from distml.errors import JobCancelled, StoreError, first_line
+from distml.errors import JobCancelled, StoreError, io_reason
 
 JOBS_DIR = "_jobs"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -80,7 +79,7 @@ class JobRecords:
                 fs.pipe_file(path, body)
         except Exception as exc:
             raise StoreError(f"{self.uri(record['job_id'])}: cannot write the job record "
-                             f"({write_reason(exc)})") from None
+                             f"({io_reason(exc)})") from None
 
     def read(self, job_id: str) -> dict[str, Any]:
         fs, _ = self._fs()
@@ -145,13 +144,6 @@ def record_problem(record: Any) -> str | None:
     if not isinstance(record.get("state"), str):
         return "no state"
     return None
-
-
-def write_reason(exc: BaseException) -> str:
-    """Why a record write failed, in words a user can act on (a full disk says so)."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-from distml.errors import DistmlError, JobCancelled, JobFailed, StoreError, first_line
+from distml.errors import DistmlError, JobCancelled, JobFailed, StoreError, first_line, io_reason
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -176,11 +176,9 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
     try:
         tracker.finish(state, error=error)
     except Exception as record_exc:  # noqa: BLE001 - reported in the job's one line, never raised over it
-        from distml.jobs import write_reason
-
         cause = record_exc.__context__ if isinstance(record_exc, StoreError) and record_exc.__context__ else record_exc
         return (f"the job record {tracker.records.uri(tracker.job_id)} could not be updated either "
-                f"({write_reason(cause)}): it still says {tracker.written_state or 'nothing'}")
+                f"({io_reason(cause)}): it still says {tracker.written_state or 'nothing'}")
     return None
 
 

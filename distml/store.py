@@ -9,7 +9,6 @@ as anything but bytes; ``distml.trust`` decides what the model file may hold.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import posixpath
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from distml.errors import JobFailed, StoreError, first_line
+from distml.errors import JobFailed, StoreError, first_line, io_reason
 from distml.remote import open_url
 from distml.signing import resolve_key, sign, verify
 from distml.trust import check_model_file
@@ -83,7 +82,7 @@ class Store:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"{self.url}: the store cannot be written ({_reason(exc)})") from None
+            raise StoreError(f"{self.url}: the store cannot be written ({io_reason(exc)})") from None
 
     def save(self, name: str, pipeline: Pipeline, manifest: dict[str, Any],
              extra_files: dict[str, bytes] | None = None, key: bytes | None = None) -> str:
@@ -109,7 +108,7 @@ class Store:
         except FileExistsError:
             raise StoreError(f"{where}: version already exists; refusing to overwrite") from None
         except Exception as exc:
-            raise JobFailed(f"{where}: cannot write the model ({_reason(exc)})") from None
+            raise JobFailed(f"{where}: cannot write the model ({io_reason(exc)})") from None
         files = {CLAIM: claim, MODEL: sio.dumps(pipeline), **(extra_files or {})}
         digests = {filename: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
                    for filename, payload in files.items()}
@@ -124,7 +123,7 @@ class Store:
             _create(fs, posixpath.join(prefix, MANIFEST), body)
         except Exception as exc:
             _discard(fs, prefix)
-            raise JobFailed(f"{where}: cannot write the model ({_reason(exc)}); nothing was saved") from None
+            raise JobFailed(f"{where}: cannot write the model ({io_reason(exc)}); nothing was saved") from None
         return where
 
     def versions(self, name: str) -> list[str]:
@@ -245,13 +244,6 @@ def _discard(fs: Any, prefix: str) -> None:
         fs.rm(prefix, recursive=True)
     except Exception:
         pass
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a store call failed, in words a user can act on."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "the disk is full"
-    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _check_name(name: str) -> None:
