@@ -164,7 +164,7 @@ def check_search(search: SearchSpec, kind: str, params: Any, params_type: Any, s
                            else value})
     for probe in probes + candidates(search, params_type, seed):
         try:
-            params_type.model_validate({**params.model_dump(), **probe})
+            params_type.model_validate({**params.model_dump(exclude_unset=True), **probe})
         except ValidationError as exc:
             error = exc.errors()[0]
             name = ".".join(str(p) for p in error["loc"][:1]) or next(iter(probe))

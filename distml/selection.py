@@ -133,7 +133,7 @@ def select(spec: JobSpec, family: Any, parts: Partitions, ctx: TrainContext, che
 
 
 def _validated(params_type: Any, base: Any, searched: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    params = params_type.model_validate({**base.model_dump(), **searched})
+    params = params_type.model_validate({**base.model_dump(exclude_unset=True), **searched})
     return {name: getattr(params, name) for name in searched}, params
 
 
