@@ -14,7 +14,17 @@ from typing import Any
 
 import click
 
-from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
+from distml.cli_options import (
+    Group,
+    Size,
+    apply_tls_flags,
+    metric_text,
+    signing_key_option,
+    storage_option,
+    storage_options,
+    tls_flags,
+    tls_options,
+)
 from distml.cli_scoring import evaluate_command, predict
 from distml.console import interruptible
 
@@ -40,6 +50,7 @@ def main() -> None:
 @click.option("--detach/--wait", default=False, show_default=True,
               help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
 @signing_key_option
+@tls_options
 @interruptible
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
@@ -57,7 +68,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
-        signing_key_file=signing_key_file)
+        signing_key_file=signing_key_file, **tls_flags())
     resolve_key(key_file=spec.output.signing_key_file)  # an unreadable key file stops the job here
     if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
@@ -212,7 +223,7 @@ def reading_store(url: str) -> Iterator[None]:
 
 def jobs_store_option(command: Any) -> Any:
     """``--store`` and ``-o`` for the job commands, which read the records in the store's ``_jobs/``."""
-    command = storage_option(command)
+    command = tls_options(storage_option(command))
     return click.option("--store", default="./models", envvar="DISTML_STORE", show_default=True, metavar="URL",
                         help="Model store holding the job records in _jobs/ (env DISTML_STORE).")(command)
 
@@ -225,6 +236,7 @@ def jobs() -> None:
 def _records(store: str, options: tuple[tuple[str, Any], ...]) -> Any:
     from distml.jobs import JobRecords
 
+    apply_tls_flags()  # a job's scheduler is reached by its recorded address, with these certificates
     return JobRecords(store, storage_options(options))
 
 

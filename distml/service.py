@@ -135,7 +135,7 @@ def _connect(address: str) -> Client | None:
 
     try:
         return Client(address, timeout=3, set_as_default=False)
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, TypeError, ValueError):  # TypeError: a tls:// address without certificates
         return None
 
 
