@@ -189,9 +189,10 @@ def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
 def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file: str | None) -> None:
     """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``).
 
-    Its signature status goes to stderr; with a signing key, a manifest that is unsigned or
+    Its signature status and whether the training data changed since go to stderr; with a signing key, a manifest that is unsigned or
     does not match the key is refused.
     """
+    from distml.lineage import data_changes
     from distml.signing import resolve_key, verify
     from distml.store import MANIFEST, split_uri
 
@@ -203,6 +204,8 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
         status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
+    for line in data_changes(manifest, storage_options(options)):  # re-stats the training files
+        click.echo(line, err=True)
 
 
 @contextlib.contextmanager

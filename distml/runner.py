@@ -346,6 +346,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
               rows: dict[str, int], timings: dict[str, float], started: float, n_workers: int,
               persisted: bool) -> dict[str, Any]:
     """Everything needed to know what a model is and where it came from; secrets redacted."""
+    from distml.lineage import file_lineage
     from distml.store import redact
 
     return {
@@ -354,7 +355,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
         "job": redact(spec.model_dump(mode="json")),
         "data": {
             "url": dataset.url,
-            "files": [{"path": f.key, "rows": f.num_rows, "bytes": f.size} for f in dataset.files],
+            "files": [file_lineage(dataset, f) for f in dataset.files],
             "schema": dataset.schema,
             "target": dataset.target,
             "features": dataset.features,
