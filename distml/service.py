@@ -13,7 +13,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import DistmlError, SpecError
-from distml.jobs import LIVE_TASK_STATES, STALE_AFTER, TERMINAL, TOPIC, JobRecords, JobTracker, mark
+from distml.jobs import (
+    LIVE_TASK_STATES,
+    STALE_AFTER,
+    TERMINAL,
+    TOPIC,
+    JobRecords,
+    JobTracker,
+    mark,
+)
 from distml.tracking import publisher, record_for, records_of
 
 if TYPE_CHECKING:
@@ -174,10 +182,11 @@ def announce(address: str | None, record: dict[str, Any], client: Client | None 
     client = _connect(address) if own else client
     if client is None:
         return
+    import contextlib
+
     try:
-        client.log_event(TOPIC, {k: v for k, v in record.items() if k != "events"})
-    except Exception:  # the page is a courtesy; the record in the store is the truth
-        pass
+        with contextlib.suppress(Exception):  # the page is a courtesy; the record in the store is the truth
+            client.log_event(TOPIC, {k: v for k, v in record.items() if k != "events"})
     finally:
         if own:
             client.close()

@@ -46,8 +46,8 @@ def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_
                                                                       tmp_path):
     from distributed import Client
 
-    from distml.runner import run_job
     from distml.jobfile import load_job
+    from distml.runner import run_job
 
     address, base = dashboard_cluster
     assert "no distml jobs yet" in fetch(f"{base}/distml")  # served from the scheduler's routes config
