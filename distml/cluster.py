@@ -141,6 +141,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
             # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
             silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
             **({"security": security} if security is not None else {}),
+            scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
@@ -286,3 +287,101 @@ def _takes_n_workers(client: Client) -> bool:
     import inspect
 
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+# --- stalled workers ------------------------------------------------------------
+
+EMBEDDED_WORKER_TTL = "60s"  # Dask's own default (5 minutes) let a frozen worker hold a job for minutes
+STALL_AFTER = 15.0  # seconds without a worker heartbeat before the job's log names it (heartbeats come every ~1 s)
+WATCH_EVERY = 2.0  # seconds between looks at the scheduler's workers
+
+
+def embedded_worker_ttl() -> str:
+    """``distributed.scheduler.worker-ttl`` for the embedded scheduler: a user's setting, else ``EMBEDDED_WORKER_TTL``.
+
+    A worker that sends no heartbeat for this long (SIGSTOPped, frozen, its host gone) is
+    removed by the scheduler, which reruns its tasks on the others: the library's mechanism.
+    """
+    import dask.config
+    import distributed  # noqa: F401 - loads distributed's configuration defaults
+    from dask.utils import parse_timedelta
+
+    configured = dask.config.get("distributed.scheduler.worker-ttl", None)
+    shipped = "5 minutes"  # distributed's distributed.yaml
+    if configured is None or parse_timedelta(configured) != parse_timedelta(shipped):
+        return configured
+    return EMBEDDED_WORKER_TTL
+
+
+@contextlib.contextmanager
+def watch_workers(client: Client, log: Callable[[str], None]) -> Iterator[None]:
+    """While inside, name in ``log`` any worker the scheduler has not heard from for ``STALL_AFTER`` seconds.
+
+    The scheduler removes such a worker after its ``worker-ttl`` and reruns its tasks; until then
+    a job only waits, silently. Runs in a daemon thread on the client and reads the workers'
+    ``last_seen`` (the scheduler's clock, compared only with itself, so clock skew does not matter).
+    """
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=_watch, args=(client, log, stop), name="distml-worker-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=WATCH_EVERY + 5)
+
+
+def _watch(client: Client, log: Callable[[str], None], stop: Any) -> None:
+    from datetime import datetime, timezone
+
+    heard: dict[str, tuple[float, float]] = {}  # worker -> (its last_seen, our clock when that changed)
+    reported: set[str] = set()
+    ttl = None
+    while not stop.wait(WATCH_EVERY):
+        try:
+            info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+            workers = info["workers"]
+        except Exception:  # the client is closing, or the scheduler is gone: the job says so itself
+            return
+        now = time.time()
+        for address, worker in workers.items():
+            seen = float(worker.get("last_seen") or 0)
+            if heard.get(address, (None,))[0] != seen:
+                heard[address] = (seen, now)
+                reported.discard(address)
+                continue
+            silent = now - heard[address][1]
+            if silent >= STALL_AFTER and address not in reported:
+                reported.add(address)
+                ttl = ttl or _scheduler_ttl(client)
+                since = datetime.fromtimestamp(heard[address][1], timezone.utc).strftime("%H:%M:%S UTC")
+                _say(log, f"warning: worker {address} seems stalled: no heartbeat since {since} ({silent:.0f}s); "
+                          + (f"the scheduler removes it after {ttl} (distributed.scheduler.worker-ttl) "
+                             "and reruns its tasks on the other workers" if ttl else
+                             "the scheduler has no worker-ttl, so the job waits for it"))
+        for address in sorted(reported - set(workers)):
+            reported.discard(address)
+            _say(log, f"worker {address} was removed from the cluster; its tasks run on the other workers")
+        heard = {a: v for a, v in heard.items() if a in workers}
+
+
+def _say(log: Callable[[str], None], message: str) -> None:
+    with contextlib.suppress(Exception):  # e.g. JobCancelled from the record's cancel check: the job handles it
+        log(message)
+
+
+def _scheduler_ttl(client: Client) -> str | None:
+    """The scheduler's ``worker_ttl`` in words, or ``None`` if it never removes silent workers."""
+    try:
+        seconds = client.run_on_scheduler(_worker_ttl_of)
+    except Exception:  # a scheduler without distml importable
+        return "its worker-ttl"
+    return f"{seconds:.0f}s" if seconds else None
+
+
+# --- runs on the scheduler (via run_on_scheduler) ---
+
+def _worker_ttl_of(dask_scheduler: Any) -> float | None:
+    return dask_scheduler.worker_ttl

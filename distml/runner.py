@@ -116,6 +116,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     JobCancelled
         ``distml jobs cancel`` asked for it (or the caller was interrupted); nothing is saved.
     """
+    from distml.cluster import watch_workers
     from distml.tracking import attached_tracker
 
     tracker = tracker or attached_tracker(spec, client, job_id or new_job_id())
@@ -138,7 +139,8 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     if tracker.record["state"] != "running":
         tracker.start()
     try:
-        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
+        with watch_workers(client, tracked_log):  # a frozen worker is named in the log, not waited on silently
+            result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
     except BaseException as exc:
         unrecorded = _record_failure(tracker, exc)
         if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)

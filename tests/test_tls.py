@@ -124,3 +124,8 @@ def test_the_embedded_cluster_can_talk_tls():
     with connect(ClusterSpec(tls=True, n_workers=1, threads_per_worker=1)) as client:
         assert client.scheduler.address.startswith("tls://127.0.0.1:")
         assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=30) == 6
+        assert client.run_on_scheduler(_worker_ttl) == 60  # distml's bound for the embedded cluster (Dask's: 300)
+
+
+def _worker_ttl(dask_scheduler):
+    return dask_scheduler.worker_ttl
