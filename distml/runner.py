@@ -156,7 +156,13 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         if error is exc:
             raise
         raise error from (None if isinstance(exc, (KeyboardInterrupt, JobCancelled)) else exc)
-    tracker.finish("succeeded", model=result.uri)
+    try:
+        tracker.finish("succeeded", model=result.uri)
+    except StoreError as exc:  # the model is saved and complete: say so, and that the record lags
+        raise JobFailed(f"job {tracker.job_id} saved its model {result.uri}, but its record "
+                        f"{tracker.records.uri(tracker.job_id)} could not be updated "
+                        f"({io_reason(exc.__context__ or exc)}): it still says "
+                        f"{tracker.written_state or 'nothing'}") from None
     return result
 
 
