@@ -129,6 +129,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
     security = embedded_security(spec)
+    _ignore_busy_port_warning()
     restore = _workers_ignore_sigint()
     try:
         cluster = LocalCluster(
@@ -233,6 +234,14 @@ def embedded_security(spec: ClusterSpec) -> Security | None:
     return Security(require_encryption=True, tls_ca_file=files["tls_ca_file"],
                     tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert, tls_scheduler_key=key,
                     tls_worker_cert=cert, tls_worker_key=key)
+
+
+def _ignore_busy_port_warning() -> None:
+    """Keep distributed's four-line "Port 8787 is already in use" warning off the terminal: the dashboard then
+    takes another port, and the job's first line prints the link it got."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
 
 
 def _workers_ignore_sigint() -> Callable[[], None]:
