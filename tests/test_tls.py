@@ -108,11 +108,28 @@ def test_a_client_without_certificates_is_refused_in_one_line(tmp_path, make_dat
                     "TLS handshake: it does not accept this client certificate (is it signed by the cluster's CA?))")
 
 
+def test_jobs_commands_reach_a_tls_scheduler_with_the_flags_through_dask_configuration(certs, tls_scheduler):
+    import dask
+
+    from distml.service import _connect
+
+    assert _connect(tls_scheduler) is None  # no certificates: unreachable, not a traceback
+    with dask.config.set({"distributed.comm.tls.ca-file": str(certs["ca"]),
+                          "distributed.comm.tls.client.cert": str(certs["client-cert"]),
+                          "distributed.comm.tls.client.key": str(certs["client-key"])}):
+        client = _connect(tls_scheduler)
+        assert client is not None
+        with client:
+            assert client.scheduler.address == tls_scheduler
+
+
 def test_a_missing_certificate_file_is_one_line_naming_the_key_or_flag(tmp_path, make_data, certs):
     folder, _ = make_data("classification", rows=4_000, features=5, files=2)
     missing = tmp_path / "nope.pem"
     line = _refused(["--tls-cert", str(missing)], _job(tmp_path, folder))
     assert line == f"Error: --tls-cert: {str(missing)!r} no such file"
+    listed = CliRunner().invoke(main, ["jobs", "list", "--store", str(tmp_path / "models"), "--tls-cert", str(missing)])
+    assert listed.exit_code == 2 and listed.stderr == f"Error: --tls-cert: {str(missing)!r} no such file\n"
     line = _refused([], _job(tmp_path, folder, scheduler="tls://127.0.0.1:1", tls_ca_file=str(missing)))
     assert line.startswith(f"Error: {tmp_path / 'job-1.yaml'}: cluster.tls_ca_file: no such file; got '")
 
