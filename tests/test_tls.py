@@ -72,12 +72,15 @@ def test_submit_over_tls_gives_the_same_model_as_over_tcp(tmp_path, make_data, c
 
 
 def test_the_job_file_names_the_certificates(tmp_path, make_data, certs, tls_scheduler):
+    from distml.cluster import connect
+    from distml.jobfile import load_job
+
     folder, _ = make_data("classification", rows=4_000, features=5, files=2)
     job = _job(tmp_path, folder, scheduler=tls_scheduler, tls_ca_file=str(certs["ca"]),
                tls_cert=str(certs["client-cert"]), tls_key=str(certs["client-key"]))
-    result = CliRunner().invoke(main, ["submit", str(job), "--json"])
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["rows"]["train"] > 0
+    with connect(load_job(job).cluster) as client:  # the same connect `submit` uses, without training again
+        assert client.scheduler.address == tls_scheduler
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
 
 
 def _refused(args, job):
