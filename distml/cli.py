@@ -17,11 +17,14 @@ import click
 from distml.cli_options import (
     Group,
     Size,
+    apply_tls_flags,
     metric_text,
     selection_lines,
     signing_key_option,
     storage_option,
     storage_options,
+    tls_flags,
+    tls_options,
 )
 from distml.cli_scoring import evaluate_command, predict
 from distml.console import interruptible
@@ -48,6 +51,7 @@ def main() -> None:
 @click.option("--detach/--wait", default=False, show_default=True,
               help="Return at once with the job id; the job's driver runs on the cluster (needs --scheduler).")
 @signing_key_option
+@tls_options
 @interruptible
 def submit(job_file: str, scheduler: str | None, store: str | None, workers: int | None,
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
@@ -66,7 +70,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
-        signing_key_file=signing_key_file)
+        signing_key_file=signing_key_file, **tls_flags())
     resolve_key(key_file=spec.output.signing_key_file)  # an unreadable key file stops the job here
     if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
@@ -190,9 +194,10 @@ def models_list(store: str, options: tuple[tuple[str, Any], ...]) -> None:
 def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file: str | None) -> None:
     """Show the manifest of the model version at URI (``<store>/<name>[/<version>]``).
 
-    Its signature status goes to stderr; with a signing key, a manifest that is unsigned or
+    Its signature status and whether the training data changed since go to stderr; with a signing key, a manifest that is unsigned or
     does not match the key is refused.
     """
+    from distml.lineage import data_changes
     from distml.signing import resolve_key, verify
     from distml.store import MANIFEST, split_uri
 
@@ -204,6 +209,8 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
         status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
+    for line in data_changes(manifest, storage_options(options)):  # re-stats the training files
+        click.echo(line, err=True)
 
 
 @contextlib.contextmanager
@@ -224,7 +231,7 @@ def reading_store(url: str) -> Iterator[None]:
 
 def jobs_store_option(command: Any) -> Any:
     """``--store`` and ``-o`` for the job commands, which read the records in the store's ``_jobs/``."""
-    command = storage_option(command)
+    command = tls_options(storage_option(command))
     return click.option("--store", default="./models", envvar="DISTML_STORE", show_default=True, metavar="URL",
                         help="Model store holding the job records in _jobs/ (env DISTML_STORE).")(command)
 
@@ -237,6 +244,7 @@ def jobs() -> None:
 def _records(store: str, options: tuple[tuple[str, Any], ...]) -> Any:
     from distml.jobs import JobRecords
 
+    apply_tls_flags()  # a job's scheduler is reached by its recorded address, with these certificates
     return JobRecords(store, storage_options(options))
 
 

@@ -113,3 +113,45 @@ def selection_lines(cv: dict[str, Any] | None, search: dict[str, Any] | None, to
         if len(ranked) > top:
             lines.append(f"    ({len(ranked) - top} more in the manifest)")
     return lines
+
+
+_TLS_META = "distml.tls"
+
+
+def _keep_tls(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value is not False:
+        ctx.meta.setdefault(_TLS_META, {})[param.name] = value
+    return value
+
+
+def tls_options(command: Any) -> Any:
+    """``--tls-ca-file``, ``--tls-cert``, ``--tls-key``: certificates for a ``tls://`` scheduler (read by ``tls_flags``)."""
+    for flag, name, text in reversed([
+        ("--tls-ca-file", "tls_ca_file", "CA certificate (PEM) the scheduler's certificate is checked against."),
+        ("--tls-cert", "tls_cert", "Client certificate (PEM; may also hold the key) for a tls:// scheduler."),
+        ("--tls-key", "tls_key", "Private key of --tls-cert (PEM), if not in the certificate file."),
+    ]):
+        command = click.option(flag, name, default=None, metavar="PATH", expose_value=False, callback=_keep_tls,
+                               help=text + " Default: distributed.comm.tls.* in Dask's configuration.")(command)
+    return command
+
+
+def tls_flags() -> dict[str, str]:
+    """The ``--tls-*`` values the current command was given, as ``ClusterSpec`` keys."""
+    ctx = click.get_current_context(silent=True)
+    return dict(ctx.meta.get(_TLS_META, {})) if ctx is not None else {}
+
+
+def apply_tls_flags() -> None:
+    """Put the ``--tls-*`` files in this process's Dask configuration, for commands that reach a job's scheduler
+    by its recorded address (``jobs …``); each file is checked first (one line naming the flag)."""
+    import dask.config
+
+    from distml.cluster import TLS_CONFIG_KEYS
+    from distml.spec import ClusterSpec
+
+    flags = tls_flags()
+    if not flags:
+        return
+    ClusterSpec(**flags)  # exists and readable, or a SpecError naming the flag
+    dask.config.set({TLS_CONFIG_KEYS[k]: v for k, v in flags.items()})

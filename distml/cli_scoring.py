@@ -6,7 +6,15 @@ from typing import Any
 
 import click
 
-from distml.cli_options import Size, metric_text, signing_key_option, storage_option, storage_options
+from distml.cli_options import (
+    Size,
+    metric_text,
+    signing_key_option,
+    storage_option,
+    storage_options,
+    tls_flags,
+    tls_options,
+)
 
 
 def model_use_options(command: Any) -> Any:
@@ -17,7 +25,7 @@ def model_use_options(command: Any) -> Any:
         click.option("--workers", type=click.IntRange(1, 256), default=None, help="Workers of the embedded cluster."),
         click.option("--memory-limit", type=Size(), default=None, help="Memory limit per embedded worker, e.g. 2GiB."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
-        storage_option, signing_key_option,
+        storage_option, signing_key_option, tls_options,
     ]):
         command = option(command)
     return command
@@ -45,7 +53,7 @@ def predict(model: str, data: str, out: str, columns: str, proba: bool, overwrit
 
     opts = storage_options(options)
     output = Output(out, opts, tuple(c.strip() for c in columns.split(",") if c.strip()), proba)
-    cluster = ClusterSpec(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit)
+    cluster = ClusterSpec(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit, **tls_flags())
     with connect(cluster) as client:
         summary = predict_dataset(model, data, output, client, model_options=opts, data_options=opts,
                                   overwrite=overwrite, signing_key_file=signing_key_file)
@@ -68,7 +76,7 @@ def evaluate_command(model: str, data: str, scheduler: str | None, workers: int 
     from distml.spec import ClusterSpec
 
     opts = storage_options(options)
-    with connect(ClusterSpec(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit)) as client:
+    with connect(ClusterSpec(scheduler=scheduler, n_workers=workers, memory_limit=memory_limit, **tls_flags())) as client:
         summary = evaluate_dataset(model, data, client, model_options=opts, data_options=opts,
                                    signing_key_file=signing_key_file)
     if as_json:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from distml.errors import ClusterError
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Security
 
     from distml.spec import ClusterSpec
 
@@ -41,11 +41,12 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
     if address:
         if not spec.scheduler:  # --scheduler and cluster.scheduler were checked where they were read
             check_scheduler(address, "DISTML_SCHEDULER")
+        security = client_security(spec, address)
         started = time.monotonic()
-        _check_handshake(address)
+        _check_handshake(address, security)
         left = max(1.0, CONNECT_TIMEOUT - (time.monotonic() - started))
         try:
-            client = Client(address, timeout=left, set_as_default=False)
+            client = Client(address, timeout=left, set_as_default=False, security=security)
         except (OSError, TimeoutError) as exc:
             raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
                                f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
@@ -56,7 +57,7 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
         yield client
 
 
-def _check_handshake(address: str) -> None:
+def _check_handshake(address: str, security: Security | None = None) -> None:
     """Ask ``address`` who it is, all within ``CONNECT_TIMEOUT``; raise ``ClusterError`` unless a scheduler answers.
 
     ``Client(address, timeout=…)`` bounds the TCP connect but not the Dask
@@ -65,10 +66,9 @@ def _check_handshake(address: str) -> None:
     event loop (the caller may already be inside one) and closes its comm.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="distml-probe") as pool:
-        found = pool.submit(asyncio.run, _identity(address)).result()
+        found = pool.submit(asyncio.run, _identity(address, security)).result()
     if isinstance(found, BaseException):
-        reason = ("something listens there but did not complete the Dask handshake"
-                  if isinstance(found, asyncio.TimeoutError) else type(found).__name__)
+        reason = _probe_failure(address, found)
         raise ClusterError(f"cannot reach the Dask scheduler at {address} within {CONNECT_TIMEOUT}s ({reason})")
     kind = found.get("type") if isinstance(found, dict) else None
     if kind != "Scheduler":
@@ -76,7 +76,29 @@ def _check_handshake(address: str) -> None:
                            "expected the scheduler's address (tcp://host:8786)")
 
 
-async def _identity(address: str) -> Any:
+def _probe_failure(address: str, found: BaseException) -> str:
+    """Why the identity probe failed, in words: a silent listener, a TLS refusal, or the error's name."""
+    import ssl
+
+    from distributed.comm import CommClosedError
+
+    from distml.errors import first_line
+
+    if isinstance(found, asyncio.TimeoutError):
+        return "something listens there but did not complete the Dask handshake"
+    text = first_line(found)
+    if address.startswith("tls://") and isinstance(found, (CommClosedError, ConnectionResetError)):
+        return ("the scheduler ended the TLS handshake: it does not accept this client certificate "
+                "(is it signed by the cluster's CA?)")
+    if isinstance(found, ssl.SSLError) or "SSL" in text or "certificate" in text.lower():
+        return f"the TLS handshake failed: {text[:200]}"
+    if isinstance(found, CommClosedError) and not address.startswith("tls://"):
+        return ("the connection was closed during the Dask handshake; if the scheduler requires TLS, "
+                "use tls://host:port with --tls-ca-file, --tls-cert and --tls-key")
+    return type(found).__name__
+
+
+async def _identity(address: str, security: Security | None = None) -> Any:
     """The ``identity`` reply of the server at ``address``, or the exception that stopped us getting it."""
     from distributed.comm import connect as comm_connect
 
@@ -84,13 +106,14 @@ async def _identity(address: str) -> Any:
 
     async def ask() -> Any:
         nonlocal comm
-        comm = await comm_connect(address, timeout=0.8 * CONNECT_TIMEOUT)  # its OSError first, if nothing listens
+        args = security.get_connection_args("client") if security is not None else {}
+        comm = await comm_connect(address, timeout=0.8 * CONNECT_TIMEOUT, **args)  # its OSError first, if nothing listens
         await comm.write({"op": "identity", "reply": True})
         return await comm.read()
 
     try:
         return await asyncio.wait_for(ask(), CONNECT_TIMEOUT)
-    except (OSError, asyncio.TimeoutError, EOFError, ValueError, TypeError) as exc:
+    except (OSError, asyncio.TimeoutError, EOFError, ValueError, TypeError) as exc:  # ssl.SSLError is an OSError
         return exc
     finally:
         if comm is not None:
@@ -105,6 +128,8 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
 
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
+    security = embedded_security(spec)
+    _ignore_busy_port_warning()
     restore = _workers_ignore_sigint()
     try:
         cluster = LocalCluster(
@@ -116,6 +141,8 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
             dashboard_address="127.0.0.1:8787",
             # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
             silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
+            **({"security": security} if security is not None else {}),
+            scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
@@ -123,6 +150,98 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
         restore()
     with cluster:
         yield cluster
+
+
+# --- TLS ----------------------------------------------------------------------
+
+# ClusterSpec key -> Dask's configuration key for a client
+TLS_CONFIG_KEYS = {"tls_ca_file": "distributed.comm.tls.ca-file", "tls_cert": "distributed.comm.tls.client.cert",
+                   "tls_key": "distributed.comm.tls.client.key"}
+
+
+def tls_files(spec: ClusterSpec) -> dict[str, str]:
+    """The certificate files to use: the spec's (flags or ``cluster.tls_*``), else Dask's ``distributed.comm.tls.*``.
+
+    A file named only in Dask's configuration is checked here, by its configuration key.
+    """
+    import dask.config
+
+    from distml.errors import SpecError
+    from distml.spec import tls_file_problem
+
+    files = {}
+    for field, key in TLS_CONFIG_KEYS.items():
+        given = getattr(spec, field)
+        if given:
+            files[field] = given
+            continue
+        configured = dask.config.get(key, None)
+        if configured:
+            if "-----BEGIN" not in str(configured):  # Dask also takes the PEM text itself
+                problem = tls_file_problem(str(configured))
+                if problem:
+                    raise SpecError(f"{key} (Dask configuration): {str(configured)[:200]!r} {problem}")
+            files[field] = str(configured)
+    return files
+
+
+def client_security(spec: ClusterSpec, address: str) -> Security | None:
+    """The ``Security`` a client of the scheduler at ``address`` uses; ``None`` for a plain address without files.
+
+    A ``tls://`` address needs the CA and a client certificate (Dask clusters check
+    both sides); without them it is one line here rather than a failure deep in Dask.
+    """
+    from distributed import Security
+
+    from distml.errors import SpecError
+
+    files = tls_files(spec)
+    if not address.startswith("tls://"):
+        return None
+    missing = [flag for field, flag in (("tls_ca_file", "--tls-ca-file"), ("tls_cert", "--tls-cert"))
+               if field not in files]
+    if missing:
+        raise SpecError(f"{address}: a tls:// scheduler needs {' and '.join(missing)} (or cluster.tls_ca_file/"
+                        "tls_cert in the job file, or distributed.comm.tls.* in Dask's configuration)")
+    cert = files["tls_cert"]
+    return Security(require_encryption=True, tls_ca_file=files["tls_ca_file"], tls_client_cert=cert,
+                    tls_client_key=files.get("tls_key"))
+
+
+def embedded_security(spec: ClusterSpec) -> Security | None:
+    """TLS for the embedded cluster when ``cluster.tls`` is set or certificate files are given, else ``None``.
+
+    With files, every role (scheduler, workers, client) uses them; with ``tls: true``
+    alone, a temporary self-signed certificate made in memory for this run.
+    """
+    from distributed import Security
+
+    files = {field: getattr(spec, field) for field in TLS_CONFIG_KEYS if getattr(spec, field)}
+    if not (spec.tls or files):
+        return None
+    if "tls_ca_file" not in files or "tls_cert" not in files:
+        if files:
+            from distml.errors import SpecError
+
+            raise SpecError("cluster: TLS for the embedded cluster needs both tls_ca_file and tls_cert "
+                            "(or neither, with tls: true, for a temporary certificate)")
+        try:
+            return Security.temporary()
+        except ImportError:
+            raise ClusterError("cluster.tls: true without certificate files makes a temporary certificate, "
+                               "which needs the cryptography package (pip install cryptography)") from None
+    cert, key = files["tls_cert"], files.get("tls_key")
+    return Security(require_encryption=True, tls_ca_file=files["tls_ca_file"],
+                    tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert, tls_scheduler_key=key,
+                    tls_worker_cert=cert, tls_worker_key=key)
+
+
+def _ignore_busy_port_warning() -> None:
+    """Keep distributed's four-line "Port 8787 is already in use" warning off the terminal: the dashboard then
+    takes another port, and the job's first line prints the link it got."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
 
 
 def _workers_ignore_sigint() -> Callable[[], None]:
@@ -177,3 +296,101 @@ def _takes_n_workers(client: Client) -> bool:
     import inspect
 
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+# --- stalled workers ------------------------------------------------------------
+
+EMBEDDED_WORKER_TTL = "60s"  # Dask's own default (5 minutes) let a frozen worker hold a job for minutes
+STALL_AFTER = 15.0  # seconds without a worker heartbeat before the job's log names it (heartbeats come every ~1 s)
+WATCH_EVERY = 2.0  # seconds between looks at the scheduler's workers
+
+
+def embedded_worker_ttl() -> str:
+    """``distributed.scheduler.worker-ttl`` for the embedded scheduler: a user's setting, else ``EMBEDDED_WORKER_TTL``.
+
+    A worker that sends no heartbeat for this long (SIGSTOPped, frozen, its host gone) is
+    removed by the scheduler, which reruns its tasks on the others: the library's mechanism.
+    """
+    import dask.config
+    import distributed  # noqa: F401 - loads distributed's configuration defaults
+    from dask.utils import parse_timedelta
+
+    configured = dask.config.get("distributed.scheduler.worker-ttl", None)
+    shipped = "5 minutes"  # distributed's distributed.yaml
+    if configured is None or parse_timedelta(configured) != parse_timedelta(shipped):
+        return configured
+    return EMBEDDED_WORKER_TTL
+
+
+@contextlib.contextmanager
+def watch_workers(client: Client, log: Callable[[str], None]) -> Iterator[None]:
+    """While inside, name in ``log`` any worker the scheduler has not heard from for ``STALL_AFTER`` seconds.
+
+    The scheduler removes such a worker after its ``worker-ttl`` and reruns its tasks; until then
+    a job only waits, silently. Runs in a daemon thread on the client and reads the workers'
+    ``last_seen`` (the scheduler's clock, compared only with itself, so clock skew does not matter).
+    """
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=_watch, args=(client, log, stop), name="distml-worker-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=WATCH_EVERY + 5)
+
+
+def _watch(client: Client, log: Callable[[str], None], stop: Any) -> None:
+    from datetime import datetime, timezone
+
+    heard: dict[str, tuple[float, float]] = {}  # worker -> (its last_seen, our clock when that changed)
+    reported: set[str] = set()
+    ttl = None
+    while not stop.wait(WATCH_EVERY):
+        try:
+            info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
+            workers = info["workers"]
+        except Exception:  # the client is closing, or the scheduler is gone: the job says so itself
+            return
+        now = time.time()
+        for address, worker in workers.items():
+            seen = float(worker.get("last_seen") or 0)
+            if heard.get(address, (None,))[0] != seen:
+                heard[address] = (seen, now)
+                reported.discard(address)
+                continue
+            silent = now - heard[address][1]
+            if silent >= STALL_AFTER and address not in reported:
+                reported.add(address)
+                ttl = ttl or _scheduler_ttl(client)
+                since = datetime.fromtimestamp(heard[address][1], timezone.utc).strftime("%H:%M:%S UTC")
+                _say(log, f"warning: worker {address} seems stalled: no heartbeat since {since} ({silent:.0f}s); "
+                          + (f"the scheduler removes it after {ttl} (distributed.scheduler.worker-ttl) "
+                             "and reruns its tasks on the other workers" if ttl else
+                             "the scheduler has no worker-ttl, so the job waits for it"))
+        for address in sorted(reported - set(workers)):
+            reported.discard(address)
+            _say(log, f"worker {address} was removed from the cluster; its tasks run on the other workers")
+        heard = {a: v for a, v in heard.items() if a in workers}
+
+
+def _say(log: Callable[[str], None], message: str) -> None:
+    with contextlib.suppress(Exception):  # e.g. JobCancelled from the record's cancel check: the job handles it
+        log(message)
+
+
+def _scheduler_ttl(client: Client) -> str | None:
+    """The scheduler's ``worker_ttl`` in words, or ``None`` if it never removes silent workers."""
+    try:
+        seconds = client.run_on_scheduler(_worker_ttl_of)
+    except Exception:  # a scheduler without distml importable
+        return "its worker-ttl"
+    return f"{seconds:.0f}s" if seconds else None
+
+
+# --- runs on the scheduler (via run_on_scheduler) ---
+
+def _worker_ttl_of(dask_scheduler: Any) -> float | None:
+    return dask_scheduler.worker_ttl

@@ -20,7 +20,7 @@ from typing import Any
 
 from tornado import web
 
-from distml.jobs import TOPIC
+from distml.jobs import LIVE_TASK_STATES, TERMINAL, TOPIC
 
 try:  # the scheduler imports this module; the plugin base lives in distributed
     from distributed.diagnostics.plugin import SchedulerPlugin
@@ -40,7 +40,30 @@ def jobs_on(scheduler: Any) -> dict[str, dict[str, Any]]:
         for _, msg in scheduler.get_events(TOPIC):
             if isinstance(msg, dict) and "job_id" in msg:
                 latest[msg["job_id"]] = msg
-    return dict(sorted(latest.items(), reverse=True))
+    return {job_id: _with_driver_check(scheduler, record) for job_id, record in sorted(latest.items(), reverse=True)}
+
+
+def _with_driver_check(scheduler: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """A record still open whose driver this scheduler no longer has is shown ``lost``, at once.
+
+    The page hears only what drivers publish: a driver killed before it closed its record
+    published nothing more, and the record it left was shown ``running`` until someone looked
+    (for as long as the scheduler ran). The scheduler knows its clients and tasks, so it can tell.
+    """
+    if record.get("state") in TERMINAL:
+        return record
+    driver = record.get("driver") or {}
+    if driver.get("kind") == "client":
+        gone = driver.get("id") not in scheduler.clients
+    elif driver.get("kind") == "task":
+        task = scheduler.tasks.get(driver.get("key"))
+        gone = task is None or task.state not in LIVE_TASK_STATES
+    else:
+        return record
+    if not gone:
+        return record
+    return {**record, "state": "lost", "error": "its driver is gone from this scheduler; the next "
+            "`distml jobs status|list` closes its record as failed"}
 
 
 class JobsPage(SchedulerPlugin):
@@ -75,6 +98,7 @@ class JobsHandler(_Handler):
     def get(self) -> None:
         rows = "\n".join(_row(r) for r in jobs_on(self.server).values())
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")  # the page is live: never served from a cache
         self.write(_PAGE.format(rows=rows or '<tr><td colspan="7">no distml jobs yet</td></tr>'))
 
 
@@ -86,6 +110,7 @@ class JobRecordHandler(_Handler):
         if record is None:
             raise web.HTTPError(404, f"no distml job {job_id} on this scheduler")
         self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(record, indent=1, default=str))
 
 
@@ -108,7 +133,7 @@ _PAGE = """<!DOCTYPE html>
 <title>distml jobs</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
 td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}
-.failed .state{{color:#b00}}.succeeded .state{{color:#070}}.cancelled .state{{color:#888}}</style>
+.failed .state,.lost .state{{color:#b00}}.succeeded .state{{color:#070}}.cancelled .state{{color:#888}}</style>
 </head><body><h1>distml jobs</h1>
 <table><thead><tr><th>name</th><th>job id (record)</th><th>state</th><th>phase</th><th>progress</th>
 <th>last heard</th><th>model / error</th></tr></thead>

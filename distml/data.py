@@ -38,6 +38,9 @@ class FileInfo:
     size: int
     row_group_rows: tuple[int, ...]
     column_bytes: tuple[tuple[str, int], ...] = ()  # uncompressed bytes per column, from the footer
+    modified: str | None = None  # the file's modification time (ISO 8601, UTC), as its filesystem lists it
+    etag: str | None = None  # an object store's ETag, if it has one
+    footer_sha256: str = ""  # digest of the footer's metadata: what the model was trained on, row groups and all
 
 
 @dataclass(frozen=True)
@@ -274,15 +277,45 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
     schema = _data_columns(_url(protocol, path), meta.schema.to_arrow_schema())
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    size = int(fs.size(path) or 0)
+    stat = fs.info(path)  # the one stat fs.size would have made; it also has the time and ETag
+    size = int(stat.get("size") or 0)
     column_bytes: dict[str, int] = {}
     for i in range(meta.num_row_groups):
         group = meta.row_group(i)
         for j in range(group.num_columns):
             name = group.column(j).path_in_schema
             column_bytes[name] = column_bytes.get(name, 0) + int(group.column(j).total_uncompressed_size)
-    info = FileInfo(path, key, meta.num_rows, size, rg_rows, tuple(column_bytes.items()))
+    info = FileInfo(path, key, meta.num_rows, size, rg_rows, tuple(column_bytes.items()),
+                    modified=file_modified(stat), etag=file_etag(stat), footer_sha256=footer_digest(meta))
     return info, schema
+
+
+def file_modified(stat: dict[str, Any]) -> str | None:
+    """A file's modification time from ``fs.info`` (local ``mtime``, S3 ``LastModified``), as ISO 8601 UTC."""
+    from datetime import datetime, timezone
+
+    value = stat.get("mtime", stat.get("LastModified", stat.get("last_modified")))
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc).isoformat()
+    return str(value) if value else None
+
+
+def file_etag(stat: dict[str, Any]) -> str | None:
+    value = stat.get("ETag") or stat.get("etag")
+    return str(value).strip('"') if value else None
+
+
+def footer_digest(meta: Any) -> str:
+    """SHA-256 of the footer as pyarrow serialises the metadata it already read: no read of the file."""
+    import hashlib
+
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    meta.write_metadata_file(sink)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def _data_columns(url: str, schema: pa.Schema) -> pa.Schema:

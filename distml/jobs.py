@@ -32,6 +32,7 @@ STALE_AFTER = 20.0  # a heartbeat older than this makes readers ask the schedule
 PROGRESS_EVERY = 1.0  # at most one progress write a second
 MAX_EVENTS = 2000
 TOPIC = "distml-jobs"  # scheduler event topic the dashboard page reads
+LIVE_TASK_STATES = {"released", "waiting", "queued", "no-worker", "processing"}  # a driver task not yet ended
 JOB_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 

@@ -116,6 +116,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     JobCancelled
         ``distml jobs cancel`` asked for it (or the caller was interrupted); nothing is saved.
     """
+    from distml.cluster import watch_workers
     from distml.tracking import attached_tracker
 
     tracker = tracker or attached_tracker(spec, client, job_id or new_job_id())
@@ -138,7 +139,8 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
     if tracker.record["state"] != "running":
         tracker.start()
     try:
-        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
+        with watch_workers(client, tracked_log):  # a frozen worker is named in the log, not waited on silently
+            result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
     except BaseException as exc:
         unrecorded = _record_failure(tracker, exc)
         if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)
@@ -154,7 +156,13 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         if error is exc:
             raise
         raise error from (None if isinstance(exc, (KeyboardInterrupt, JobCancelled)) else exc)
-    tracker.finish("succeeded", model=result.uri)
+    try:
+        tracker.finish("succeeded", model=result.uri)
+    except StoreError as exc:  # the model is saved and complete: say so, and that the record lags
+        raise JobFailed(f"job {tracker.job_id} saved its model {result.uri}, but its record "
+                        f"{tracker.records.uri(tracker.job_id)} could not be updated "
+                        f"({io_reason(exc.__context__ or exc)}): it still says "
+                        f"{tracker.written_state or 'nothing'}") from None
     return result
 
 
@@ -363,6 +371,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
               rows: dict[str, int], timings: dict[str, float], started: float, n_workers: int,
               persisted: bool) -> dict[str, Any]:
     """Everything needed to know what a model is and where it came from; secrets redacted."""
+    from distml.lineage import file_lineage
     from distml.store import redact
 
     return {
@@ -371,7 +380,7 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
         "job": redact(spec.model_dump(mode="json")),
         "data": {
             "url": dataset.url,
-            "files": [{"path": f.key, "rows": f.num_rows, "bytes": f.size} for f in dataset.files],
+            "files": [file_lineage(dataset, f) for f in dataset.files],
             "schema": dataset.schema,
             "target": dataset.target,
             "features": dataset.features,

@@ -13,7 +13,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from distml.errors import DistmlError, SpecError
-from distml.jobs import STALE_AFTER, TERMINAL, JobRecords, JobTracker, mark
+from distml.jobs import (
+    LIVE_TASK_STATES,
+    STALE_AFTER,
+    TERMINAL,
+    TOPIC,
+    JobRecords,
+    JobTracker,
+    mark,
+)
 from distml.tracking import publisher, record_for, records_of
 
 if TYPE_CHECKING:
@@ -22,7 +30,6 @@ if TYPE_CHECKING:
     from distml.jobfile import JobSpec
 
 CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
-LIVE_TASK_STATES = {"released", "waiting", "queued", "no-worker", "processing"}
 
 
 def detach(spec: JobSpec, client: Client) -> str:
@@ -135,7 +142,7 @@ def _connect(address: str) -> Client | None:
 
     try:
         return Client(address, timeout=3, set_as_default=False)
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError, TypeError, ValueError):  # TypeError: a tls:// address without certificates
         return None
 
 
@@ -162,8 +169,27 @@ def reconcile(records: JobRecords, record: dict[str, Any]) -> dict[str, Any]:
     if alive:
         return record
     state = "cancelled" if records.cancel_requested(record["job_id"]) else "failed"
-    return mark(records, record["job_id"], state, f"the job's driver is gone: {reason} "
-                f"(last phase {record.get('phase')})")
+    closed = mark(records, record["job_id"], state, f"the job's driver is gone: {reason} "
+                  f"(last phase {record.get('phase')})")
+    if not reason.startswith("the scheduler at"):  # it answered: let its /distml page show the closed record
+        announce((record.get("driver") or {}).get("scheduler"), closed)
+    return closed
+
+
+def announce(address: str | None, record: dict[str, Any], client: Client | None = None) -> None:
+    """Publish a record closed on a driver's behalf to its scheduler's ``/distml`` page (best effort)."""
+    own = client is None and address is not None
+    client = _connect(address) if own else client
+    if client is None:
+        return
+    import contextlib
+
+    try:
+        with contextlib.suppress(Exception):  # the page is a courtesy; the record in the store is the truth
+            client.log_event(TOPIC, {k: v for k, v in record.items() if k != "events"})
+    finally:
+        if own:
+            client.close()
 
 
 def cancel(records: JobRecords, job_id: str) -> dict[str, Any]:
@@ -185,7 +211,10 @@ def cancel(records: JobRecords, job_id: str) -> dict[str, Any]:
             time.sleep(0.25)
         if client is not None:
             client.run_on_scheduler(_cancel_tasks, job_id=job_id, client_id=client.id, with_driver=True)
-        return mark(records, job_id, "cancelled", f"cancelled; the driver did not confirm within {CANCEL_WAIT:.0f}s")
+        closed = mark(records, job_id, "cancelled", f"cancelled; the driver did not confirm within {CANCEL_WAIT:.0f}s")
+        if client is not None:
+            announce(address, closed, client)
+        return closed
     finally:
         if client is not None:
             client.close()

@@ -7,6 +7,7 @@ light; the whole job file, with its model section, is ``distml.jobfile``.
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 _SIZE = re.compile(r"^\s*(\d+(\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 # scheme://host:port with a host name, an IPv4 address or a bracketed IPv6 address, and nothing after the port
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_ADDRESS = re.compile(r"^(tcp|ws)://(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[^/]*))?$")
+_ADDRESS = re.compile(r"^(tcp|ws|tls)://(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[^/]*))?$")
 _LIKE = "like tcp://host:8786"
 
 
@@ -40,19 +41,19 @@ def scheduler_problem(address: str) -> str | None:
 
     One check for ``--scheduler``, ``cluster.scheduler`` and ``DISTML_SCHEDULER``,
     made before any connection, so that a typo is one line rather than a
-    timeout. Only ``tcp://`` and ``ws://`` are taken: ``inproc://`` reaches only a
-    scheduler in this same process, and ``tls://``/``wss://`` need certificates,
-    which no distml option gives yet.
+    timeout. ``tcp://``, ``ws://`` and ``tls://`` are taken (``tls://`` with the
+    certificates of ``--tls-*``, ``cluster.tls_*`` or Dask's configuration):
+    ``inproc://`` reaches only a scheduler in this same process.
     """
     scheme = _SCHEME.match(address)
     if not scheme:
         return f"must be a Dask scheduler address {_LIKE}"
-    if scheme.group(1) in ("tls", "wss"):
-        return f"{scheme.group(1)}:// needs TLS certificates, which distml cannot be given yet; use tcp://host:port"
+    if scheme.group(1) == "wss":
+        return "wss:// is not supported; use tls://host:port for an encrypted connection"
     if scheme.group(1) == "inproc":
         return "inproc:// only reaches a scheduler inside this same process; use tcp://host:port"
-    if scheme.group(1) not in ("tcp", "ws"):
-        return f"must use tcp:// or ws:// ({scheme.group(1)}:// is not a Dask scheduler protocol), {_LIKE}"
+    if scheme.group(1) not in ("tcp", "ws", "tls"):
+        return f"must use tcp://, tls:// or ws:// ({scheme.group(1)}:// is not a Dask scheduler protocol), {_LIKE}"
     match = _ADDRESS.match(address)
     if not match:
         return f"must be a Dask scheduler address {_LIKE}"
@@ -70,6 +71,20 @@ def check_scheduler(address: str, where: str) -> str:
     if problem:
         raise SpecError(f"{where}: {problem}; got {address[:200]!r}")
     return address
+
+
+def tls_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be read as a certificate or key file, or ``None`` if it can."""
+    if not os.path.exists(path):
+        return "no such file"
+    if os.path.isdir(path):
+        return "is a folder, expected a PEM file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+TLS_FLAGS = {"tls_ca_file": "--tls-ca-file", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
 
 
 class Strict(BaseModel):
@@ -123,6 +138,21 @@ class ClusterSpec(Strict):
     n_workers: int | None = Field(None, ge=1, le=256)
     threads_per_worker: int | None = Field(None, ge=1, le=256)
     memory_limit: str | None = None
+    tls: bool = False  # the embedded cluster talks TLS (with the tls_* files, or a temporary certificate)
+    tls_ca_file: str | None = Field(None, min_length=1)
+    tls_cert: str | None = Field(None, min_length=1)
+    tls_key: str | None = Field(None, min_length=1)
+
+    @field_validator("tls_ca_file", "tls_cert", "tls_key")
+    @classmethod
+    def _tls_file_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A certificate or key file must exist and be readable: named by its key path in a job file, else by its flag."""
+        problem = tls_file_problem(value) if value is not None else None
+        if problem and not (info.context or {}).get("job_file"):
+            raise SpecError(f"{TLS_FLAGS[info.field_name]}: {value[:200]!r} {problem}")
+        if problem:
+            raise ValueError(problem)  # the job file's message adds the value
+        return value
 
     @field_validator("scheduler")
     @classmethod

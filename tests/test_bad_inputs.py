@@ -63,10 +63,11 @@ def submit(job_path, *args, env=None):
 
 BAD_ADDRESSES = [
     ("garbage", "must be a Dask scheduler address like tcp://host:8786"),
-    ("http://127.0.0.1:8787", "must use tcp:// or ws:// (http:// is not a Dask scheduler protocol), "
+    ("http://127.0.0.1:8787", "must use tcp://, tls:// or ws:// (http:// is not a Dask scheduler protocol), "
                               "like tcp://host:8786"),
     ("inproc://127.0.0.1/1/2", "inproc:// only reaches a scheduler inside this same process; use tcp://host:port"),
-    ("tls://127.0.0.1:1", "tls:// needs TLS certificates, which distml cannot be given yet; use tcp://host:port"),
+    # tls:// is taken since the --tls-* options exist (tests/test_tls.py); wss:// is not
+    ("wss://127.0.0.1:1", "wss:// is not supported; use tls://host:port for an encrypted connection"),
     ("tcp://127.0.0.1", "must name the scheduler's port, like tcp://host:8786"),
     ("tcp://127.0.0.1:99999", "port must be a number from 1 to 65535"),
     ("127.0.0.1:8786", "must be a Dask scheduler address like tcp://host:8786"),

@@ -46,8 +46,8 @@ def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_
                                                                       tmp_path):
     from distributed import Client
 
-    from distml.runner import run_job
     from distml.jobfile import load_job
+    from distml.runner import run_job
 
     address, base = dashboard_cluster
     assert "no distml jobs yet" in fetch(f"{base}/distml")  # served from the scheduler's routes config
@@ -70,3 +70,47 @@ def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_
     assert dom.returncode == 0, dom.stderr[-2000:]
     row = next(line for line in dom.stdout.splitlines() if result.job_id in line and "<tr" in line)
     assert "page-job" in row and '<td class="state">succeeded</td>' in row
+
+
+def test_the_page_shows_a_lost_driver_at_once_and_a_record_closed_by_another_process(cluster, make_data,
+                                                                                    job_file):
+    """A driver killed before it closed its record: the page says `lost` as soon as the scheduler drops the
+    client (it said `running` for as long as the scheduler ran), and `failed` once a reader closes the record."""
+    import time
+
+    from distributed import Client
+    from waiting import poll
+
+    from distml.dashboard import register_page
+    from distml.jobfile import load_job
+    from distml.jobs import JobTracker
+    from distml.runner import new_job_id
+    from distml.service import reconcile
+    from distml.tracking import publisher, record_for, records_of
+
+    folder, _ = make_data(rows=4000, files=2)
+    spec = load_job(job_file(name="lost-job", data={"path": str(folder), "target": "target"}))
+    base = cluster.dashboard_link.rsplit("/", 1)[0]
+    job_id = new_job_id()
+    driver = Client(cluster, set_as_default=False)
+    register_page(driver)
+    records = records_of(spec)
+    tracker = JobTracker(records, record_for(spec, driver, job_id, {"kind": "client", "id": driver.id}),
+                         publisher(driver))
+    tracker.record["state"] = "running"
+    tracker.flush()
+    assert json.loads(fetch(f"{base}/distml/jobs/{job_id}.json"))["state"] == "running"
+    driver.close()  # as a killed `distml submit`: no final record
+    started = time.monotonic()
+    lost = poll(lambda: json.loads(fetch(f"{base}/distml/jobs/{job_id}.json"))["state"] == "lost", timeout=10)
+    assert lost and time.monotonic() - started < 10
+    row = next(line for line in fetch(f"{base}/distml").splitlines() if job_id in line and "<tr" in line)
+    assert '<td class="state">lost</td>' in row and "its driver is gone from this scheduler" in row
+
+    stale = records.read(job_id)
+    stale["heartbeat"] = 0  # as if 20 s had passed without a beat
+    records.write(stale)
+    closed = reconcile(records, records.read(job_id))
+    assert closed["state"] == "failed" and "the submitting process disconnected" in closed["error"]
+    shown = json.loads(fetch(f"{base}/distml/jobs/{job_id}.json"))
+    assert shown["state"] == "failed" and shown["error"] == closed["error"]

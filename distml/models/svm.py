@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
 SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
+NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits: kernel matrix, SVD U and V, normalisation
+NYSTROEM_WORKER_COPIES = 2  # the fitted normalisation on a worker, and its copy while it is unpickled
+WORKER_SHARE = 0.6  # of a worker's memory limit; Dask pauses a worker past it
 DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
 _CASCADE_ONLY = {"tol", "probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
 _SGD_ONLY = {"alpha", "loss", "epochs"}
@@ -140,6 +143,8 @@ def _check_data(params: Params, ctx: TrainContext) -> None:
     if params.probability and n < PROBA_MIN_CLASS_ROWS:
         raise DataError(f"model.params.probability needs at least {PROBA_MIN_CLASS_ROWS} training rows of each "
                         f"class for its 5-fold Platt scaling; class {name!r} has {n}")
+    if params.approximation == "nystroem":
+        _check_nystroem_memory(params, ctx)
     if params.route != "cascade":
         return
     n_chunks = plan_chunks(ctx.data.train_rows, params.chunk_rows)
@@ -152,6 +157,29 @@ def _check_data(params: Params, ctx: TrainContext) -> None:
         raise DataError(f"model.params.chunk_rows={params.chunk_rows} is too small for class {name!r} "
                         f"({n:,} of {ctx.data.train_rows:,} training rows): a chunk would hold about "
                         f"{n / n_chunks:.1f} of them; use chunk_rows >= {lo} so every chunk holds every class")
+
+
+def _check_nystroem_memory(params: Params, ctx: TrainContext) -> None:
+    """Refuse a Nystroem map whose n×n matrices cannot fit, before any sampling: one line with the sizes.
+
+    Fitting on the client holds the sample's kernel matrix, its SVD factors and the normalisation
+    (``NYSTROEM_FIT_COPIES`` n×n float64 arrays); the fitted map's n×n normalisation then travels
+    to every worker, which also holds a copy while unpickling (``NYSTROEM_WORKER_COPIES``).
+    """
+    import psutil
+
+    n = min(params.n_components, ctx.data.train_rows)  # Nystroem takes at most one component per sampled row
+    limits = [("each worker", NYSTROEM_WORKER_COPIES, int(WORKER_SHARE * ctx.env.worker_memory))] \
+        if ctx.env.worker_memory else []
+    limits.append(("the submitting process", NYSTROEM_FIT_COPIES, psutil.virtual_memory().available))
+    for where, copies, available in limits:
+        need = copies * 8 * n * n
+        if need > available:
+            fits = max(1, int((available / (copies * 8)) ** 0.5))
+            raise DataError(f"model.params.n_components={params.n_components} with approximation: nystroem needs "
+                            f"about {need / 2**30:.1f} GiB in {where} ({copies} {n}x{n} matrices); "
+                            f"{available / 2**30:.1f} GiB is available there; use n_components <= {fits} "
+                            "or approximation: rbf_sampler")
 
 
 def _gamma(params: Params, ctx: TrainContext) -> float:
