@@ -24,7 +24,7 @@ def preload() -> None:
     import threading
 
     def load() -> None:
-        import matplotlib.backends.backend_svg  # noqa: F401
+        import matplotlib.backends.backend_svg
         import matplotlib.figure  # noqa: F401
 
     threading.Thread(target=load, name="distml-preload-matplotlib", daemon=True).start()
@@ -141,8 +141,9 @@ def charts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     permuted = evaluation.get("permutation_importance")
     if permuted:
         table = permuted["importances"]
-        out.append((f"permutation importance: {permuted['score']} lost when a column is permuted "
-                    f"({permuted['repeats']} repeats, {permuted['permuted']}); bars show ±1 std",
+        caption = (f"permutation importance: {permuted['score']} lost when a column is permuted "
+                   f"({permuted['repeats']} repeats, {permuted['permuted']}); bars show ±1 std")
+        out.append((caption,
                     _bars({k: v["mean"] for k, v in table.items()}, "permutation importance",
                           f"{permuted['score']} lost", {k: v["std"] for k, v in table.items()})))
     return out
