@@ -16,7 +16,7 @@ import click
 
 from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
 from distml.cli_scoring import evaluate_command, predict
-from distml.console import interruptible
+from distml.console import interruptible, summary_lines
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,10 +89,8 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
         click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in result.metrics.items() if k != "rows"))
-    importances = list(result.summary.get("feature_importances", {}).items())
-    if importances:  # a short table, most important first
-        click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])
-                   + (f"\n    ({len(importances) - 10} more in the manifest)" if len(importances) > 10 else ""))
+    for line in summary_lines(result.summary):
+        click.echo(line)
 
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:
@@ -192,6 +190,8 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
         status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
+    if manifest.get("evaluation_report") in manifest.get("files", {}):
+        click.echo(f"evaluation report: {st.uri(name, version, manifest['evaluation_report'])}", err=True)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def _svg(figure: Any) -> str:
     # Text stays text (glyphs as paths triple the time and the size); ids are salted by a constant and the
     # date left out, so the same model draws the same bytes.
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "distml"}):
-        figure.savefig(buffer, format="svg", metadata={"Date": None})
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: the page is HTML
 

@@ -4,11 +4,13 @@ within the sketch's relative error. The unit tests run the worker functions here
 partitions; the job tests compare a saved manifest with scikit-learn on the holdout rows distml used."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import split_frames, xy
 from sklearn import metrics as skm
 
 from distml.blocks import Block
@@ -23,14 +25,13 @@ from distml.evaluate import (
 from distml.jobfile import parse_job
 from distml.runner import run_job
 from distml.stats import SKETCH_ACCURACY
-from reference import split_frames, xy
 
 
 def _reduced(model, X, y, classes):
     """The evaluation's merged sums over uneven partitions of (X, y), one of them empty."""
     bounds = [0, 400, 1500, 1500, 1510, len(y)]
     sums = [_metrics_part(Block(X[a:b], y[a:b], np.zeros(b - a)), model, classes)
-            for a, b in zip(bounds[:-1], bounds[1:])]
+            for a, b in itertools.pairwise(bounds)]
     out = sums[0]
     for s in sums[1:]:
         out = _add_metrics_part(out, s)
@@ -192,3 +193,24 @@ def test_permutation_importance_agrees_with_sklearn_on_the_holdout(binary_job):
     top = max(reference, key=reference.get)
     assert next(iter(ours["importances"])) == top  # the same most important column
     assert result.summary["permutation_importance"]["importances"][top] == ours["importances"][top]["mean"]
+
+
+def test_distml_evaluate_reports_the_same_set_as_the_job(binary_job, cluster, make_data):
+    """``distml evaluate MODEL DATA`` on new rows: the same metrics and details, equal to sklearn's on them."""
+    import pandas as pd
+    from distributed import Client
+
+    from distml import load_model
+    from distml.assessment import evaluate_dataset
+
+    folder, result = binary_job
+    _, test_file = make_data(rows=6000, features=6, files=3)
+    with Client(cluster, set_as_default=False) as client:
+        summary = evaluate_dataset(result.uri, str(test_file), client)
+    manifest = json.loads((Path(result.uri) / "manifest.json").read_text())
+    assert set(summary["metrics"]) == set(manifest["metrics"]) - {"rows"}
+    assert set(summary["evaluation"]) == set(manifest["evaluation"]) - {"coefficients", "permutation_importance"}
+    X, y = xy(pd.read_parquet(test_file))
+    pipeline = load_model(result.uri)
+    check_classification(summary["metrics"], summary["evaluation"], y, pipeline.predict(X), pipeline.predict_proba(X),
+                         pipeline.classes_)
