@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from reference import split_frames
 
 from distml import load_model
 from distml.cli import main
@@ -18,7 +19,6 @@ from distml.errors import SpecError
 from distml.jobfile import parse_job
 from distml.runner import run_job
 from distml.synth import make_table
-from reference import split_frames
 
 CHARTS_SCRIPT = """
 <script>window.addEventListener('load', () => {
@@ -55,13 +55,13 @@ def _chromium_dom(page: Path, profile: Path) -> str:
     dom = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--window-size=1400,3000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60)
+         "--window-size=1400,3000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     return dom.stdout
 
 
 def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chromium(binary_model, tmp_path):
-    result, store = binary_model
+    result, _ = binary_model
     folder = Path(result.uri)
     manifest = json.loads((folder / "manifest.json").read_text())
     payload = (folder / "evaluation.html").read_bytes()
@@ -88,7 +88,7 @@ def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chrom
 
 
 def test_models_show_and_submit_print_where_the_report_is(binary_model):
-    result, store = binary_model
+    result, _ = binary_model
     shown = CliRunner().invoke(main, ["models", "show", result.uri])
     assert shown.exit_code == 0, shown.output
     assert f"evaluation report: {result.uri}/evaluation.html" in shown.stderr
@@ -139,8 +139,8 @@ def test_evaluation_keys_are_validated_by_name():
         is None
     for evaluation, message in [
         ({"permutation_importance": {"repeat": 3}}, "job.yaml: unknown key 'evaluation.permutation_importance.repeat'"),
-        ({"permutation_importance": {"repeats": 0}}, "job.yaml: evaluation.permutation_importance.repeats: must be "
-                                                     "greater than or equal to 1; got 0"),
+        ({"permutation_importance": {"repeats": 0}}, ("job.yaml: evaluation.permutation_importance.repeats: must be "
+                                                      "greater than or equal to 1; got 0")),
         ({"importance": True}, "job.yaml: unknown key 'evaluation.importance'"),
     ]:
         with pytest.raises(SpecError) as info:

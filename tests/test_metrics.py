@@ -203,7 +203,7 @@ def test_distml_evaluate_reports_the_same_set_as_the_job(binary_job, cluster, ma
     from distml import load_model
     from distml.assessment import evaluate_dataset
 
-    folder, result = binary_job
+    _, result = binary_job
     _, test_file = make_data(rows=6000, features=6, files=3)
     with Client(cluster, set_as_default=False) as client:
         summary = evaluate_dataset(result.uri, str(test_file), client)
