@@ -393,7 +393,8 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec"):
+    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec",
+                 "matplotlib", "skl2onnx", "onnxruntime"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -97,3 +97,22 @@ def test_a_model_onnx_cannot_express_is_saved_with_the_reason_in_one_line(client
     assert f"model.onnx not written: {reason}" in logs
     assert "model.onnx" not in manifest["files"] and not (Path(result.uri) / "model.onnx").exists()
     assert load_model(result.uri).predict(pd.read_parquet(next(folder.glob("*.parquet")))).shape[0] > 0
+
+
+def test_the_onnx_example_job_runs_on_the_data_its_comment_makes(client, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from distml.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the example's paths are relative, as a user runs it from the repo
+    make_table(tmp_path / "data" / "tables", rows=3000, files=2)
+    job = Path(__file__).resolve().parents[1] / "jobs" / "onnx.yaml"
+    out = CliRunner().invoke(main, ["submit", str(job), "--scheduler", client.scheduler.address])
+    assert out.exit_code == 0, out.output
+    version = next((tmp_path / "models" / "onnx").iterdir())
+    uri = f"./models/onnx/{version.name}"
+    assert f"  onnx      {uri}/model.onnx" in out.stdout
+    assert f"  evaluation {uri}/evaluation.html" in out.stdout
+    assert "  permutation importance (accuracy lost)" in out.stdout
+    session = ort.InferenceSession(_onnx_file(str(version)), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(KINDS)
