@@ -190,8 +190,9 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
         status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
-    if manifest.get("evaluation_report") in manifest.get("files", {}):
-        click.echo(f"evaluation report: {st.uri(name, version, manifest['evaluation_report'])}", err=True)
+    report = manifest.get("evaluation_report")
+    if isinstance(report, str) and report in manifest["files"]:
+        click.echo(f"evaluation report: {st.uri(name, version, report)}", err=True)
 
 
 @contextlib.contextmanager
