@@ -4,12 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium_dom
 from click.testing import CliRunner
 from reference import split_frames
 
@@ -47,19 +46,6 @@ def binary_model(cluster, table, tmp_path_factory):
         return run_job(spec, client), store
 
 
-def _chromium_dom(page: Path, profile: Path) -> str:
-    """The page's DOM after load, as headless Chromium renders it (the helper tests/test_dashboard.py uses)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--window-size=1400,3000", "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60, check=False)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    return dom.stdout
-
-
 def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chromium(binary_model, tmp_path):
     result, _ = binary_model
     folder = Path(result.uri)
@@ -74,7 +60,7 @@ def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chrom
     assert [ref for ref in re.findall(r'(?:href|src)="([^"]*)"', text) if not ref.startswith(("#", "data:"))] == []
     page = tmp_path / "page.html"  # the saved page plus a script that measures each chart once drawn
     page.write_text(text.replace("</body>", CHARTS_SCRIPT + "</body>"))
-    dom = _chromium_dom(page, tmp_path / "chrome")
+    dom = chromium_dom(page.as_uri(), tmp_path / "chrome", "--window-size=1400,3000")
     charts = re.search(r'data-charts="([^"]*)"', dom).group(1).split()
     captions = re.findall(r"<figcaption>([^<]*)</figcaption>", dom)
     assert [c.split(" ")[0] for c in captions] == ["ROC", "precision-recall", "confusion", "coefficients",
