@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 def evaluate_dataset(model_uri: str, data_url: str, client: Client, *, model_options: dict[str, Any] | None = None,
                      data_options: dict[str, Any] | None = None, signing_key_file: str | None = None,
                      partition_size: str | None = None) -> dict[str, Any]:
-    """The family's metrics of the model at ``model_uri`` on every row of ``data_url`` with a target.
+    """The family's metrics of the model at ``model_uri`` on every row of ``data_url`` with a target, and
+    the same details a job's manifest holds (confusion matrix, per-class scores, curves, residual quantiles).
 
     The target column is the one the model was trained on; rows whose target is null are skipped
     (and counted), as in training. Bad input (a missing column, a column of another kind, a label
@@ -51,12 +52,13 @@ def evaluate_dataset(model_uri: str, data_url: str, client: Client, *, model_opt
                for piece in dataset.pieces]
     run_id = new_job_id()
     try:
-        metrics = evaluate(estimator, sources, client, run_id, classes)
+        evaluation = evaluate(estimator, sources, client, run_id, classes)
     except Exception as exc:
         message = first_line(exc, 300)
         if "is not one of the model's classes" in message:
             raise DataError(f"{data_url}: column '{target}': {message}") from None
         raise JobFailed(f"evaluate {run_id} failed: {type(exc).__name__}: {message}") from None
+    metrics = evaluation.metrics
     rows = metrics.pop("rows")
     return {"model": version_uri, "data": data_url, "target": target, "rows": rows,
-            "skipped_rows": dataset.num_rows - rows, "metrics": metrics}
+            "skipped_rows": dataset.num_rows - rows, "metrics": metrics, "evaluation": evaluation.details}

@@ -27,7 +27,7 @@ from distml.cli_options import (
     tls_options,
 )
 from distml.cli_scoring import evaluate_command, predict
-from distml.console import interruptible
+from distml.console import interruptible, summary_lines
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,10 +60,10 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.cluster import connect
     from distml.console import Console
     from distml.data import open_dataset
-    from distml.search_space import check_rows
     from distml.errors import SpecError
     from distml.jobfile import load_job
     from distml.runner import new_job_id, run_job
+    from distml.search_space import check_rows
     from distml.signing import resolve_key
     from distml.store import Store
     from distml.tracking import cluster_info
@@ -105,10 +105,8 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in result.metrics.items() if k != "rows"))
     for line in selection_lines(result.summary.get("cv"), result.summary.get("search")):
         click.echo(line)
-    importances = list(result.summary.get("feature_importances", {}).items())
-    if importances:  # a short table, most important first
-        click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])
-                   + (f"\n    ({len(importances) - 10} more in the manifest)" if len(importances) > 10 else ""))
+    for line in summary_lines(result.summary):
+        click.echo(line)
 
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:
@@ -209,6 +207,9 @@ def models_show(uri: str, options: tuple[tuple[str, Any], ...], signing_key_file
         status = verify(manifest, key, st.uri(name, version, MANIFEST))
     click.echo(json.dumps(manifest, indent=2))
     click.echo(f"{st.uri(name, version)}: {status}", err=True)
+    report = manifest.get("evaluation_report")
+    if isinstance(report, str) and report in manifest["files"]:
+        click.echo(f"evaluation report: {st.uri(name, version, report)}", err=True)
     for line in data_changes(manifest, storage_options(options)):  # re-stats the training files
         click.echo(line, err=True)
 

@@ -85,3 +85,6 @@ def evaluate_command(model: str, data: str, scheduler: str | None, workers: int 
     click.echo(f"{summary['model']} on {data}: {summary['rows']:,} rows"
                + (f" ({summary['skipped_rows']:,} skipped: null target)" if summary["skipped_rows"] else ""))
     click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in summary["metrics"].items()))
+    details = summary.get("evaluation") or {}
+    if details.get("positive_class") is not None:
+        click.echo(f"  positive  {details['positive_class']!r} (precision, recall, f1 and roc_auc are for it)")

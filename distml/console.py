@@ -106,6 +106,33 @@ class Console:
         self._end_bar()
 
 
+def summary_lines(summary: dict[str, Any], top: int = 10) -> list[str]:
+    """The job summary's extra lines (``distml submit``): where the evaluation report and model.onnx are,
+    the positive class, and the top coefficients and importances, most important first."""
+    lines = []
+    if summary.get("evaluation_report"):
+        lines.append(f"  evaluation {summary['evaluation_report']}")
+    if summary.get("onnx"):
+        lines.append(f"  onnx      {summary['onnx']}")
+    if summary.get("positive_class") is not None:
+        lines.append(f"  positive  {summary['positive_class']!r} (precision, recall, f1 and roc_auc are for it)")
+
+    def table(title: str, values: dict[str, float]) -> None:
+        items = list(values.items())
+        if items:
+            more = f"\n    ({len(items) - top} more in the manifest)" if len(items) > top else ""
+            lines.append(f"  {title}" + "".join(f"\n    {name:<24} {value:+.4f}" for name, value in items[:top]) + more)
+
+    table("importance", summary.get("feature_importances") or {})
+    coefficients = summary.get("coefficients")
+    if coefficients:
+        table(f"coefficients (standardized, for {coefficients['row']!r})", coefficients["standardized"])
+    permuted = summary.get("permutation_importance")
+    if permuted:
+        table(f"permutation importance ({permuted['score']} lost)", permuted["importances"])
+    return lines
+
+
 def interruptible(command: F) -> F:
     """Run a command with SIGINT and SIGTERM turned into one ``Error:`` line and exit 130 or 143 (128 + signal).
 

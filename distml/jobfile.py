@@ -12,12 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 from distml.errors import SpecError
 from distml.models import FAMILIES
 from distml.search_space import SearchSpec, check_search
-from distml.spec import NAME_PATTERN, ClusterSpec, DataSpec, OutputSpec, Strict, check_scheduler
+from distml.spec import (
+    NAME_PATTERN,
+    ClusterSpec,
+    DataSpec,
+    EvaluationSpec,
+    OutputSpec,
+    Strict,
+    check_scheduler,
+)
 
 MAX_BYTES = 1024 * 1024  # a job file is a few hundred bytes; anything past 1 MiB is a mistake
 MAX_DEPTH = 100  # nesting levels (a job file uses about 5); deeper would exhaust Python's recursion
@@ -50,6 +64,16 @@ class JobSpec(Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     search: SearchSpec | None = None
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @field_validator("evaluation")
+    @classmethod
+    def _needs_holdout(cls, value: EvaluationSpec, info: ValidationInfo) -> EvaluationSpec:
+        data = info.data.get("data")
+        if value.permutation_importance is not None and data is not None and data.holdout == 0:
+            raise ValueError("permutation_importance is computed on the holdout; data.holdout is 0 "
+                             "(set data.holdout > 0)")
+        return value
 
     def with_overrides(self, **settings: Any) -> JobSpec:
         """Apply command-line flags (they win over the job file); ``None`` means not given."""

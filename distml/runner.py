@@ -195,6 +195,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
     from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
+    from distml.interpret import explained, impurity_importances, summary_of
     from distml.models import FAMILIES
     from distml.search_space import check_rows
     from distml.signing import resolve_key
@@ -205,6 +206,10 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     phases = _Phases(on_phase)
     started = time.time()
     report = _start_report(client)
+    if spec.output.evaluation_report:
+        from distml.report import preload
+
+        preload()
     try:
         with phases("read"):
             dataset = dataset or open_dataset(spec.data, spec.seed)
@@ -216,11 +221,17 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
                                                 (n_workers, threads, memory), progress, log)
         check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
         metrics: dict[str, float] = {}
+        details: dict[str, Any] = {}
         if parts.holdout:
             from distml.evaluate import evaluate
+            from distml.interpret import permutation_plan
 
+            asked = spec.evaluation.permutation_importance
+            permutation = None if asked is None else permutation_plan(
+                plan.transformer, asked.repeats, spec.seed if asked.seed is None else asked.seed)
             with phases("eval"):
-                metrics = evaluate(fitted, parts.holdout, client, job_id, plan.classes)
+                evaluation = evaluate(fitted, parts.holdout, client, job_id, plan.classes, permutation)
+            metrics, details = evaluation.metrics, evaluation.details
             if parts.persisted:
                 client.cancel(parts.holdout)
         with phases("save"):
@@ -231,25 +242,27 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
                     "holdout": plan.stats.rows - plan.stats.train_rows}
             manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
                                  n_workers, parts.persisted)
-            importances = feature_importances(plan.transformer, fitted)
+            importances = impurity_importances(plan.transformer, fitted)
             if importances:
                 manifest["feature_importances"] = importances
             chosen = {name: section for name, section in
                       (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
             manifest.update(chosen)
+            manifest["evaluation"] = explained(details, plan.transformer, fitted, plan.classes)
+            files = _model_files(spec, pipeline, manifest, dataset, log)
             html = _finish_report(client, report, job_id)
+            if html:
+                files["report.html"] = html.encode()
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
-            uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None,
-                             key=resolve_key(key_file=spec.output.signing_key_file))
+            uri = store.save(spec.name, pipeline, manifest, files, key=resolve_key(key_file=spec.output.signing_key_file))
     except DistmlError:
         raise
     except Exception as exc:
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    summary = {"feature_importances": importances} if importances else {}
     return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {**summary, **chosen})
+                     {**summary_of(manifest, uri), **chosen})
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
@@ -321,26 +334,27 @@ def _divergence_hint(params: Any) -> str:
     return "check the data for extreme values"
 
 
-def feature_importances(transformer: Any, estimator: Any) -> dict[str, float] | None:
-    """The estimator's ``feature_importances_`` (if it has them) summed back onto the input columns."""
-    values = getattr(estimator, "feature_importances_", None)
-    if values is None:
-        return None
-    owners: list[str] = []
-    for _, step, columns in transformer.transformers_:
-        if step == "drop" or not len(columns):
-            continue
-        columns = [str(c) for c in columns]
-        names = columns if step == "passthrough" else [str(n) for n in step.get_feature_names_out(columns)]
-        for name in names:  # an encoded column "<input>_<category>" belongs to the longest matching input
-            matches = [c for c in columns if name == c or name.startswith(f"{c}_")]
-            owners.append(max(matches, key=len) if matches else columns[0] if len(columns) == 1 else name)
-    if len(owners) != len(values):  # an unusual transformer: keep its own output names
-        owners = [str(n) for n in transformer.get_feature_names_out()]
-    out: dict[str, float] = {}
-    for owner, value in zip(owners, values):
-        out[owner] = out.get(owner, 0.0) + float(value)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+def _model_files(spec: JobSpec, pipeline: Any, manifest: dict[str, Any], dataset: Dataset, log: Log) -> dict[str, bytes]:
+    """The files saved beside the model that the job file asks for: ``evaluation.html``, ``model.onnx``.
+
+    A model ONNX cannot express is still saved; the reason goes to the log and ``manifest["onnx"]``.
+    """
+    files: dict[str, bytes] = {}
+    if spec.output.onnx:
+        from distml.onnx_export import OnnxUnsupported, to_onnx
+
+        try:
+            files["model.onnx"] = to_onnx(pipeline, dataset.kinds)
+            manifest["onnx"] = {"file": "model.onnx"}
+        except OnnxUnsupported as exc:
+            manifest["onnx"] = {"file": None, "reason": str(exc)}
+            log(f"model.onnx not written: {exc}")
+    if spec.output.evaluation_report:
+        from distml.report import evaluation_html
+
+        files["evaluation.html"] = evaluation_html(manifest, spec.name)
+        manifest["evaluation_report"] = "evaluation.html"
+    return files
 
 
 def _start_report(client: Client) -> tuple[float, int] | None:
@@ -404,7 +418,8 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec"):
+    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec",
+                 "matplotlib", "skl2onnx", "onnxruntime"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

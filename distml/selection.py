@@ -191,7 +191,7 @@ class _Runner:
 
         def score(trial: Trial, fitted: Any, seconds: float) -> None:
             self.check(fitted)
-            metrics = evaluate(fitted, test, env.client, f"{env.job_id}-{name}c{trial.index}", data.classes)
+            metrics = evaluate(fitted, test, env.client, f"{env.job_id}-{name}c{trial.index}", data.classes).metrics
             trial.metrics.append(metrics)
             trial.seconds += seconds
             trial.train_rows = data.train_rows

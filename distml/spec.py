@@ -178,3 +178,22 @@ class OutputSpec(Strict):
     store: str = "./models"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     signing_key_file: str | None = Field(None, min_length=1, description="file holding the manifest signing key")
+    evaluation_report: bool = Field(True, description="write evaluation.html (charts) beside the model")
+    onnx: bool = Field(False, description="also write model.onnx (needs the onnx extra: skl2onnx)")
+
+
+class PermutationSpec(Strict):
+    repeats: int = Field(5, ge=1, le=100, description="permutations of each input column")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="default: the job's seed")
+
+
+class EvaluationSpec(Strict):
+    permutation_importance: PermutationSpec | None = None
+
+    @field_validator("permutation_importance", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        """``true`` means the default repeats and seed; ``false`` means none."""
+        if value is True:
+            return {}
+        return None if value is False else value

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import chromium_dom
 from processes import dask_processes
 
 BIN = Path(sys.executable).parent
@@ -60,15 +59,8 @@ def test_distml_page_lists_the_job_over_http_and_in_headless_chromium(dashboard_
     record = json.loads(fetch(f"{base}/distml/jobs/{result.job_id}.json"))
     assert record["state"] == "succeeded" and record["model"] == result.uri and "events" not in record
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    dom = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-         "--dump-dom", f"{base}/distml"], capture_output=True, text=True, timeout=60)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    row = next(line for line in dom.stdout.splitlines() if result.job_id in line and "<tr" in line)
+    dom = chromium_dom(f"{base}/distml", tmp_path / "chrome")
+    row = next(line for line in dom.splitlines() if result.job_id in line and "<tr" in line)
     assert "page-job" in row and '<td class="state">succeeded</td>' in row
 
 

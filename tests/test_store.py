@@ -84,7 +84,7 @@ def test_an_existing_version_is_never_overwritten(client, tmp_path, small, monke
     store = str(tmp_path / "models")
     first = run_job(_spec(str(small[0]), store), client)
     before = {p.name: p.read_bytes() for p in Path(first.uri).iterdir()}
-    assert {"claim.json", "model.skops", "report.html", "manifest.json"} == set(before)
+    assert {"claim.json", "model.skops", "report.html", "evaluation.html", "manifest.json"} == set(before)
     monkeypatch.setattr(distml.store, "new_version", lambda: Path(first.uri).name)
     with pytest.raises(StoreError, match="already exists; refusing to overwrite"):
         run_job(_spec(str(small[0]), store, model={"kind": "logistic", "params": {"epochs": 1}}), client)

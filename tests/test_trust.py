@@ -218,7 +218,8 @@ def test_with_a_key_an_unsigned_manifest_is_refused_and_models_show_says_why(cli
         load_model(str(version), signing_key_file=str(key_file))
     shown = CliRunner().invoke(main, ["models", "show", str(version)])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["version"] == version.name
-    assert shown.stderr == f"{version}: unsigned\ndata: unchanged since training (2 files: same size, time and footer)\n"
+    assert shown.stderr == (f"{version}: unsigned\nevaluation report: {version}/evaluation.html\n"
+                            "data: unchanged since training (2 files: same size, time and footer)\n")
     refused = CliRunner().invoke(main, ["models", "show", str(version), "--signing-key-file", str(key_file)])
     assert refused.exit_code == 2 and refused.stdout == ""
     assert refused.stderr == (f"Error: {version}/manifest.json: the manifest is unsigned and a signing key "
@@ -236,6 +237,7 @@ def test_submit_signs_with_a_key_file_and_models_show_verifies(tmp_path, small, 
     version = next((tmp_path / "models" / "signed").iterdir())
     shown = CliRunner().invoke(main, ["models", "show", str(version), "--signing-key-file", str(key_file)])
     assert shown.exit_code == 0 and shown.stderr == (f"{version}: signature verified\n"
+                                                     f"evaluation report: {version}/evaluation.html\n"
                                                      "data: unchanged since training (2 files: same size, time and footer)\n")
     assert json.loads(shown.stdout)["job"]["output"]["signing_key_file"] == "***"
     assert type(load_model(str(version), signing_key=KEY)).__name__ == "Pipeline"
