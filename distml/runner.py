@@ -185,57 +185,92 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
          progress: Progress, log: Log, on_phase: PhaseEvent) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
-    from distml.cluster import dashboard_link, memory_headroom, worker_resources
-    from distml.data import open_dataset
-    from distml.models import FAMILIES
+    from distml.cluster import dashboard_link
     from distml.signing import resolve_key
     from distml.store import Store
 
     job_id = tracker.job_id
-    family = FAMILIES[spec.model.kind]
     phases = _Phases(on_phase)
     started = time.time()
     report = _start_report(client)
     try:
-        with phases("read"):
-            dataset = dataset or open_dataset(spec.data, spec.seed)
-            n_workers, threads, memory = worker_resources(client)
-            per_thread = memory_headroom(client) * n_workers // max(1, threads)
-            dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
-        fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
-                                     (n_workers, threads, memory), progress, log)
-        check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
-        metrics: dict[str, float] = {}
-        if parts.holdout:
-            from distml.evaluate import evaluate
-
-            with phases("eval"):
-                metrics = evaluate(fitted, parts.holdout, client, job_id, plan.classes)
-            if parts.persisted:
-                client.cancel(parts.holdout)
+        fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log)
         with phases("save"):
-            from sklearn.pipeline import Pipeline
-
-            pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
-            rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
-                    "holdout": plan.stats.rows - plan.stats.train_rows}
-            manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
-                                 n_workers, parts.persisted)
-            importances = feature_importances(plan.transformer, fitted)
-            if importances:
-                manifest["feature_importances"] = importances
+            manifest = fit.manifest(spec, job_id, phases.timings, started)
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
-            uri = store.save(spec.name, pipeline, manifest, {"report.html": html.encode()} if html else None,
+            uri = store.save(spec.name, fit.pipeline, manifest, {"report.html": html.encode()} if html else None,
                              key=resolve_key(key_file=spec.output.signing_key_file))
     except DistmlError:
         raise
     except Exception as exc:
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {"feature_importances": importances} if importances else {})
+    return JobResult(job_id, uri, fit.metrics, phases.timings, fit.rows, fit.persisted, dashboard_link(client),
+                     {"feature_importances": fit.importances} if fit.importances else {})
+
+
+@dataclass
+class FittedJob:
+    """What the read, statistics, training and evaluation phases give: the Pipeline and its facts.
+
+    The CLI's job saves it at once; a ``distml`` estimator keeps it (``to_sklearn``, ``save``).
+    """
+
+    pipeline: Any  # sklearn Pipeline([("features", transformer), ("model", estimator)])
+    dataset: Dataset
+    plan: Any  # the FeaturePlan
+    metrics: dict[str, float]
+    rows: dict[str, int]
+    persisted: bool
+    n_workers: int
+    importances: dict[str, float] | None
+
+    def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
+        """The artifact's manifest (see ``_manifest``), with the feature importances when there are any."""
+        manifest = _manifest(spec, self.dataset, job_id, self.plan, self.metrics, self.rows, timings, started,
+                             self.n_workers, self.persisted)
+        if self.importances:
+            manifest["feature_importances"] = self.importances
+        return manifest
+
+
+def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
+                 progress: Progress, log: Log) -> FittedJob:
+    """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
+
+    ``dataset`` is a Parquet ``Dataset`` (opened here from ``spec.data`` if None) or any source with its
+    interface, such as ``distml.frames.FrameDataset`` over a Dask collection.
+    """
+    from distml.cluster import memory_headroom, worker_resources
+    from distml.data import open_dataset
+    from distml.models import FAMILIES
+
+    family = FAMILIES[spec.model.kind]
+    with phases("read"):
+        dataset = dataset or open_dataset(spec.data, spec.seed)
+        n_workers, threads, memory = worker_resources(client)
+        per_thread = memory_headroom(client) * n_workers // max(1, threads)
+        dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
+    fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
+                                 (n_workers, threads, memory), progress, log)
+    check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
+    metrics: dict[str, float] = {}
+    if parts.holdout:
+        from distml.evaluate import evaluate
+
+        with phases("eval"):
+            metrics = evaluate(fitted, parts.holdout, client, job_id, plan.classes)
+        if parts.persisted:
+            client.cancel(parts.holdout)
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
+    rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
+            "holdout": plan.stats.rows - plan.stats.train_rows}
+    return FittedJob(pipeline, dataset, plan, metrics, rows, parts.persisted, n_workers,
+                     feature_importances(plan.transformer, fitted))
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,

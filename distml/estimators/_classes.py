@@ -1,0 +1,149 @@
+"""The six estimators: each a family of ``distml.models`` with its job-file parameters as ``__init__``'s.
+
+The parameters and defaults are read from the family's ``Params`` (never copied here), plus
+``random_state`` (the job's seed), ``client``, ``missing`` (data.missing), ``row_key`` (see
+``distml.frames``) and ``progress``. ``__init__`` stores them and does nothing else, as scikit-learn asks.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+from sklearn.base import ClassifierMixin, RegressorMixin
+
+from distml.estimators._base import DistmlEstimator, _is_dask
+
+_EXTRA_DEFAULTS = {"random_state": 0, "client": None, "missing": "error", "row_key": None, "progress": False}
+
+
+def _estimator(cls: type[DistmlEstimator]) -> type[DistmlEstimator]:
+    """Give ``cls`` an ``__init__`` whose keyword parameters are its family's ``Params`` fields (minus
+    those the class fixes) and the extra ones, with the family's defaults."""
+    from distml.models import FAMILIES
+
+    fields = FAMILIES[cls._kind].Params.model_fields
+    names = tuple(n for n in fields if n not in cls._fixed and n not in cls._excluded)
+    defaults = {n: fields[n].get_default(call_default_factory=True) for n in names}
+    defaults.update(cls._defaults)
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    all_defaults = {**defaults, **_EXTRA_DEFAULTS}
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=all_defaults[n])
+               for n in (*names, *_EXTRA_DEFAULTS)]
+    signature = inspect.Signature(params)
+
+    def __init__(self: DistmlEstimator, **kwargs: Any) -> None:
+        bound = signature.bind(self, **kwargs)
+        for name in (*names, *_EXTRA_DEFAULTS):
+            setattr(self, name, bound.arguments.get(name, all_defaults[name]))
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]  # what get_params reads
+    __init__.__doc__ = f"Parameters as ``model.params`` of kind {cls._kind} in a job file."
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls._family_params = names
+    return cls
+
+
+class _Classifier(ClassifierMixin, DistmlEstimator):
+    def decision_function(self, X: Any) -> Any:
+        """Signed scores: numpy for in-memory ``X``, lazy for Dask ``X``."""
+        return self._apply(X, "decision_function")
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """Accuracy; a lazy Dask scalar for Dask ``X`` and ``y``."""
+        if _is_dask(X):
+            return _lazy_accuracy(self.predict(X), y)
+        return super().score(X, y, sample_weight)
+
+
+class _ProbaClassifier(_Classifier):
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities (columns in ``classes_`` order): numpy for in-memory ``X``, lazy for Dask ``X``."""
+        return self._apply(X, "predict_proba")
+
+    def predict_log_proba(self, X: Any) -> Any:
+        proba = self.predict_proba(X)
+        return np.log(proba)
+
+
+class _Regressor(RegressorMixin, DistmlEstimator):
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
+        """R²; a lazy Dask scalar for Dask ``X`` and ``y``."""
+        if _is_dask(X):
+            return _lazy_r2(self.predict(X), y)
+        return super().score(X, y, sample_weight)
+
+
+def _values(v: Any) -> Any:
+    import dask.array as da
+
+    return v if isinstance(v, da.Array) else v.to_dask_array(lengths=True) if hasattr(v, "to_dask_array") else v
+
+
+def _lazy_accuracy(predicted: Any, y: Any) -> Any:
+    return (_values(predicted) == _values(y).ravel()).mean()
+
+
+def _lazy_r2(predicted: Any, y: Any) -> Any:
+    t, p = _values(y).ravel().astype(np.float64), _values(predicted)
+    return 1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum()
+
+
+@_estimator
+class LogisticRegression(_ProbaClassifier):
+    """Logistic regression trained on the cluster (family ``logistic``); the fitted model is scikit-learn's."""
+
+    _kind = "logistic"
+    _fixed: dict[str, Any] = {}  # noqa: RUF012
+    _defaults: dict[str, Any] = {}  # noqa: RUF012
+
+
+@_estimator
+class LinearRegression(_Regressor):
+    """Least squares (ridge with ``alpha``) on the cluster (family ``linear``)."""
+
+    _kind = "linear"
+    _fixed: dict[str, Any] = {}  # noqa: RUF012
+    _defaults: dict[str, Any] = {}  # noqa: RUF012
+
+
+@_estimator
+class LinearSVC(_Classifier):
+    """A linear SVM streamed over the partitions (family ``svm`` with ``kernel: linear``)."""
+
+    _kind = "svm"
+    _fixed: dict[str, Any] = {"kernel": "linear"}  # noqa: RUF012
+    _defaults: dict[str, Any] = {}  # noqa: RUF012
+    _excluded = ("approximation", "n_components", "gamma", "degree", "coef0", "tol", "probability",
+                 "chunk_rows", "max_passes", "feedback_tol", "max_support_vectors")  # the cascade's and kernels'
+
+
+@_estimator
+class SVC(_Classifier):
+    """A kernel SVM from the cascade (family ``svm``; ``kernel`` rbf, poly or sigmoid, or linear)."""
+
+    _kind = "svm"
+    _fixed: dict[str, Any] = {}  # noqa: RUF012
+    _defaults: dict[str, Any] = {}  # noqa: RUF012
+
+    def predict_proba(self, X: Any) -> Any:
+        """Class probabilities (needs ``probability=True``, as scikit-learn's SVC)."""
+        return self._apply(X, "predict_proba")
+
+
+@_estimator
+class RandomForestClassifier(_ProbaClassifier):
+    """A random forest whose trees are grown in parallel on the workers (family ``forest``)."""
+
+    _kind = "forest"
+    _fixed: dict[str, Any] = {"task": "classification"}  # noqa: RUF012
+    _defaults: dict[str, Any] = {}  # noqa: RUF012
+
+
+@_estimator
+class RandomForestRegressor(_Regressor):
+    """A random forest regressor (family ``forest`` with ``task: regression``)."""
+
+    _kind = "forest"
+    _fixed: dict[str, Any] = {"task": "regression"}  # noqa: RUF012
+    _defaults: dict[str, Any] = {"criterion": "squared_error", "max_features": 1.0}  # noqa: RUF012
