@@ -100,6 +100,7 @@ class DistmlEstimator(BaseEstimator):
     _fixed: dict[str, Any] = {}  # noqa: RUF012 - class-level constants, never mutated
     _defaults: dict[str, Any] = {}  # noqa: RUF012 - defaults that differ from the family's
     _excluded: tuple[str, ...] = ()  # family parameters the class does not offer
+    _lenient = False  # True: drop a parameter the family says its chosen route does not use
     _family_params: tuple[str, ...] = ()
     _extra_params: tuple[str, ...] = ("random_state", "client", "missing", "row_key", "progress")
 
@@ -120,13 +121,18 @@ class DistmlEstimator(BaseEstimator):
         given = {name: getattr(self, name) for name in self._family_params}
         defaults = family.Params()
         set_here = {k: v for k, v in given.items() if v != getattr(defaults, k)}  # the family checks what is set
-        try:
-            return family.Params(**set_here, **self._fixed)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            name = ".".join(str(p) for p in error["loc"]) or "parameters"
-            raise InvalidParams(f"{type(self).__name__}: {name}: {error['msg']}; "
-                                f"got {error.get('input')!r}") from None
+        while True:
+            try:
+                return family.Params(**set_here, **self._fixed)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                unused = str(error["msg"]).split("does not apply to")[0].split()[-1:] if self._lenient else []
+                if unused and unused[0] in set_here:  # the family names a parameter its route ignores
+                    del set_here[unused[0]]
+                    continue
+                name = ".".join(str(p) for p in error["loc"]) or "parameters"
+                raise InvalidParams(f"{type(self).__name__}: {name}: {error['msg']}; "
+                                    f"got {error.get('input')!r}") from None
 
     def _spec(self, dataset: Any, name: str = ESTIMATOR_JOB) -> Any:
         from distml.jobfile import JobSpec
@@ -192,7 +198,8 @@ class DistmlEstimator(BaseEstimator):
         from distml.frames import open_collection
 
         if y is None:
-            raise InvalidData(f"{type(self).__name__}.fit: y is required (or pass a Parquet URL with target=)")
+            raise InvalidData(f"{type(self).__name__} requires y to be passed, but the target y is None "
+                              "(or pass a Parquet URL with target=)")
         if _is_dask(X) or _is_dask(y):
             names = [str(c) for c in X.columns] if hasattr(X, "columns") else None
             target = getattr(y, "name", None)
@@ -307,13 +314,13 @@ class DistmlEstimator(BaseEstimator):
 
     def _apply(self, X: Any, method: str) -> Any:
         """``method`` of the Pipeline on ``X``: numpy for in-memory input, a lazy collection for Dask input."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "pipeline_")
         if not _is_dask(X):
             return getattr(self.pipeline_, method)(self._frame(X))
         from distml.estimators._lazy import apply_lazy
 
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self, "pipeline_")
         return apply_lazy(self.pipeline_, X, method, self._raw_columns(), self._output_meta(method))
 
     def _output_meta(self, method: str) -> tuple[Any, int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.utils.metaestimators import available_if
 
 from distml.estimators._base import DistmlEstimator, _is_dask
 
@@ -45,10 +46,6 @@ def _estimator(cls: type[DistmlEstimator]) -> type[DistmlEstimator]:
 
 
 class _Classifier(ClassifierMixin, DistmlEstimator):
-    def decision_function(self, X: Any) -> Any:
-        """Signed scores: numpy for in-memory ``X``, lazy for Dask ``X``."""
-        return self._apply(X, "decision_function")
-
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """Accuracy; a lazy Dask scalar for Dask ``X`` and ``y``."""
         if _is_dask(X):
@@ -56,14 +53,28 @@ class _Classifier(ClassifierMixin, DistmlEstimator):
         return super().score(X, y, sample_weight)
 
 
+def _has_proba(self: Any) -> bool:
+    return bool(getattr(self, "probability", True))
+
+
 class _ProbaClassifier(_Classifier):
+    @available_if(_has_proba)
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities (columns in ``classes_`` order): numpy for in-memory ``X``, lazy for Dask ``X``."""
         return self._apply(X, "predict_proba")
 
+    @available_if(_has_proba)
     def predict_log_proba(self, X: Any) -> Any:
-        proba = self.predict_proba(X)
-        return np.log(proba)
+        """The log of ``predict_proba``."""
+        return np.log(self.predict_proba(X))
+
+
+class _Margins:
+    """``decision_function`` for the linear and kernel families."""
+
+    def decision_function(self: Any, X: Any) -> Any:
+        """Signed scores: numpy for in-memory ``X``, lazy for Dask ``X``."""
+        return self._apply(X, "decision_function")
 
 
 class _Regressor(RegressorMixin, DistmlEstimator):
@@ -90,7 +101,7 @@ def _lazy_r2(predicted: Any, y: Any) -> Any:
 
 
 @_estimator
-class LogisticRegression(_ProbaClassifier):
+class LogisticRegression(_Margins, _ProbaClassifier):
     """Logistic regression trained on the cluster (family ``logistic``); the fitted model is scikit-learn's."""
 
     _kind = "logistic"
@@ -108,7 +119,7 @@ class LinearRegression(_Regressor):
 
 
 @_estimator
-class LinearSVC(_Classifier):
+class LinearSVC(_Margins, _Classifier):
     """A linear SVM streamed over the partitions (family ``svm`` with ``kernel: linear``)."""
 
     _kind = "svm"
@@ -119,16 +130,13 @@ class LinearSVC(_Classifier):
 
 
 @_estimator
-class SVC(_Classifier):
+class SVC(_Margins, _ProbaClassifier):
     """A kernel SVM from the cascade (family ``svm``; ``kernel`` rbf, poly or sigmoid, or linear)."""
 
     _kind = "svm"
     _fixed: dict[str, Any] = {}  # noqa: RUF012
     _defaults: dict[str, Any] = {}  # noqa: RUF012
-
-    def predict_proba(self, X: Any) -> Any:
-        """Class probabilities (needs ``probability=True``, as scikit-learn's SVC)."""
-        return self._apply(X, "predict_proba")
+    _lenient = True  # like scikit-learn's SVC, parameters the chosen kernel does not use are ignored
 
 
 @_estimator
