@@ -4,6 +4,7 @@ No algorithm code lives here; every step is a call into the module that owns it.
 """
 from __future__ import annotations
 
+import functools
 import platform
 import secrets
 import time
@@ -405,11 +406,13 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
         "metrics": metrics,
         "timings": {**timings, "wall": round(time.time() - started, 3)},
         "cluster": {"workers": n_workers},
-        "versions": _library_versions(),
+        "versions": dict(_library_versions()),
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _library_versions() -> dict[str, str]:
+    """Installed versions, read once per process (an estimator's many small fits each write a manifest)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
