@@ -139,13 +139,15 @@ class DistmlEstimator(BaseEstimator):
 
         return JobSpec(name=name, seed=int(self.random_state or 0),
                        data={"path": dataset.url, "target": dataset.target, "holdout": dataset.holdout,
+                             "features": list(dataset.features),
                              "missing": dataset.missing},
                        model={"kind": self._kind, "params": self._params()})
 
     def fit(self, X: Any, y: Any = None, *, target: str | None = None,
-            storage_options: dict[str, Any] | None = None) -> DistmlEstimator:
+            features: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> DistmlEstimator:
         """Fit on the cluster: ``X`` a Dask DataFrame/Array (``y`` the matching Series/Array), pandas or
-        numpy for small data, or a Parquet URL/folder with ``target`` naming the label column.
+        numpy for small data, or a Parquet URL/folder with ``target`` naming the label column (and
+        ``features`` the feature columns, default all others; ``storage_options`` for fsspec).
 
         Every row is used for training (scikit-learn's ``fit`` holds nothing out).
         """
@@ -153,7 +155,7 @@ class DistmlEstimator(BaseEstimator):
 
         self._params()  # parameters first, before any data is touched
         if isinstance(X, (str, os.PathLike)):
-            dataset = self._open_parquet(str(X), y, target, storage_options)
+            dataset = self._open_parquet(str(X), y, target, features, storage_options)
         else:
             dataset = self._open_collection(X, y)
         client = resolve_client(self.client)
@@ -178,13 +180,14 @@ class DistmlEstimator(BaseEstimator):
         self.manifest_ = fit.manifest(spec, job_id, phases.timings, started)
         self._after_fit()
 
-    def _open_parquet(self, url: str, y: Any, target: str | None, storage_options: dict[str, Any] | None) -> Any:
+    def _open_parquet(self, url: str, y: Any, target: str | None, features: list[str] | None,
+                      storage_options: dict[str, Any] | None) -> Any:
         from distml.data import open_dataset
         from distml.spec import DataSpec
 
         if y is not None or not target:
             raise InvalidData(f"{url}: fit on a Parquet URL takes target='column' and no y")
-        spec = DataSpec(path=url, target=target, holdout=0.0, storage_options=storage_options or {},
+        spec = DataSpec(path=url, target=target, features=features, holdout=0.0, storage_options=storage_options or {},
                         missing=self.missing)
         try:
             dataset = open_dataset(spec, int(self.random_state or 0))
