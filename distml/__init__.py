@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 ESTIMATORS = ("LogisticRegression", "LinearRegression", "LinearSVC", "SVC", "RandomForestClassifier",
               "RandomForestRegressor")
-__all__ = ["load_model", "run_job", "__version__", *ESTIMATORS]
+__all__ = ["SVC", "LinearRegression", "LinearSVC", "LogisticRegression", "RandomForestClassifier",
+           "RandomForestRegressor", "__version__", "load_model", "run_job"]
 
 if TYPE_CHECKING:
     from distml.estimators import (

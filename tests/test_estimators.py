@@ -37,12 +37,23 @@ def table(tmp_path_factory):
 FEATURES = ["a", "b", "c", "cat", "a2"]
 
 
-def _cli_model(client, tmp_path, folder, target, kind, params, drop=None):
-    spec = parse_job({"name": "same", "seed": 0,
-                      "data": {"path": str(folder), "target": target, "holdout": 0,
-                               "features": FEATURES},
-                      "model": {"kind": kind, "params": params}, "output": {"store": str(tmp_path / "m")}}, "test")
-    return load_model(run_job(spec, client).uri)
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory, table):
+    """The CLI job's Pipeline for (target, kind, params) on the table, run once per module (a job's save
+    phase, with its performance report, takes seconds)."""
+    store = tmp_path_factory.mktemp("cli-models")
+    cache = {}
+
+    def run(client, target, kind, params):
+        key = (target, kind, tuple(sorted(params.items())))
+        if key not in cache:
+            spec = parse_job({"name": "same", "seed": 0,
+                              "data": {"path": str(table[0]), "target": target, "holdout": 0, "features": FEATURES},
+                              "model": {"kind": kind, "params": params}, "output": {"store": str(store)}}, "test")
+            cache[key] = load_model(run_job(spec, client).uri)
+        return cache[key]
+
+    return run
 
 
 def _parquet_frame(folder):
@@ -56,9 +67,9 @@ def _parquet_frame(folder):
     ("logistic", distml.LogisticRegression, "label"),
     ("linear", distml.LinearRegression, "value"),
 ])
-def test_fit_on_read_parquet_with_computed_column_equals_cli_job(client, tmp_path, table, kind, estimator, target):
+def test_fit_on_read_parquet_with_computed_column_equals_cli_job(client, cli_model, table, kind, estimator, target):
     folder, frame = table
-    expected = _cli_model(client, tmp_path, folder, target, kind, {}, None)
+    expected = cli_model(client, target, kind, {})
     ddf = _parquet_frame(folder)
     model = estimator(client=client).fit(ddf[FEATURES], ddf[target])
     assert model.feature_names_in_.tolist() == FEATURES and model.n_features_in_ == 5
@@ -71,22 +82,22 @@ def test_fit_on_read_parquet_with_computed_column_equals_cli_job(client, tmp_pat
     np.testing.assert_allclose(predicted.compute().to_numpy(), expected.predict(frame[FEATURES]), rtol=1e-9)
 
 
-def test_linear_on_from_pandas_in_parts_equals_cli_job(client, tmp_path, table):
+def test_linear_on_from_pandas_in_parts_equals_cli_job(client, cli_model, table):
     """Partitioning changes only the summation order of the normal equations."""
-    folder, frame = table
-    expected = _cli_model(client, tmp_path, folder, "value", "linear", {"alpha": 0.5}, None)
+    _, frame = table
+    expected = cli_model(client, "value", "linear", {})
     ddf = dd.from_pandas(frame, npartitions=4)
-    model = distml.LinearRegression(alpha=0.5, client=client).fit(ddf[FEATURES], ddf["value"])
+    model = distml.LinearRegression(client=client).fit(ddf[FEATURES], ddf["value"])
     np.testing.assert_allclose(model.coef_, expected[-1].coef_, rtol=1e-9)
     score = model.score(ddf[FEATURES], ddf["value"])
     assert dask.is_dask_collection(score)
     assert float(score.compute()) == pytest.approx(expected.score(frame[FEATURES], frame["value"]), rel=1e-9)
 
 
-def test_forest_from_parquet_url_equals_cli_job_and_from_pandas_predicts_lazily(client, tmp_path, table):
+def test_forest_from_parquet_url_equals_cli_job_and_from_pandas_predicts_lazily(client, cli_model, table):
     folder, frame = table
     params = {"n_estimators": 12, "max_depth": 6}
-    expected = _cli_model(client, tmp_path, folder, "label", "forest", {**params, "task": "classification"}, None)
+    expected = cli_model(client, "label", "forest", {**params, "task": "classification"})
     # fit(URL) opens the Parquet as the CLI does (same files, same row keys): predictions equal exactly
     by_url = distml.RandomForestClassifier(client=client, **params).fit(str(folder), target="label",
                                                                         features=FEATURES)
@@ -105,7 +116,7 @@ def test_forest_from_parquet_url_equals_cli_job_and_from_pandas_predicts_lazily(
 
 
 def test_save_stores_a_versioned_artifact_that_load_model_verifies(client, tmp_path, table):
-    folder, frame = table
+    _, frame = table
     ddf = dd.from_pandas(frame, npartitions=2)
     model = distml.LogisticRegression(client=client, random_state=3).fit(ddf[FEATURES], ddf["label"])
     uri = model.save(str(tmp_path / "store"), "from-python")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from distml.errors import DataError, DistmlError, SpecError
+from distml.errors import DataError, SpecError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -234,10 +234,9 @@ class DistmlEstimator(BaseEstimator):
     def _check_in_memory(self, X: Any, y: Any) -> tuple[Any, Any, list[str] | None]:
         """scikit-learn's input validation for in-memory data; returns a pandas X with its column names."""
         import pandas as pd
+        from sklearn.base import is_regressor
         from sklearn.utils.multiclass import check_classification_targets
         from sklearn.utils.validation import validate_data
-
-        from sklearn.base import is_regressor
 
         regressor = is_regressor(self)
         if isinstance(X, pd.DataFrame) and any(not pd.api.types.is_numeric_dtype(t) for t in X.dtypes):
@@ -291,11 +290,8 @@ class DistmlEstimator(BaseEstimator):
         job["name"] = name
         job["output"] = redact({**job.get("output", {}), "store": store, "storage_options": storage_options or {}})
         manifest["job"] = job
-        try:
-            return Store(store, storage_options or {}).save(name, pipeline, manifest, None,
-                                                           key=resolve_key(key_file=signing_key_file))
-        except DistmlError:
-            raise
+        return Store(store, storage_options or {}).save(name, pipeline, manifest, None,
+                                                       key=resolve_key(key_file=signing_key_file))
 
     # --- prediction ----------------------------------------------------------
 
