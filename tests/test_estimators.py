@@ -159,3 +159,20 @@ def test_get_params_set_params_clone_and_bad_parameters(client):
         distml.LogisticRegression(epochs=0, client=client).fit(np.zeros((4, 2)), [0, 1, 0, 1])
     with pytest.raises(ValueError, match="requires y to be passed"):
         distml.LinearRegression(client=client).fit(np.zeros((4, 2)))
+
+
+def test_dask_array_fit_predicts_and_scores_lazily(client, table):
+    import dask.array as da
+
+    _, frame = table
+    X = frame[["a", "b", "c"]].to_numpy()
+    Xd, yd = da.from_array(X, chunks=(1000, 3)), da.from_array(frame["label"].to_numpy(), chunks=1000)
+    model = distml.LinearSVC(client=client).fit(Xd, yd)
+    assert not hasattr(model, "feature_names_in_") and model.n_features_in_ == 3
+    margins = model.decision_function(Xd)
+    assert isinstance(margins, da.Array) and margins.chunks == ((1000, 1000, 1000),)
+    np.testing.assert_array_equal(margins.compute(), model.to_sklearn().decision_function(
+        pd.DataFrame(X, columns=["x0", "x1", "x2"])))
+    accuracy = model.score(Xd, yd)
+    assert dask.is_dask_collection(accuracy)
+    assert float(accuracy.compute()) == model.score(X, frame["label"].to_numpy()) > 0.7

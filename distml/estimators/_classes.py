@@ -85,19 +85,45 @@ class _Regressor(RegressorMixin, DistmlEstimator):
         return super().score(X, y, sample_weight)
 
 
-def _values(v: Any) -> Any:
-    import dask.array as da
+def _sums_part(predicted: Any, truth: Any) -> Any:
+    """Per-partition sums a score needs: rows, correct predictions, Σy, Σy², Σ(y - ŷ)²."""
+    import pandas as pd
 
-    return v if isinstance(v, da.Array) else v.to_dask_array(lengths=True) if hasattr(v, "to_dask_array") else v
+    p, t = np.asarray(predicted), np.asarray(truth).ravel()
+    tf = t.astype(np.float64) if t.dtype.kind in "fiub" else np.zeros(len(t))
+    pf = p.astype(np.float64) if p.dtype.kind in "fiub" else np.zeros(len(p))
+    return pd.DataFrame({"n": [len(t)], "correct": [int(np.sum(p == t))], "y": [tf.sum()], "y2": [(tf ** 2).sum()],
+                         "residual": [((tf - pf) ** 2).sum()]})
+
+
+def _lazy_sums(predicted: Any, y: Any) -> Any:
+    """The sums over all partitions, lazily (reduced on the cluster); ``y`` partitioned like ``X``."""
+    import dask.array as da
+    import dask.dataframe as dd
+    import pandas as pd
+
+    meta = pd.DataFrame({"n": [0], "correct": [0], "y": [0.0], "y2": [0.0], "residual": [0.0]}).iloc[:0]
+    if isinstance(predicted, da.Array):
+        y = y.ravel().rechunk((predicted.chunks[0],)) if isinstance(y, da.Array) else y
+        parts = da.map_blocks(_sums_part, predicted, y, dtype=object, drop_axis=0, meta=np.empty(0, dtype=object))
+        return dd.from_delayed([dask_delayed(b) for b in parts.to_delayed().ravel()], meta=meta).sum()
+    return dd.map_partitions(_sums_part, predicted, y, align_dataframes=False, meta=meta).sum()
+
+
+def dask_delayed(value: Any) -> Any:
+    import dask
+
+    return dask.delayed(value)
 
 
 def _lazy_accuracy(predicted: Any, y: Any) -> Any:
-    return (_values(predicted) == _values(y).ravel()).mean()
+    sums = _lazy_sums(predicted, y)
+    return sums["correct"] / sums["n"]
 
 
 def _lazy_r2(predicted: Any, y: Any) -> Any:
-    t, p = _values(y).ravel().astype(np.float64), _values(predicted)
-    return 1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum()
+    sums = _lazy_sums(predicted, y)
+    return 1 - sums["residual"] / (sums["y2"] - sums["y"] ** 2 / sums["n"])
 
 
 @_estimator
