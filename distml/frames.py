@@ -163,6 +163,12 @@ def open_collection(X: Any, y: Any, *, target: str, seed: int, row_key: str | No
     """A ``FrameDataset`` over ``X`` (features) and ``y`` (target): the schema from the collection's
     ``meta``, one piece per partition with its culled graph; nothing is computed."""
     X, y, columns = as_collections(X, y)
+    from distributed import futures_of
+
+    if futures_of(X) or futures_of(y):
+        raise DataError("X or y is persisted in cluster memory (.persist()); pass the collection as it was "
+                        "before persist: each task computes its partition on a worker, and the blocks are "
+                        "kept in cluster memory when they fit")
     meta = X._meta
     kinds, schema = {}, {}
     for name, dtype in zip(columns, meta.dtypes):
