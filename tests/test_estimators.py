@@ -176,3 +176,19 @@ def test_dask_array_fit_predicts_and_scores_lazily(client, table):
     accuracy = model.score(Xd, yd)
     assert dask.is_dask_collection(accuracy)
     assert float(accuracy.compute()) == model.score(X, frame["label"].to_numpy()) > 0.7
+
+
+def test_partial_fit_continues_the_fitted_model_with_its_feature_plan(client, table):
+    """A linear SVM fitted on the table, then continued on the same rows with flipped labels, follows them."""
+    ddf = dd.from_pandas(table[1], npartitions=2)
+    model = distml.LinearSVC(client=client, epochs=1).fit(ddf[FEATURES], ddf["label"])
+    transformer, steps = model.to_sklearn()[0], model.t_
+    flipped = 1 - ddf["label"]
+    before = float(model.score(ddf[FEATURES], flipped).compute())
+    for _ in range(3):
+        model.partial_fit(ddf[FEATURES], flipped)
+    assert model.to_sklearn()[0] is transformer  # the feature plan of the first fit is reused
+    assert model.t_ > steps
+    assert before < 0.3 and float(model.score(ddf[FEATURES], flipped).compute()) > 0.6
+    with pytest.raises(ValueError, match="feature column 'cat' not found"):
+        model.partial_fit(ddf[["a", "b", "c", "a2"]], flipped)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +179,9 @@ class DistmlEstimator(BaseEstimator):
             lambda phase, fraction: None), lambda message: None)
         self.pipeline_ = fit.pipeline
         self.manifest_ = fit.manifest(spec, job_id, phases.timings, started)
+        from distml.models.base import DataSummary
+
+        self._summary = DataSummary.from_plan(fit.plan)  # what partial_fit's trainer is told about the data
         self._after_fit()
 
     def _open_parquet(self, url: str, y: Any, target: str | None, features: list[str] | None,
@@ -197,7 +201,7 @@ class DistmlEstimator(BaseEstimator):
         self.feature_names_in_ = np.array(dataset.features, dtype=object)
         return dataset
 
-    def _open_collection(self, X: Any, y: Any) -> Any:
+    def _open_collection(self, X: Any, y: Any, reset: bool = True) -> Any:
         from distml.frames import open_collection
 
         if y is None:
@@ -207,14 +211,14 @@ class DistmlEstimator(BaseEstimator):
             names = [str(c) for c in X.columns] if hasattr(X, "columns") else None
             target = getattr(y, "name", None)
         else:
-            X, y, names = self._check_in_memory(X, y)
+            X, y, names = self._check_in_memory(X, y, reset)
             target = None
         try:
             dataset = open_collection(X, y, target=self._target_name(target, names), seed=int(self.random_state or 0),
                                       row_key=self.row_key, missing=self.missing)
         except DataError as exc:
             raise InvalidData(exc.message) from None
-        if _is_dask(X):  # in-memory input had validate_data set these
+        if _is_dask(X) and reset:  # in-memory input had validate_data set these
             self.n_features_in_ = len(dataset.features)
             if hasattr(X, "columns"):
                 self.feature_names_in_ = np.array(dataset.features, dtype=object)
@@ -231,7 +235,7 @@ class DistmlEstimator(BaseEstimator):
             name = f"_{name}"
         return name
 
-    def _check_in_memory(self, X: Any, y: Any) -> tuple[Any, Any, list[str] | None]:
+    def _check_in_memory(self, X: Any, y: Any, reset: bool = True) -> tuple[Any, Any, list[str] | None]:
         """scikit-learn's input validation for in-memory data; returns a pandas X with its column names."""
         import pandas as pd
         from sklearn.base import is_regressor
@@ -240,12 +244,12 @@ class DistmlEstimator(BaseEstimator):
 
         regressor = is_regressor(self)
         if isinstance(X, pd.DataFrame) and any(not pd.api.types.is_numeric_dtype(t) for t in X.dtypes):
-            validate_data(self, X, y, skip_check_array=True)
+            validate_data(self, X, y, skip_check_array=True, reset=reset)
             names = [str(c) for c in X.columns]
             frame = X.reset_index(drop=True)
             y = np.asarray(y)
         else:
-            Xv, y = validate_data(self, X, y, y_numeric=regressor, multi_output=False)
+            Xv, y = validate_data(self, X, y, y_numeric=regressor, multi_output=False, reset=reset)
             names = list(getattr(self, "feature_names_in_", [f"x{j}" for j in range(Xv.shape[1])]))
             frame = pd.DataFrame(Xv, columns=[str(n) for n in names])
         if len(frame) < 2:
@@ -253,6 +257,49 @@ class DistmlEstimator(BaseEstimator):
         if not regressor:
             check_classification_targets(y)
         return frame, pd.Series(np.asarray(y), index=frame.index), names
+
+    def _continue(self, X: Any, y: Any) -> DistmlEstimator:
+        """``partial_fit``: one more pass of the family's SGD trainer over new rows, starting from the
+        fitted model and reusing the feature transformer (no new statistics pass: the rows are not
+        re-checked for nulls or infinities, and categories unseen at fit are encoded as unknown)."""
+        if "pipeline_" not in self.__dict__:
+            return self.fit(X, y)
+        from distml.blocks import Partitions, PartSource
+        from distml.cluster import worker_resources
+        from distml.models.base import TrainContext, TrainEnv
+        from distml.runner import check_finite, new_job_id
+
+        dataset = self._open_collection(X, y, reset=False)
+        raw = self._raw_columns()
+        missing = [c for c in raw if c not in dataset.features]
+        if missing:
+            raise InvalidData(f"X: feature column '{missing[0]}' not found; expected the columns of the first fit: "
+                              f"{', '.join(raw)}")
+        dataset.features = raw
+        client = resolve_client(self.client)
+        n_workers, threads, memory = worker_resources(client)
+        job_id = new_job_id()
+        sources = [PartSource(p, dataset.reader, self.pipeline_[0], 0.0, "train", dataset.missing == "drop")
+                   for p in dataset.pieces]
+        parts = Partitions(sources, [], self._summary.train_rows, 0)
+        env = TrainEnv(client=client, job_id=job_id, seed=int(self.random_state or 0), max_in_flight=max(1, threads),
+                       n_workers=n_workers, worker_memory=memory, report=_progress(bool(self.progress)) or (
+                           lambda phase, fraction: None))
+        params = self._params().model_copy(update={"epochs": 1})
+        model = clone(self.pipeline_[-1])
+        model.__dict__.update(copy.deepcopy(self.pipeline_[-1].__dict__))  # the fitted state to continue from
+        try:
+            fitted = self._continue_training(parts, model, params, TrainContext(env, self._summary))
+        except DataError as exc:
+            raise InvalidData(exc.message) from None
+        check_finite(fitted, job_id, params)
+        from sklearn.pipeline import Pipeline
+
+        self.pipeline_ = Pipeline([("features", self.pipeline_[0]), ("model", fitted)])
+        return self
+
+    def _continue_training(self, parts: Any, model: Any, params: Any, ctx: Any) -> Any:
+        raise NotImplementedError
 
     def _after_fit(self) -> None:
         """Hook for subclasses: attributes scikit-learn names that the final estimator lacks."""

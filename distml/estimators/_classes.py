@@ -151,6 +151,16 @@ class LinearSVC(_Margins, _Classifier):
     _kind = "svm"
     _fixed: dict[str, Any] = {"kernel": "linear"}  # noqa: RUF012
     _defaults: dict[str, Any] = {}  # noqa: RUF012
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> LinearSVC:
+        """Continue the fitted model on new rows: one averaged-SGD pass of the family's own linear trainer
+        (``classes`` is accepted for scikit-learn's signature; the classes are those of the first fit)."""
+        return self._continue(X, y)
+
+    def _continue_training(self, parts: Any, model: Any, params: Any, ctx: Any) -> Any:
+        from distml.models.svm import _train_linear
+
+        return _train_linear(parts, model, params, ctx)
+
     _excluded = ("approximation", "n_components", "gamma", "degree", "coef0", "tol", "probability",
                  "chunk_rows", "max_passes", "feedback_tol", "max_support_vectors")  # the cascade's and kernels'
 
