@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from distml.errors import DataError, SpecError
+from distml.errors import DataError
+from distml.estimators._errors import InvalidData, InvalidParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -25,14 +26,6 @@ if TYPE_CHECKING:
 
 _EMBEDDED: dict[str, Any] = {}  # the one embedded cluster this process made, shared by estimators
 ESTIMATOR_JOB = "estimator"  # the job name an estimator's fits run under (``save`` names the artifact)
-
-
-class InvalidData(DataError, ValueError):
-    """Bad data given to ``fit``/``predict``: a ``DataError`` that is also the ``ValueError`` scikit-learn expects."""
-
-
-class InvalidParams(SpecError, ValueError):
-    """A parameter the family's ``Params`` refuses (named, with what was expected)."""
 
 
 def embedded_client() -> Client:

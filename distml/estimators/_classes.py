@@ -103,17 +103,10 @@ def _lazy_sums(predicted: Any, y: Any) -> Any:
     import pandas as pd
 
     meta = pd.DataFrame({"n": [0], "correct": [0], "y": [0.0], "y2": [0.0], "residual": [0.0]}).iloc[:0]
-    if isinstance(predicted, da.Array):
-        y = y.ravel().rechunk((predicted.chunks[0],)) if isinstance(y, da.Array) else y
-        parts = da.map_blocks(_sums_part, predicted, y, dtype=object, drop_axis=0, meta=np.empty(0, dtype=object))
-        return dd.from_delayed([dask_delayed(b) for b in parts.to_delayed().ravel()], meta=meta).sum()
+    if isinstance(predicted, da.Array):  # the same row blocks as X: as Dask Series, partition by partition
+        y = y.ravel().rechunk((predicted.chunks[0],)) if isinstance(y, da.Array) else y.to_dask_array(lengths=True)
+        predicted, y = dd.from_dask_array(predicted), dd.from_dask_array(y)
     return dd.map_partitions(_sums_part, predicted, y, align_dataframes=False, meta=meta).sum()
-
-
-def dask_delayed(value: Any) -> Any:
-    import dask
-
-    return dask.delayed(value)
 
 
 def _lazy_accuracy(predicted: Any, y: Any) -> Any:

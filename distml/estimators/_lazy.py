@@ -54,7 +54,7 @@ def apply_lazy(pipeline: Pipeline, X: Any, method: str, columns: list[str], meta
     dtype, width = meta
     if isinstance(X, da.Array):
         if X.ndim != 2 or X.shape[1] != len(columns):
-            from distml.estimators._base import InvalidData
+            from distml.estimators._errors import InvalidData
 
             raise InvalidData(f"X: a Dask Array of shape {X.shape}; expected (rows, {len(columns)})")
         X = X.rechunk({1: -1})
@@ -65,7 +65,7 @@ def apply_lazy(pipeline: Pipeline, X: Any, method: str, columns: list[str], meta
                             meta=np.empty((0,), dtype=dtype))
     missing = [c for c in columns if c not in X.columns]
     if missing:
-        from distml.estimators._base import InvalidData
+        from distml.estimators._errors import InvalidData
 
         raise InvalidData(f"X: feature column '{missing[0]}' not found; columns are {', '.join(map(str, X.columns))}")
     classes = getattr(pipeline[-1], "classes_", None)
