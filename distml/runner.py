@@ -208,8 +208,9 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     except Exception as exc:
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
+    summary = {"feature_importances": fit.importances} if fit.importances else {}
     return JobResult(job_id, uri, fit.metrics, phases.timings, fit.rows, fit.persisted, dashboard_link(client),
-                     {"feature_importances": fit.importances} if fit.importances else {})
+                     {**summary, **fit.chosen})
 
 
 @dataclass
@@ -227,6 +228,7 @@ class FittedJob:
     persisted: bool
     n_workers: int
     importances: dict[str, float] | None
+    chosen: dict[str, Any]  # the manifest's "cv" and "search" sections, when the job asked for them
 
     def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
         """The artifact's manifest (see ``_manifest``), with the feature importances when there are any."""
@@ -234,6 +236,7 @@ class FittedJob:
                              self.n_workers, self.persisted)
         if self.importances:
             manifest["feature_importances"] = self.importances
+        manifest.update(self.chosen)
         return manifest
 
 
@@ -247,6 +250,7 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
     from distml.cluster import memory_headroom, worker_resources
     from distml.data import open_dataset
     from distml.models import FAMILIES
+    from distml.search_space import check_rows
 
     family = FAMILIES[spec.model.kind]
     with phases("read"):
@@ -254,8 +258,9 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
         n_workers, threads, memory = worker_resources(client)
         per_thread = memory_headroom(client) * n_workers // max(1, threads)
         dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
-    fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
-                                 (n_workers, threads, memory), progress, log)
+        check_rows(spec, dataset.num_rows)
+    fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
+                                            (n_workers, threads, memory), progress, log)
     check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
     metrics: dict[str, float] = {}
     if parts.holdout:
@@ -270,12 +275,14 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
     pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
     rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
             "holdout": plan.stats.rows - plan.stats.train_rows}
+    chosen = {name: section for name, section in
+              (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
     return FittedJob(pipeline, dataset, plan, metrics, rows, parts.persisted, n_workers,
-                     feature_importances(plan.transformer, fitted))
+                     feature_importances(plan.transformer, fitted), chosen)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
-           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
+           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -297,11 +304,22 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
                               report=progress, log=log)
+    selection = None
+    if spec.search or spec.data.cv:
+        from distml.selection import select
+
+        word = "search" if spec.search else "cv"
+        with phases(word):
+            selection = select(spec, family, parts, ctx, lambda model: check_finite(model, job_id, params), word)
+        params = selection.params
+        if spec.search:
+            log(f"search chose {spec.search and selection.search['best']}: "
+                f"{selection.search['scoring']} {selection.search['best_score']:.4f}; refitting on all training rows")
     with phases("train"):
         fitted = family.train(parts, params, ctx)
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
-    return fitted, plan, parts
+    return fitted, plan, parts, selection
 
 
 def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:
