@@ -4,9 +4,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "run_job", "__version__"]
+ESTIMATORS = ("LogisticRegression", "LinearRegression", "LinearSVC", "SVC", "RandomForestClassifier",
+              "RandomForestRegressor")
+__all__ = ["SVC", "LinearRegression", "LinearSVC", "LogisticRegression", "RandomForestClassifier",
+           "RandomForestRegressor", "__version__", "load_model", "run_job"]
 
 if TYPE_CHECKING:
+    from distml.estimators import (
+        SVC,
+        LinearRegression,
+        LinearSVC,
+        LogisticRegression,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
     from distml.runner import run_job
     from distml.store import load_model
 
@@ -21,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from distml.runner import run_job
 
         return run_job
+    if name in ESTIMATORS:
+        import distml.estimators
+
+        return getattr(distml.estimators, name)
     raise AttributeError(name)

@@ -4,6 +4,7 @@ No algorithm code lives here; every step is a call into the module that owns it.
 """
 from __future__ import annotations
 
+import functools
 import platform
 import secrets
 import time
@@ -193,16 +194,12 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
          progress: Progress, log: Log, on_phase: PhaseEvent) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
-    from distml.cluster import dashboard_link, memory_headroom, worker_resources
-    from distml.data import open_dataset
-    from distml.interpret import explained, impurity_importances, summary_of
-    from distml.models import FAMILIES
-    from distml.search_space import check_rows
+    from distml.cluster import dashboard_link
+    from distml.interpret import summary_of
     from distml.signing import resolve_key
     from distml.store import Store
 
     job_id = tracker.job_id
-    family = FAMILIES[spec.model.kind]
     phases = _Phases(on_phase)
     started = time.time()
     report = _start_report(client)
@@ -211,58 +208,102 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
         preload()
     try:
-        with phases("read"):
-            dataset = dataset or open_dataset(spec.data, spec.seed)
-            n_workers, threads, memory = worker_resources(client)
-            per_thread = memory_headroom(client) * n_workers // max(1, threads)
-            dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
-            check_rows(spec, dataset.num_rows)
-        fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
-                                                (n_workers, threads, memory), progress, log)
-        check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
-        metrics: dict[str, float] = {}
-        details: dict[str, Any] = {}
-        if parts.holdout:
-            from distml.evaluate import evaluate
-            from distml.interpret import permutation_plan
-
-            asked = spec.evaluation.permutation_importance
-            permutation = None if asked is None else permutation_plan(
-                plan.transformer, asked.repeats, spec.seed if asked.seed is None else asked.seed)
-            with phases("eval"):
-                evaluation = evaluate(fitted, parts.holdout, client, job_id, plan.classes, permutation)
-            metrics, details = evaluation.metrics, evaluation.details
-            if parts.persisted:
-                client.cancel(parts.holdout)
+        fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log)
         with phases("save"):
-            from sklearn.pipeline import Pipeline
-
-            pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
-            rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
-                    "holdout": plan.stats.rows - plan.stats.train_rows}
-            manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
-                                 n_workers, parts.persisted)
-            importances = impurity_importances(plan.transformer, fitted)
-            if importances:
-                manifest["feature_importances"] = importances
-            chosen = {name: section for name, section in
-                      (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
-            manifest.update(chosen)
-            manifest["evaluation"] = explained(details, plan.transformer, fitted, plan.classes)
-            files = _model_files(spec, pipeline, manifest, dataset, log)
+            manifest = fit.manifest(spec, job_id, phases.timings, started)
+            files = _model_files(spec, fit.pipeline, manifest, fit.dataset, log)
             html = _finish_report(client, report, job_id)
             if html:
                 files["report.html"] = html.encode()
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
-            uri = store.save(spec.name, pipeline, manifest, files, key=resolve_key(key_file=spec.output.signing_key_file))
+            uri = store.save(spec.name, fit.pipeline, manifest, files,
+                             key=resolve_key(key_file=spec.output.signing_key_file))
     except DistmlError:
         raise
     except Exception as exc:
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
-    return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {**summary_of(manifest, uri), **chosen})
+    return JobResult(job_id, uri, fit.metrics, phases.timings, fit.rows, fit.persisted, dashboard_link(client),
+                     {**summary_of(manifest, uri), **fit.chosen})
+
+
+@dataclass
+class FittedJob:
+    """What the read, statistics, training and evaluation phases give: the Pipeline and its facts.
+
+    The CLI's job saves it at once; a ``distml`` estimator keeps it (``to_sklearn``, ``save``).
+    """
+
+    pipeline: Any  # sklearn Pipeline([("features", transformer), ("model", estimator)])
+    dataset: Dataset
+    plan: Any  # the FeaturePlan
+    metrics: dict[str, float]
+    details: dict[str, Any]  # the evaluation's confusion matrix, curves, quantiles, permutation importance
+    rows: dict[str, int]
+    persisted: bool
+    n_workers: int
+    chosen: dict[str, Any]  # the manifest's "cv" and "search" sections, when the job asked for them
+
+    def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
+        """The artifact's manifest (see ``_manifest``), with importances, evaluation details, cv and search."""
+        from distml.interpret import explained, impurity_importances
+
+        manifest = _manifest(spec, self.dataset, job_id, self.plan, self.metrics, self.rows, timings, started,
+                             self.n_workers, self.persisted)
+        transformer, fitted = self.pipeline.steps[0][1], self.pipeline.steps[-1][1]
+        importances = impurity_importances(transformer, fitted)
+        if importances:
+            manifest["feature_importances"] = importances
+        manifest.update(self.chosen)
+        manifest["evaluation"] = explained(self.details, transformer, fitted, self.plan.classes)
+        return manifest
+
+
+def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
+                 progress: Progress, log: Log) -> FittedJob:
+    """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
+
+    ``dataset`` is a Parquet ``Dataset`` (opened here from ``spec.data`` if None) or any source with its
+    interface, such as ``distml.frames.FrameDataset`` over a Dask collection.
+    """
+    from distml.cluster import memory_headroom, worker_resources
+    from distml.data import open_dataset
+    from distml.models import FAMILIES
+    from distml.search_space import check_rows
+
+    family = FAMILIES[spec.model.kind]
+    with phases("read"):
+        dataset = dataset or open_dataset(spec.data, spec.seed)
+        n_workers, threads, memory = worker_resources(client)
+        per_thread = memory_headroom(client) * n_workers // max(1, threads)
+        dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
+        check_rows(spec, dataset.num_rows)
+    fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
+                                            (n_workers, threads, memory), progress, log)
+    check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    if parts.holdout:
+        from distml.evaluate import evaluate
+        from distml.interpret import permutation_plan
+
+        asked = spec.evaluation.permutation_importance
+        permutation = None if asked is None else permutation_plan(
+            plan.transformer, asked.repeats, spec.seed if asked.seed is None else asked.seed)
+        with phases("eval"):
+            evaluation = evaluate(fitted, parts.holdout, client, job_id, plan.classes, permutation)
+        metrics, details = evaluation.metrics, evaluation.details
+        if parts.persisted:
+            client.cancel(parts.holdout)
+    from sklearn.pipeline import Pipeline
+
+    pipeline = Pipeline([("features", plan.transformer), ("model", fitted)])
+    rows = {"total": plan.stats.rows, "train": plan.stats.train_rows,
+            "holdout": plan.stats.rows - plan.stats.train_rows}
+    chosen = {name: section for name, section in
+              (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
+    return FittedJob(pipeline, dataset, plan, metrics, details, rows, parts.persisted, n_workers, chosen)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
@@ -410,11 +451,13 @@ def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: 
         "metrics": metrics,
         "timings": {**timings, "wall": round(time.time() - started, 3)},
         "cluster": {"workers": n_workers},
-        "versions": _library_versions(),
+        "versions": dict(_library_versions()),
     }
 
 
+@functools.lru_cache(maxsize=1)
 def _library_versions() -> dict[str, str]:
+    """Installed versions, read once per process (an estimator's many small fits each write a manifest)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
