@@ -2,7 +2,7 @@
 
 ``solver: auto`` (default) takes ``newton`` whenever its per-pass state, a
 Hessian of ``((features + 1) * outputs)²`` floats, is small (``NEWTON_MAX_WIDTH``)
-and early stopping is off, else ``softmax``. ``newton`` and ``lbfgs`` minimise
+and no SGD parameter (``epochs``, ``eta0``, ``early_stopping``, ...) is set, else ``softmax``. ``newton`` and ``lbfgs`` minimise
 ``LogisticRegression``'s objective exactly over full passes (``_fullbatch.py``)
 and return one; ``softmax`` optimises the multinomial log loss by averaged SGD
 and returns a ``LogisticRegression``; ``sgd`` runs ``SGDClassifier(loss="log_loss")``
@@ -70,7 +70,8 @@ class Params(FamilyParams):
         if self.solver != "auto":
             return self.solver
         outputs = 1 if n_classes <= 2 else n_classes
-        return "newton" if (n_features + 1) * outputs <= NEWTON_MAX_WIDTH and not self.early_stopping else "softmax"
+        asked_for_sgd = bool(_SGD_ONLY & self.model_fields_set)  # epochs, eta0, early_stopping, ...
+        return "newton" if (n_features + 1) * outputs <= NEWTON_MAX_WIDTH and not asked_for_sgd else "softmax"
 
 
 def task(params: Params) -> Task:
@@ -106,7 +107,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegre
     schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction,
                            tol, params.n_iter_no_change)
     if solver == "sgd":
-        template = SGDClassifier(loss="log_loss", alpha=params.alpha, class_weight=weights,
+        template = SGDClassifier(loss="log_loss", alpha=params.alpha, class_weight=weights, average=True,
                                  random_state=ctx.env.seed)
         return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes})
     learner = SoftmaxSGD(alpha=params.alpha, eta0=params.eta0, batch_size=params.batch_size, class_weight=weights)
