@@ -117,13 +117,15 @@ def train_sgd(
     """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs."""
     client = ctx.env.client
     n_parts = parts.n_parts
-    lanes = max(1, min(n_parts, ctx.env.max_in_flight))
+    # A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
+    # classes) average badly, so with few partitions there are fewer lanes, each mixing more.
+    lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
     model: BaseSGD = template
     best: tuple[float, BaseSGD] | None = None
     stale = 0
-    mix = max(1, min(MIX, n_parts // lanes))
+    mix = max(1, min(MIX, n_parts))
     for epoch in range(schedule.epochs):
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
