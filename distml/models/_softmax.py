@@ -86,8 +86,8 @@ def _epoch_kernel() -> Callable[..., int]:
     import numba
 
     # Weights are worked on transposed, (classes, features + 1), so every inner loop runs over
-    # contiguous features and vectorises; reassociation lets the dot products use SIMD lanes.
-    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+    # contiguous features and vectorises. No fastmath: a reassociated sum could depend on alignment.
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
     def kernel(X, index, weights, w_out, avg_out, seen, eta0, alpha, batch_size):
         n, d = X.shape
         w, avg = w_out.T.copy(), avg_out.T.copy()
