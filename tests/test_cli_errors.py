@@ -118,7 +118,8 @@ def test_unknown_job_key_names_the_key_and_exits_2(tmp_path):
 @pytest.mark.parametrize("params,message", [
     ({"alpha": -1}, "model.params.alpha: must be greater than or equal to 0; got -1"),
     ({"epochs": 0}, "model.params.epochs: must be greater than or equal to 1; got 0"),
-    ({"solver": "newton"}, "model.params.solver: must be 'softmax' or 'sgd'; got 'newton'"),
+    ({"solver": "liblinear"},
+     "model.params.solver: must be 'auto', 'newton', 'lbfgs', 'softmax' or 'sgd'; got 'liblinear'"),
 ])
 def test_bad_parameter_values_name_the_path(tmp_path, params, message):
     path = write_parquet(tmp_path / "d.parquet", frame())

@@ -20,7 +20,9 @@ from distml.synth import make_dataset
 def _show(uri):
     shown = CliRunner().invoke(main, ["models", "show", uri])
     assert shown.exit_code == 0, shown.output
-    return json.loads(shown.stdout), shown.stderr.splitlines()[1:]  # after the signature line
+    signature, report, *lines = shown.stderr.splitlines()
+    assert report == f"evaluation report: {uri}/evaluation.html"
+    return json.loads(shown.stdout), lines  # the data lines, after the signature and report lines
 
 
 def test_models_show_tells_whether_the_training_files_changed(client, tmp_path):

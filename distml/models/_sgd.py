@@ -1,12 +1,13 @@
 """Shared engine: streamed, parameter-averaged SGD over partitions on all workers.
 
-Each epoch the partitions are dealt at random (seeded) to ``lanes``, one lane
-per worker thread. A lane is a chain of tasks: each reads one partition,
-shuffles its rows and calls ``partial_fit``, handing the model to the next
-task. At the end of the epoch the lane models are averaged on the client
-(Zinkevich et al., 2010) and the next epoch starts from the average. Rows are
-shuffled inside every partition, so files sorted by the label do not collapse
-the model as a sequential ``partial_fit`` over the files does.
+Each epoch the partitions are shuffled (seeded) into groups of ``MIX`` and the
+groups dealt to ``lanes``, one lane per worker thread. A lane is a chain of
+tasks: each reads one group's partitions, shuffles their rows together and
+calls ``partial_fit``, handing the model to the next task. At the end of
+the epoch the lane models are averaged on the client (Zinkevich et al., 2010) and the next epoch starts from the average. Rows are
+shuffled across the partitions of a group, so files sorted by the label, or
+each holding nearly one class, do not make a lane train on long runs of one
+class (they drift the model as a sequential ``partial_fit`` over the files does).
 
 With early stopping, each task also scores the epoch's starting model on the
 partition's validation rows (those whose draw ``u`` is below
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from distml.models.base import TrainContext
 
 LossFn = Callable[[Any, np.ndarray, np.ndarray], float]
+MIX = 4  # partitions one lane step reads and shuffles together (it holds them and their shuffled copy)
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -43,21 +45,40 @@ class LaneState:
 
 
 def _sgd_epoch_part(
-    state: LaneState, source: Any, reference: BaseSGD | None, seed: int, validation_fraction: float,
+    state: LaneState, sources: list[Any], reference: BaseSGD | None, seed: int, validation_fraction: float,
     loss: LossFn | None, fit_kwargs: dict[str, Any], y_shift: float, y_scale: float,
 ) -> LaneState:
-    """One partition of one lane: score ``reference`` on validation rows, then ``partial_fit``."""
-    block = source.load()
-    y = block.y if y_scale == 1.0 and y_shift == 0.0 else (block.y - y_shift) / y_scale
-    val = block.u < validation_fraction
-    val_loss, n_val = 0.0, int(val.sum())
-    if loss is not None and reference is not None and n_val:
-        val_loss = loss(reference, block.X[val], y[val])
-    order = np.random.default_rng(seed).permutation(np.flatnonzero(~val))
+    """One step of one lane: score ``reference`` on validation rows, then ``partial_fit`` on the
+    training rows of all ``sources`` shuffled together."""
+    blocks = [source.load() for source in sources]
+    val_loss, n_val, train = 0.0, 0, []
+    for block in blocks:
+        y = block.y if y_scale == 1.0 and y_shift == 0.0 else (block.y - y_shift) / y_scale
+        val = block.u < validation_fraction
+        if loss is not None and reference is not None and val.any():
+            val_loss += loss(reference, block.X[val], y[val])
+        n_val += int(val.sum())
+        train.append((block.X, y, np.flatnonzero(~val)))
+    X, y = _shuffled_together(train, seed)
     model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
-    if len(order):
-        model.partial_fit(block.X[order], y[order], **fit_kwargs)
-    return LaneState(model, state.val_loss + val_loss, state.n_val + n_val, state.n_trained + len(order))
+    if len(y):
+        model.partial_fit(X, y, **fit_kwargs)
+    return LaneState(model, state.val_loss + val_loss, state.n_val + n_val, state.n_trained + len(y))
+
+
+def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen rows of several blocks in one random order, written once into a single array."""
+    total = sum(len(rows) for _, _, rows in pieces)
+    position = np.random.default_rng(seed).permutation(total)
+    X = np.empty((total, pieces[0][0].shape[1]))
+    y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
+    start = 0
+    for Xb, yb, rows in pieces:
+        where = position[start:start + len(rows)]
+        X[where], y[where] = Xb[rows], yb[rows]
+        start += len(rows)
+    return X, y
 
 
 # --- runs on the client ------------------------------------------------------
@@ -96,22 +117,26 @@ def train_sgd(
     """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs."""
     client = ctx.env.client
     n_parts = parts.n_parts
-    lanes = max(1, min(n_parts, ctx.env.max_in_flight))
+    # A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
+    # classes) average badly, so with few partitions there are fewer lanes, each mixing more.
+    lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
     model: BaseSGD = template
     best: tuple[float, BaseSGD] | None = None
     stale = 0
+    mix = max(1, min(MIX, n_parts))
     for epoch in range(schedule.epochs):
-        seeds = ctx.env.child_seeds(n_parts + 1, salt=epoch)
-        order = np.random.default_rng(seeds[-1]).permutation(n_parts)
+        order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
+        groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
+        seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
         reference = model if epoch > 0 and schedule.early_stopping else None
         ends = []
         for lane in range(lanes):
             state: Any = LaneState(model)
-            for step, i in enumerate(order[lane::lanes]):
+            for step, g in enumerate(range(lane, len(groups), lanes)):
                 state = client.submit(
-                    _sgd_epoch_part, state, parts.train[i], reference, seeds[i], val_fraction,
+                    _sgd_epoch_part, state, [parts.train[i] for i in groups[g]], reference, seeds[g], val_fraction,
                     loss, fit_kwargs, y_shift, y_scale, key=ctx.env.key("train", epoch, lane, step),
                 )
             ends.append(state)

@@ -11,6 +11,9 @@ The learner itself is never saved: ``to_estimator`` turns it into a plain
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -45,7 +48,6 @@ class SoftmaxSGD:
     def _reset(self, w: np.ndarray) -> None:
         self._w, self._avg, self._seen = w.copy(), w.copy(), 0
 
-    @np.errstate(over="ignore", invalid="ignore")  # a diverging run is refused after training, in one line
     def partial_fit(self, X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> SoftmaxSGD:
         """One pass over (X, y) in mini-batches, in the given row order."""
         k = len(classes)
@@ -57,22 +59,11 @@ class SoftmaxSGD:
         if self.class_weight:
             per_class = np.array([self.class_weight.get(c, 1.0) for c in self.classes_.tolist()])
             weights = per_class[index]
-        w, avg, seen = self._w, self._avg, self._seen
-        for start in range(0, len(y), self.batch_size):
-            rows = slice(start, start + self.batch_size)
-            xb, ib = X[rows], index[rows]
-            z = xb @ w[:-1] + w[-1]
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            p[np.arange(len(ib)), ib] -= 1.0  # gradient of the log loss w.r.t. the logits
-            if weights is not None:
-                p *= weights[rows, None]
-            step = self.eta0 / len(ib)
-            w[:-1] -= step * (xb.T @ p) + self.eta0 * self.alpha * w[:-1]
-            w[-1] -= step * p.sum(axis=0)
-            seen += 1
-            avg += (w - avg) / seen
+        if weights is None:
+            weights = np.ones(len(y))
+        seen = _epoch_kernel()(np.ascontiguousarray(X, dtype=np.float64), index.astype(np.int64),
+                               weights.astype(np.float64), self._w, self._avg, self._seen,
+                               float(self.eta0), float(self.alpha), int(self.batch_size))
         self._seen = seen
         self.t_ += len(y)
         return self
@@ -82,6 +73,64 @@ class SoftmaxSGD:
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
+
+
+@functools.cache
+def _epoch_kernel() -> Callable[..., int]:
+    """The compiled inner loop (numba, cached on disk): one pass of mini-batch steps over the rows in order.
+
+    Numba rather than numpy: each 256-row step is a dozen small array operations whose Python
+    overhead dominates; compiled, a step costs its arithmetic (see tests/benchmarks/bench_logistic.py).
+    A diverging run (inf/nan weights) is refused after training, in one line.
+    """
+    import numba
+
+    # Weights are worked on transposed, (classes, features + 1), so every inner loop runs over
+    # contiguous features and vectorises. No fastmath: a reassociated sum could depend on alignment.
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def kernel(X, index, weights, w_out, avg_out, seen, eta0, alpha, batch_size):
+        n, d = X.shape
+        w, avg = w_out.T.copy(), avg_out.T.copy()
+        k = w.shape[0]
+        grad = np.zeros((k, d + 1))
+        z = np.empty(k)
+        decay = eta0 * alpha
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            grad[:] = 0.0
+            for i in range(start, stop):
+                x = X[i]
+                for c in range(k):
+                    acc = w[c, d]
+                    for j in range(d):
+                        acc += x[j] * w[c, j]
+                    z[c] = acc
+                top = z.max()
+                total = 0.0
+                for c in range(k):
+                    z[c] = np.exp(z[c] - top)
+                    total += z[c]
+                for c in range(k):  # gradient of the weighted log loss w.r.t. the logits
+                    z[c] *= weights[i] / total
+                z[index[i]] -= weights[i]
+                for c in range(k):
+                    r = z[c]
+                    for j in range(d):
+                        grad[c, j] += r * x[j]
+                    grad[c, d] += r
+            step = eta0 / (stop - start)
+            seen += 1
+            for c in range(k):
+                for j in range(d):
+                    w[c, j] -= step * grad[c, j] + decay * w[c, j]
+                w[c, d] -= step * grad[c, d]
+                for j in range(d + 1):  # Polyak average of the iterates
+                    avg[c, j] += (w[c, j] - avg[c, j]) / seen
+        w_out[:] = w.T
+        avg_out[:] = avg.T
+        return seen
+
+    return kernel
 
 
 def to_estimator(model: SoftmaxSGD, n_features: int, n_rows: int, epochs: int) -> object:
