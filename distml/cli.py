@@ -65,7 +65,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     dataset = open_dataset(spec.data, spec.seed)
     Store(spec.output.store, spec.output.storage_options).check_writable()
     console = Console(quiet or as_json)
-    with connect(spec.cluster) as client:
+    with connect(spec.cluster, meanwhile=_import_job_modules) as client:
         if detach:
             return _detached(spec, client, as_json)
         job_id = new_job_id()
@@ -78,13 +78,15 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         finally:
             console.close()
     summary = {"job_id": result.job_id, "model": result.uri, "rows": result.rows, "metrics": result.metrics,
-               "timings": result.timings, "persisted": result.persisted, **result.summary}
+               "timings": result.timings, "persisted": result.persisted, "report": result.report,
+               **result.summary}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"job {result.job_id} succeeded")
     click.echo(f"  model     {result.uri}")
-    click.echo(f"  report    {result.uri}/report.html")
+    if result.report:
+        click.echo(f"  report    {result.report}")
     click.echo("  rows      " + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
@@ -93,6 +95,15 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     if importances:  # a short table, most important first
         click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])
                    + (f"\n    ({len(importances) - 10} more in the manifest)" if len(importances) > 10 else ""))
+
+
+def _import_job_modules() -> None:
+    """Import what the job needs on the client (scikit-learn, skops, the runner) while the cluster starts."""
+    import importlib
+
+    for name in ("sklearn.pipeline", "sklearn.metrics", "skops.io", "distml.runner", "distml.features",
+                 "distml.evaluate", "distml.tracking"):
+        importlib.import_module(name)
 
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:

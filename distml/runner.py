@@ -47,6 +47,7 @@ class JobResult:
     persisted: bool
     dashboard: str | None
     summary: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None  # the saved performance report's URI (none with ``output.report: false``)
 
 
 class _Phases:
@@ -154,7 +155,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         if error is exc:
             raise
         raise error from (None if isinstance(exc, (KeyboardInterrupt, JobCancelled)) else exc)
-    tracker.finish("succeeded", model=result.uri)
+    tracker.finish("succeeded", model=result.uri, report=result.report is not None)
     return result
 
 
@@ -195,7 +196,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     family = FAMILIES[spec.model.kind]
     phases = _Phases(on_phase)
     started = time.time()
-    report = _start_report(client)
+    report = _start_report(client) if spec.output.report else None
     try:
         with phases("read"):
             dataset = dataset or open_dataset(spec.data, spec.seed)
@@ -235,7 +236,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
     return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {"feature_importances": importances} if importances else {})
+                     {"feature_importances": importances} if importances else {},
+                     f"{uri}/report.html" if html else None)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,

@@ -147,3 +147,4 @@ class OutputSpec(Strict):
     store: str = "./models"
     storage_options: dict[str, Any] = Field(default_factory=dict)
     signing_key_file: str | None = Field(None, min_length=1, description="file holding the manifest signing key")
+    report: bool = Field(True, description="save the job's Dask performance report (report.html) with the model")
