@@ -97,6 +97,8 @@ class Moments:
 
     @classmethod
     def of(cls, values: np.ndarray) -> Moments:
+        if np.isfinite(values).all():  # the usual case: plain sums, no NaN-replacing copies
+            return cls._of_finite(values)
         n = np.sum(~np.isnan(values), axis=0).astype(np.float64)
         # Values beyond ~1e154 overflow the squares (beyond ~1e308 / n the sum): the result is inf or
         # nan, kept as it is so the plan refuses the column by name instead of scaling it to nothing.
@@ -104,6 +106,18 @@ class Moments:
             mean = np.where(n > 0, np.nansum(values, axis=0) / np.maximum(n, 1), 0.0)
             m2 = np.nansum((values - mean) ** 2, axis=0)
             peak = np.max(np.where(np.isnan(values), 0.0, np.abs(values)), axis=0, initial=0.0)
+        return cls(n, mean, m2, peak)
+
+    @classmethod
+    def _of_finite(cls, values: np.ndarray) -> Moments:
+        """``of`` for finite values: the same statistics with one temporary instead of four."""
+        rows = values.shape[0]
+        n = np.full(values.shape[1], float(rows))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = values.sum(axis=0) / rows if rows else np.zeros(values.shape[1])
+            centered = values - mean
+            m2 = np.einsum("ij,ij->j", centered, centered)
+            peak = np.maximum(values.max(axis=0, initial=0.0), -values.min(axis=0, initial=0.0))
         return cls(n, mean, m2, peak)
 
     def merge(self, other: Moments) -> Moments:
