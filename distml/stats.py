@@ -261,14 +261,15 @@ def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> P
     train = draws >= plan.holdout
     values = frame[list(plan.numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
     nonfinite = {c: int(n) for c, n in zip(plan.numeric, np.isinf(values).sum(axis=0)) if n}
-    stats = PartStats(len(frame), int(train.sum()), nulls, nonfinite, Moments.of(values[train]), None,
+    train_values = values[train]  # one copy, shared by the moments and the sketches
+    stats = PartStats(len(frame), int(train.sum()), nulls, nonfinite, Moments.of(train_values), None,
                       dropped_target=dropped_target, dropped_nulls=len(keep) - len(frame) - dropped_target,
                       memory_bytes=memory, cap=plan.cap)
     train_frame = frame[train]
     for column in plan.categorical:
         stats.categories[column], stats.distinct[column] = summarize_categories(train_frame[column], plan.cap)
     if plan.sketch:
-        stats.sketches = [QuantileSketch.of(values[train][:, j]) for j in range(len(plan.numeric))]
+        stats.sketches = [QuantileSketch.of(train_values[:, j]) for j in range(len(plan.numeric))]
     _target_stats(stats, frame[target], train, plan.regression)
     return stats
 
