@@ -14,7 +14,15 @@ from typing import Any
 
 import click
 
-from distml.cli_options import Group, Size, metric_text, signing_key_option, storage_option, storage_options
+from distml.cli_options import (
+    Group,
+    Size,
+    metric_text,
+    selection_lines,
+    signing_key_option,
+    storage_option,
+    storage_options,
+)
 from distml.cli_scoring import evaluate_command, predict
 from distml.console import interruptible
 
@@ -48,6 +56,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.cluster import connect
     from distml.console import Console
     from distml.data import open_dataset
+    from distml.search_space import check_rows
     from distml.errors import SpecError
     from distml.jobfile import load_job
     from distml.runner import new_job_id, run_job
@@ -63,6 +72,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
                         "an embedded cluster stops when distml exits")
     dataset = open_dataset(spec.data, spec.seed)
+    check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
     console = Console(quiet or as_json)
     with connect(spec.cluster, meanwhile=_import_job_modules) as client:
@@ -91,6 +101,8 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
         click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in result.metrics.items() if k != "rows"))
+    for line in selection_lines(result.summary.get("cv"), result.summary.get("search")):
+        click.echo(line)
     importances = list(result.summary.get("feature_importances", {}).items())
     if importances:  # a short table, most important first
         click.echo("  importance" + "".join(f"\n    {name:<24} {value:.4f}" for name, value in importances[:10])

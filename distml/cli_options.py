@@ -85,3 +85,31 @@ signing_key_option = click.option(
 def metric_text(name: str, value: float) -> str:
     """A metric as the summaries print it."""
     return f"{name} {value:.4f}" if isinstance(value, float) else f"{name} {value}"
+
+
+def selection_lines(cv: dict[str, Any] | None, search: dict[str, Any] | None, top: int = 10) -> list[str]:
+    """The summary's cross-validation line and search table (best first, ``top`` rows)."""
+    lines = []
+    if cv:
+        scoring = cv["scoring"]
+        lines.append(f"  cv        {scoring} {cv['mean'][scoring]:.4f} ± {cv['std'][scoring]:.4f} "
+                     f"({cv['k']} folds; the saved model is refitted on all training rows)")
+    if search:
+        rows = [r for r in search["candidates"] if r.get("mean") is not None and not r.get("error")]
+        last = max((r["round"] for r in rows), default=0)
+        reverse = search["scoring"] not in ("log_loss", "rmse", "mae")
+        ranked = sorted((r for r in rows if r["round"] == last), key=lambda r: r["mean"], reverse=reverse)
+        ranked += sorted((r for r in rows if r["round"] != last),  # stopped early: later rounds first
+                         key=lambda r: (-r["round"], -r["mean"] if reverse else r["mean"]))
+        failed = len(search["candidates"]) - len(rows)
+        lines.append(f"  search    {len(search['candidates'])} candidates by {search['scored_by']}"
+                     f"{f', {failed} failed' if failed else ''}; best "
+                     + ", ".join(f"{k}={v}" for k, v in search["best"].items()))
+        lines.append(f"    {'rank':<5} {search['scoring'] + ' (mean ± std)':<22} {'rows':>9} {'time':>7}  params")
+        for rank, row in enumerate(ranked[:top], 1):
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+            lines.append(f"    {rank:<5} {row['mean']:.4f} ± {row['std']:.4f}{'':<5} {row['train_rows']:>9,} "
+                         f"{row['seconds']:>6.1f}s  {params}")
+        if len(ranked) > top:
+            lines.append(f"    ({len(ranked) - top} more in the manifest)")
+    return lines

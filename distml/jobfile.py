@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, create_model
 
 from distml.errors import SpecError
 from distml.models import FAMILIES
+from distml.search_space import SearchSpec, check_search
 from distml.spec import NAME_PATTERN, ClusterSpec, DataSpec, OutputSpec, Strict, check_scheduler
 
 MAX_BYTES = 1024 * 1024  # a job file is a few hundred bytes; anything past 1 MiB is a mistake
@@ -48,6 +49,7 @@ class JobSpec(Strict):
     model: _model_union()  # type: ignore[valid-type]
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    search: SearchSpec | None = None
 
     def with_overrides(self, **settings: Any) -> JobSpec:
         """Apply command-line flags (they win over the job file); ``None`` means not given."""
@@ -124,13 +126,17 @@ def parse_job(raw: Any, source: str) -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping of job settings; got {type(raw).__name__}")
     try:
-        return JobSpec.model_validate(raw, context={"job_file": source})
+        spec = JobSpec.model_validate(raw, context={"job_file": source})
     except ValidationError as exc:
         errors = _one_per_key(exc.errors())
         lines = [f"{source}: {_sentence(e)}" for e in errors[:MAX_ERRORS]]
         if len(errors) > MAX_ERRORS:
             lines.append(f"{source}: ... and {len(errors) - MAX_ERRORS} more problems")
         raise SpecError("\n".join(lines)) from None
+    if spec.search is not None:
+        check_search(spec.search, spec.model.kind, spec.model.params, FAMILIES[spec.model.kind].Params,
+                     spec.seed, source)
+    return spec
 
 
 class _Refused(Exception):

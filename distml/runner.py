@@ -189,6 +189,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
     from distml.models import FAMILIES
+    from distml.search_space import check_rows
     from distml.signing import resolve_key
     from distml.store import Store
 
@@ -203,8 +204,9 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             n_workers, threads, memory = worker_resources(client)
             per_thread = memory_headroom(client) * n_workers // max(1, threads)
             dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
-        fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
-                                     (n_workers, threads, memory), progress, log)
+            check_rows(spec, dataset.num_rows)
+        fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
+                                                (n_workers, threads, memory), progress, log)
         check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
         metrics: dict[str, float] = {}
         if parts.holdout:
@@ -225,6 +227,9 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             importances = feature_importances(plan.transformer, fitted)
             if importances:
                 manifest["feature_importances"] = importances
+            chosen = {name: section for name, section in
+                      (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
+            manifest.update(chosen)
             html = _finish_report(client, report, job_id)
             store = Store(spec.output.store, spec.output.storage_options)
             tracker.check_cancel(force=True)  # last look before anything is written
@@ -235,13 +240,13 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     except Exception as exc:
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
+    summary = {"feature_importances": importances} if importances else {}
     return JobResult(job_id, uri, metrics, phases.timings, rows, parts.persisted, dashboard_link(client),
-                     {"feature_importances": importances} if importances else {},
-                     f"{uri}/report.html" if html else None)
+                     {**summary, **chosen}, f"{uri}/report.html" if html else None)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
-           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
+           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -263,11 +268,22 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
                               report=progress, log=log)
+    selection = None
+    if spec.search or spec.data.cv:
+        from distml.selection import select
+
+        word = "search" if spec.search else "cv"
+        with phases(word):
+            selection = select(spec, family, parts, ctx, lambda model: check_finite(model, job_id, params), word)
+        params = selection.params
+        if spec.search:
+            log(f"search chose {spec.search and selection.search['best']}: "
+                f"{selection.search['scoring']} {selection.search['best_score']:.4f}; refitting on all training rows")
     with phases("train"):
         fitted = family.train(parts, params, ctx)
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
-    return fitted, plan, parts
+    return fitted, plan, parts, selection
 
 
 def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:

@@ -84,6 +84,7 @@ class DataSpec(Strict):
     target: str = Field(min_length=1)
     features: list[str] | None = None
     holdout: float = Field(0.2, ge=0.0, lt=1.0)
+    cv: int | None = Field(None, ge=2, le=20, description="K-fold cross-validation of the training rows")
     partition_size: str | None = None
     missing: Literal["error", "drop", "impute"] = "error"
     impute_strategy: Literal["mean", "median"] = "mean"

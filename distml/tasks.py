@@ -38,6 +38,8 @@ PHASES: dict[str, str] = {
     "kkt": "cascade SVM: every row checked against the final fit",
     "refit": "cascade SVM: refits with the violators",
     "predict": "batch scoring: one input file scored into one output file",
+    "cv": "cross-validation and search: draw histograms and each fold's row subsets",
+    "search": "the search (or cross-validation) phase of a job",
 }
 
 

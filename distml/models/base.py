@@ -4,7 +4,9 @@ A family module declares ``Params`` (a ``FamilyParams`` subclass with a
 default for every field), ``ENCODING`` (how its categories are encoded),
 ``task(params)`` (which kind of target it learns) and
 ``train(parts, params, ctx) -> fitted sklearn estimator``. The runner knows
-nothing else about it.
+nothing else about it. A family may also define ``train_many(parts,
+params_list, ctx)``, fitting several configurations from shared data passes
+(a search uses it; it returns None when these configurations cannot share).
 """
 from __future__ import annotations
 

@@ -79,13 +79,33 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixi
     return _train_exact(parts, params, ctx)
 
 
-def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
-    from sklearn.linear_model import LinearRegression, Ridge
+def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[RegressorMixin] | None:
+    """Every candidate of a search from one data pass when all are exact: ridge ``alpha``s share XᵀX.
 
+    None when any candidate streams SGD, which needs its own passes.
+    """
+    if any(p.solver != "exact" for p in params_list):
+        return None
+    total = _gram(parts, ctx)
+    return [_exact_model(total, p, ctx) for p in params_list]
+
+
+def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
+    return _exact_model(_gram(parts, ctx), params, ctx)
+
+
+def _gram(parts: Partitions, ctx: TrainContext) -> np.ndarray:
+    """The training rows' augmented Gram matrix, summed in a tree on the workers."""
     client = ctx.env.client
     grams = [client.submit(_gram_part, s, key=ctx.env.key("train", i)) for i, s in enumerate(parts.train)]
     total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.env.key("merge", level, j)).result()
     ctx.env.report("train", 1.0)
+    return total
+
+
+def _exact_model(total: np.ndarray, params: Params, ctx: TrainContext) -> RegressorMixin:
+    from sklearn.linear_model import LinearRegression, Ridge
+
     coef, intercept = solve_normal_equations(total, params.alpha)
     model = Ridge(alpha=params.alpha) if params.alpha > 0 else LinearRegression()
     model.coef_ = coef
