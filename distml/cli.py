@@ -79,7 +79,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
     console = Console(quiet or as_json)
-    with connect(spec.cluster) as client:
+    with connect(spec.cluster, meanwhile=_import_job_modules) as client:
         if detach:
             return _detached(spec, client, as_json)
         job_id = new_job_id()
@@ -92,13 +92,15 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         finally:
             console.close()
     summary = {"job_id": result.job_id, "model": result.uri, "rows": result.rows, "metrics": result.metrics,
-               "timings": result.timings, "persisted": result.persisted, **result.summary}
+               "timings": result.timings, "persisted": result.persisted, "report": result.report,
+               **result.summary}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"job {result.job_id} succeeded")
     click.echo(f"  model     {result.uri}")
-    click.echo(f"  report    {result.uri}/report.html")
+    if result.report:
+        click.echo(f"  report    {result.report}")
     click.echo("  rows      " + ", ".join(f"{k} {v:,}" for k, v in result.rows.items()))
     click.echo("  time      " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.metrics:
@@ -107,6 +109,15 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         click.echo(line)
     for line in summary_lines(result.summary):
         click.echo(line)
+
+
+def _import_job_modules() -> None:
+    """Import what the job needs on the client (scikit-learn, skops, the runner) while the cluster starts."""
+    import importlib
+
+    for name in ("sklearn.pipeline", "sklearn.metrics", "skops.io", "distml.runner", "distml.features",
+                 "distml.evaluate", "distml.tracking"):
+        importlib.import_module(name)
 
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:

@@ -31,8 +31,12 @@ def default_workers() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec) -> Iterator[Client]:
-    """Yield a client for the cluster the spec names, closing what was started here."""
+def connect(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> Iterator[Client]:
+    """Yield a client for the cluster the spec names, closing what was started here.
+
+    ``meanwhile`` is client-side work (reading footers, importing) that runs while an embedded
+    cluster starts in the background, so the job does not wait for one and then the other.
+    """
     from distributed import Client
 
     from distml.spec import check_scheduler
@@ -51,9 +55,11 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
             raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
                                f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
         with client:
+            if meanwhile:
+                meanwhile()
             yield client
         return
-    with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
+    with _local_cluster(spec, meanwhile) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
 
 
@@ -121,7 +127,32 @@ async def _identity(address: str, security: Security | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
+def _local_cluster(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> Iterator[Any]:
+    """Start the embedded cluster in a thread while ``meanwhile`` runs here; close it quickly at the end.
+
+    The workers are spawned with SIGINT ignored, as before; only the client handles Ctrl-C.
+    """
+    restore = _workers_ignore_sigint()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="distml-cluster-start") as pool:
+            starting = pool.submit(_start_local_cluster, spec)
+            try:
+                if meanwhile:
+                    meanwhile()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    _close_quickly(starting.result())
+                raise
+            cluster = starting.result()
+    finally:
+        restore()
+    try:
+        yield cluster
+    finally:
+        _close_quickly(cluster)
+
+
+def _start_local_cluster(spec: ClusterSpec) -> Any:
     from distributed import LocalCluster
 
     from distml.spec import parse_size
@@ -130,9 +161,8 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
     security = embedded_security(spec)
     _ignore_busy_port_warning()
-    restore = _workers_ignore_sigint()
     try:
-        cluster = LocalCluster(
+        return LocalCluster(
             n_workers=spec.n_workers or n_workers,
             threads_per_worker=spec.threads_per_worker or threads,
             memory_limit=memory,
@@ -146,10 +176,27 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[object]:
         )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
-    finally:
-        restore()
-    with cluster:
-        yield cluster
+
+
+def _close_quickly(cluster: Any) -> None:
+    """Close the embedded cluster without waiting for each worker to retire and tear its Python down.
+
+    Called once the job's record and artifacts are final (or the job failed and wrote nothing), so
+    nothing a worker holds matters any more: each nanny is told not to restart its worker, the worker
+    process is killed, and the nanny removes its scratch folder as it sees the process exit; the
+    scheduler then closes as usual.
+    """
+    import signal
+
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        process = getattr(getattr(nanny, "process", None), "process", None)  # the worker's AsyncProcess
+        if process is None or not hasattr(nanny, "close_gracefully"):
+            continue
+        nanny.close_gracefully(reason="distml-job-done")  # no restart when the process goes
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if process.pid:
+                os.kill(process.pid, signal.SIGKILL)
+    cluster.close()
 
 
 # --- TLS ----------------------------------------------------------------------

@@ -292,12 +292,13 @@ class JobTracker:
         except Exception:
             return False
 
-    def finish(self, state: str, *, error: str | None = None, model: str | None = None) -> None:
+    def finish(self, state: str, *, error: str | None = None, model: str | None = None, report: bool = True) -> None:
         self._stop.set()
         with self._lock:
             self.record.update(state=state, finished=now_iso(), error=error)
             if model:
-                self.record.update(model=model, report=posixpath.join(model, "report.html"), progress=1.0)
+                self.record.update(model=model, report=posixpath.join(model, "report.html") if report else None,
+                                   progress=1.0)
             self._event(f"job {state}" + (f": {error}" if error else ""))
             self.flush()
 

@@ -48,6 +48,7 @@ class JobResult:
     persisted: bool
     dashboard: str | None
     summary: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None  # the saved performance report's URI (none with ``output.report: false``)
 
 
 class _Phases:
@@ -158,7 +159,7 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
             raise
         raise error from (None if isinstance(exc, (KeyboardInterrupt, JobCancelled)) else exc)
     try:
-        tracker.finish("succeeded", model=result.uri)
+        tracker.finish("succeeded", model=result.uri, report=result.report is not None)
     except StoreError as exc:  # the model is saved and complete: say so, and that the record lags
         raise JobFailed(f"job {tracker.job_id} saved its model {result.uri}, but its record "
                         f"{tracker.records.uri(tracker.job_id)} could not be updated "
@@ -202,7 +203,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     job_id = tracker.job_id
     phases = _Phases(on_phase)
     started = time.time()
-    report = _start_report(client)
+    report = _start_report(client) if spec.output.report else None
     if spec.output.evaluation_report:
         from distml.report import preload
 
@@ -225,7 +226,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
         message = first_line(exc, 300)
         raise JobFailed(f"job {job_id} failed in phase {phases.current}: {type(exc).__name__}: {message}") from exc
     return JobResult(job_id, uri, fit.metrics, phases.timings, fit.rows, fit.persisted, dashboard_link(client),
-                     {**summary_of(manifest, uri), **fit.chosen})
+                     {**summary_of(manifest, uri), **fit.chosen}, f"{uri}/report.html" if html else None)
 
 
 @dataclass

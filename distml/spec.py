@@ -181,6 +181,8 @@ class OutputSpec(Strict):
     evaluation_report: bool = Field(True, description="write evaluation.html (charts) beside the model")
     onnx: bool = Field(False, description="also write model.onnx (needs the onnx extra: skl2onnx)")
 
+    report: bool = Field(True, description="save the job's Dask performance report (report.html) with the model")
+
 
 class PermutationSpec(Strict):
     repeats: int = Field(5, ge=1, le=100, description="permutations of each input column")

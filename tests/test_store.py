@@ -204,3 +204,19 @@ def test_a_store_that_never_answers_fails_in_bounded_time_with_its_error(silent_
     assert time.monotonic() - started < 30
     assert str(refused.value) == ('s3://bucket/models: the store cannot be written (ReadTimeoutError: Read timeout '
                                   f'on endpoint URL: "{silent_endpoint}/bucket")')
+
+
+def test_output_report_false_saves_the_model_without_a_performance_report(client, tmp_path, small):
+    from distml.jobs import JobRecords
+
+    store = str(tmp_path / "models")
+    spec = _spec(str(small[0]), store)
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"report": False})})
+    result = run_job(spec, client)
+    assert result.report is None
+    assert {p.name for p in Path(result.uri).iterdir()} == {"claim.json", "model.skops", "manifest.json"}
+    assert "report.html" not in json.loads((Path(result.uri) / "manifest.json").read_text())["files"]
+    record = JobRecords(store).read(result.job_id)
+    assert record["state"] == "succeeded" and record["model"] == result.uri and record["report"] is None
+    assert load_model(result.uri).predict(pd.read_parquet(small[1]).drop(columns=["target"])).shape == (
+        len(pd.read_parquet(small[1])),)
