@@ -17,6 +17,7 @@ from distml.errors import DistmlError, JobCancelled, JobFailed, StoreError, firs
 if TYPE_CHECKING:
     from distributed import Client
 
+    from distml.checkpoints import Checkpoints
     from distml.data import Dataset
     from distml.jobs import JobTracker
     from distml.jobfile import JobSpec
@@ -89,7 +90,7 @@ def partition_bytes(setting: str | None, dataset: Dataset, threads: int, headroo
 
 def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, job_id: str | None = None,
             progress: Progress | None = None, log: Log | None = None, phase: PhaseEvent | None = None,
-            tracker: JobTracker | None = None) -> JobResult:
+            tracker: JobTracker | None = None, checkpoints: Checkpoints | None = None) -> JobResult:
     """Run one job on ``client``: read, plan features, train, evaluate, save.
 
     Parameters
@@ -105,6 +106,9 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         start and end (``phase(name, "started" | "done" | "failed", seconds)``).
     tracker : JobTracker, optional
         The job's durable record (``<store>/_jobs/<id>.json``); created here if absent.
+    checkpoints : Checkpoints, optional
+        Where the trainer's state is saved after each step (``distml.checkpoints``), and restored
+        from when resuming; absent: saved beside the job's record, nothing restored.
 
     Returns
     -------
@@ -135,10 +139,16 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         on_phase(name, state, seconds)
         tracker.phase(name, state, seconds)
 
+    if checkpoints is None:
+        from distml.checkpoints import Checkpoints
+
+        checkpoints = Checkpoints(tracker.records, tracker.job_id)
+    checkpoints.log = tracked_log
+    checkpoints.progress = lambda: float(tracker.record["phases"].get("train", 0.0))
     if tracker.record["state"] != "running":
         tracker.start()
     try:
-        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
+        result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase, checkpoints)
     except BaseException as exc:
         unrecorded = _record_failure(tracker, exc)
         if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)
@@ -183,7 +193,7 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
 
 
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
-         progress: Progress, log: Log, on_phase: PhaseEvent) -> JobResult:
+         progress: Progress, log: Log, on_phase: PhaseEvent, checkpoints: Checkpoints) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
     from distml.cluster import dashboard_link, memory_headroom, worker_resources
     from distml.data import open_dataset
@@ -202,8 +212,11 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
             n_workers, threads, memory = worker_resources(client)
             per_thread = memory_headroom(client) * n_workers // max(1, threads)
             dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
+        from distml.checkpoints import data_files
+
+        checkpoints.data_files = data_files(dataset)
         fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
-                                     (n_workers, threads, memory), progress, log)
+                                     (n_workers, threads, memory), progress, log, checkpoints)
         check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
         metrics: dict[str, float] = {}
         if parts.holdout:
@@ -239,7 +252,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
-           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any]:
+           resources: tuple[int, int, int], progress: Progress, log: Log,
+           checkpoints: Checkpoints | None = None) -> tuple[Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -260,7 +274,7 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     else:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
-                              report=progress, log=log)
+                              report=progress, log=log, checkpoints=checkpoints)
     with phases("train"):
         fitted = family.train(parts, params, ctx)
     if parts.persisted:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.checkpoints import fitted_state, with_state
+
 if TYPE_CHECKING:
     from sklearn.linear_model._stochastic_gradient import BaseSGD
 
@@ -89,6 +91,16 @@ def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     return out
 
 
+def _restored(template: BaseSGD, ctx: TrainContext) -> tuple[BaseSGD, tuple[float, BaseSGD] | None, int, int]:
+    """(model, best, stale epochs, first epoch): the template at epoch 0, or the job's last checkpoint."""
+    restored = ctx.env.restore()
+    if restored is None:
+        return template, None, 0, 0
+    epochs, state = restored
+    best = None if state["best"] is None else (state["best_loss"], with_state(template, state["best"]))
+    return with_state(template, state["model"]), best, state["stale"], epochs
+
+
 def train_sgd(
     parts: Partitions, template: BaseSGD, ctx: TrainContext, schedule: SGDSchedule, *,
     loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False,
@@ -99,10 +111,8 @@ def train_sgd(
     lanes = max(1, min(n_parts, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-    model: BaseSGD = template
-    best: tuple[float, BaseSGD] | None = None
-    stale = 0
-    for epoch in range(schedule.epochs):
+    model, best, stale, start = _restored(template, ctx)
+    for epoch in range(start, schedule.epochs):
         seeds = ctx.env.child_seeds(n_parts + 1, salt=epoch)
         order = np.random.default_rng(seeds[-1]).permutation(n_parts)
         reference = model if epoch > 0 and schedule.early_stopping else None
@@ -134,6 +144,8 @@ def train_sgd(
                     break
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
+        ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "stale": stale, "best_loss": best and best[0],
+                                       "best": best and fitted_state(best[1])})
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift
