@@ -76,6 +76,7 @@ class Checkpoints:
         self.data_files: list[dict[str, Any]] | None = None  # set by the runner once the data is open
         self.progress: Callable[[], float] = lambda: 0.0  # the job's training progress, for the resume report
         self.restored: dict[str, Any] | None = None  # the meta of the checkpoint a resume started from
+        self.initial: dict[str, Any] | None = None  # the step-0 state when there is no checkpoint (warm start)
 
     def uri(self, name: str = "") -> str:
         return posixpath.join(self.records.uri(self.job_id)[: -len(".json")], name)
@@ -145,16 +146,17 @@ class Checkpoints:
         return meta
 
     def restore(self) -> tuple[int, dict[str, Any]] | None:
-        """The newest checkpoint's (step, state) when resuming, else None; verified before it is loaded."""
+        """The newest checkpoint's (step, state) when resuming, else ``(0, initial)`` or None.
+
+        The state file is verified (sha256, then the trust list) before it is loaded.
+        """
         import skops.io as sio
 
         from distml.trust import check_model_file
 
-        if not self.resume:
-            return None
-        meta = self.latest()
+        meta = self.latest() if self.resume else None
         if meta is None:
-            return None
+            return None if self.initial is None else (0, self.initial)
         step = meta["step"]
         fs, folder = self._folder()
         where = self.uri(f"checkpoint-{step}.skops")

@@ -9,10 +9,10 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from distml.errors import SpecError
 from distml.models import FAMILIES
@@ -35,6 +35,7 @@ def _model_union() -> Any:
             __base__=Strict,
             kind=(Literal[kind], ...),
             params=(module.Params, Field(default_factory=module.Params)),
+            warm_start=(Optional[str], Field(None, min_length=1, description="a saved model version to continue")),  # noqa: UP045
         )
         for kind, module in FAMILIES.items()
     ]
@@ -48,6 +49,14 @@ class JobSpec(Strict):
     model: _model_union()  # type: ignore[valid-type]
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _warm_start_family(self) -> JobSpec:
+        if self.model.warm_start is not None:
+            from distml.warm import check_family
+
+            check_family(self.model.kind, self.model.params)  # a SpecError: one line naming model.warm_start
+        return self
 
     def with_overrides(self, **settings: Any) -> JobSpec:
         """Apply command-line flags (they win over the job file); ``None`` means not given."""

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
     from distml.checkpoints import Checkpoints
     from distml.data import Dataset
-    from distml.jobs import JobTracker
     from distml.jobfile import JobSpec
+    from distml.jobs import JobTracker
+    from distml.warm import Parent
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -207,6 +208,9 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     started = time.time()
     report = _start_report(client)
     try:
+        from distml.warm import load_parent
+
+        parent = load_parent(spec) if spec.model.warm_start else None  # model.warm_start: verified, same family
         with phases("read"):
             dataset = dataset or open_dataset(spec.data, spec.seed)
             n_workers, threads, memory = worker_resources(client)
@@ -216,7 +220,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
         checkpoints.data_files = data_files(dataset)
         fitted, plan, parts = _train(spec, client, dataset, family, job_id, phases,
-                                     (n_workers, threads, memory), progress, log, checkpoints)
+                                     (n_workers, threads, memory), progress, log, checkpoints, parent)
         check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
         metrics: dict[str, float] = {}
         if parts.holdout:
@@ -234,6 +238,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
                     "holdout": plan.stats.rows - plan.stats.train_rows}
             manifest = _manifest(spec, dataset, job_id, plan, metrics, rows, phases.timings, started,
                                  n_workers, parts.persisted)
+            if parent is not None:
+                manifest["parent"] = parent.record()
             importances = feature_importances(plan.transformer, fitted)
             if importances:
                 manifest["feature_importances"] = importances
@@ -253,7 +259,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
            resources: tuple[int, int, int], progress: Progress, log: Log,
-           checkpoints: Checkpoints | None = None) -> tuple[Any, Any, Any]:
+           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -263,6 +269,10 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     with phases("stats"):
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
                              encoding=family.ENCODING, log=log)
+    if parent is not None:  # warm start: the parent's transformer and classes, once the data fits them
+        from distml.warm import adopt
+
+        adopt(parent, plan, dataset)
     parts = plan.parts
     # Measured by the statistics pass (rows kept x transformed width + targets); persisting holds the
     # holdout blocks too, so evaluation needs no further read.
@@ -275,6 +285,10 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
                               report=progress, log=log, checkpoints=checkpoints)
+    if parent is not None and checkpoints is not None:
+        from distml.warm import initial_state
+
+        checkpoints.initial = initial_state(parent, ctx.data.y_mean, ctx.data.y_scale)
     with phases("train"):
         fitted = family.train(parts, params, ctx)
     if parts.persisted:
