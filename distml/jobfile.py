@@ -9,7 +9,7 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
@@ -35,7 +35,7 @@ def _model_union() -> Any:
             __base__=Strict,
             kind=(Literal[kind], ...),
             params=(module.Params, Field(default_factory=module.Params)),
-            warm_start=(Optional[str], Field(None, min_length=1, description="a saved model version to continue")),  # noqa: UP045
+            warm_start=(str | None, Field(None, min_length=1, description="a saved model version to continue")),
         )
         for kind, module in FAMILIES.items()
     ]

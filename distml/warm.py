@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from distml.data import Dataset
     from distml.features import FeaturePlan
-    from distml.jobfile import JobSpec
 
 KEY = "model.warm_start"
 
@@ -54,8 +53,11 @@ class Parent:
         return {"uri": self.uri, "job_id": self.manifest.get("job_id")}
 
 
-def load_parent(spec: JobSpec) -> Parent:
-    """The parent version, verified as ``distml.load_model`` does, and of the job's own family and solver."""
+def load_parent(spec: Any) -> Parent:
+    """The parent version, verified as ``distml.load_model`` does, and of the job's own family and solver.
+
+    ``spec`` is the job's ``JobSpec`` (not imported here: the job file's validation imports this module).
+    """
     from distml.store import open_model
 
     uri = spec.model.warm_start
