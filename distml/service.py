@@ -177,7 +177,7 @@ def check_same_data(meta: dict[str, Any], dataset: Any, job_id: str) -> None:
             what = ("is new" if path not in then else "is gone" if path not in now else
                     f"changed ({then[path]['rows']} rows, {then[path]['bytes']} bytes then; "
                     f"{now[path]['rows']} rows, {now[path]['bytes']} bytes now)")
-            raise DataError(f"{path}: {what} since job {job_id}'s checkpoint {meta['step']}; a resumed job must "
+            raise DataError(f"{dataset.url.rstrip('/')}/{path}: {what} since job {job_id}'s checkpoint {meta['step']}; a resumed job must "
                             "read the same data; submit it as a new job instead")
 
 

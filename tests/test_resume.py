@@ -142,3 +142,27 @@ def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, ma
     assert line.startswith(f"Error: {first}: changed (") and line.endswith(
         f"since job {record['job_id']}'s checkpoint 1; a resumed job must read the same data; "
         "submit it as a new job instead")
+
+
+def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_identical_model(make_data, job_file,
+                                                                                                tmp_path):
+    """The hook is in the workers' environment: the detached driver's worker dies after checkpoint 2 and
+    its nanny restarts it; the scheduler reruns the driver, which resumes from the checkpoint."""
+    from distml import load_model
+
+    folder, _ = make_data(rows=4000, features=6, files=4, classes=3)
+    store = tmp_path / "models"
+    job = job_file(name="resume-detached", data={"path": str(folder), "target": "target"},
+                   model={"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}})
+    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
+        expected = reference_model(job, address)  # driven from this process: the hook does not fire here
+        submitted = distml("submit", job, "--scheduler", address, "--detach")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        waited = distml("jobs", "wait", job_id, "--store", store, "--timeout", 300, timeout=320)
+        assert waited.returncode == 0, waited.stderr
+    record = JobRecords(str(store)).read(job_id)
+    assert record["state"] == "succeeded"
+    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    got = load_model(record["model"])
+    np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)

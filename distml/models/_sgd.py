@@ -91,14 +91,16 @@ def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     return out
 
 
-def _restored(template: BaseSGD, ctx: TrainContext) -> tuple[BaseSGD, tuple[float, BaseSGD] | None, int, int]:
-    """(model, best, stale epochs, first epoch): the template at epoch 0, or the job's last checkpoint."""
+def _restored(template: BaseSGD, ctx: TrainContext,
+              lanes: int) -> tuple[BaseSGD, tuple[float, BaseSGD] | None, int, int, int]:
+    """(model, best, stale epochs, first epoch, lanes): the template at epoch 0, or the job's last checkpoint,
+    whose lane count is kept so a resume on a cluster of another size still gives the same model."""
     restored = ctx.env.restore()
     if restored is None:
-        return template, None, 0, 0
+        return template, None, 0, 0, lanes
     epochs, state = restored
     best = None if state["best"] is None else (state["best_loss"], with_state(template, state["best"]))
-    return with_state(template, state["model"]), best, state["stale"], epochs
+    return with_state(template, state["model"]), best, state["stale"], epochs, state.get("lanes") or lanes
 
 
 def train_sgd(
@@ -111,7 +113,7 @@ def train_sgd(
     lanes = max(1, min(n_parts, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-    model, best, stale, start = _restored(template, ctx)
+    model, best, stale, start, lanes = _restored(template, ctx, lanes)
     for epoch in range(start, schedule.epochs):
         seeds = ctx.env.child_seeds(n_parts + 1, salt=epoch)
         order = np.random.default_rng(seeds[-1]).permutation(n_parts)
@@ -145,7 +147,7 @@ def train_sgd(
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
         ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "stale": stale, "best_loss": best and best[0],
-                                       "best": best and fitted_state(best[1])})
+                                       "best": best and fitted_state(best[1]), "lanes": lanes})
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift

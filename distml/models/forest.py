@@ -217,8 +217,11 @@ def _checkpointed(layout: Layout, ctx: TrainContext) -> tuple[dict[int, list[Any
     it checkpoints the trees of every complete group each time one more group is complete."""
     restored = ctx.env.restore()
     trees: dict[int, list[Any]] = dict(zip(restored[1]["firsts"], restored[1]["trees"])) if restored else {}
-    chunks = [[c for c in group[::layout.per_fit]] for group in layout.groups]
+    chunks = [group[::layout.per_fit] for group in layout.groups]
     saved = {g for g, firsts in enumerate(chunks) if all(c in trees for c in firsts)}
+    if sorted(trees) != sorted(c for g in saved for c in chunks[g]):  # groups laid out otherwise on this cluster
+        ctx.env.log("forest: the checkpoint's tree groups do not match this cluster's; building every tree again")
+        trees, saved = {}, set()
 
     def checkpoint() -> None:
         complete = {g for g, firsts in enumerate(chunks) if g not in saved and all(c in trees for c in firsts)}
