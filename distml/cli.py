@@ -380,6 +380,7 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
     console = Console(quiet)
     with connect(spec.cluster) as client:
         register_page(client)
+        records.clear_cancel(job_id)
         line = note_resume(record, meta, "cli")
         record.update(driver={"kind": "client", "id": client.id, "scheduler": client.scheduler.address},
                       cluster=cluster_info(client))
