@@ -26,6 +26,23 @@ def scheduler(tmp_path_factory):
         yield address
 
 
+@pytest.fixture(scope="module")
+def softmax_job(scheduler, tmp_path_factory):
+    """A 6-epoch softmax job file and its uninterrupted model (two lanes, as on every cluster here)."""
+    import yaml
+
+    from distml.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("softmax")
+    folder, _ = make_dataset(root / "data", "classification", 4000, 6, 4, 3, 0, False)
+    job = root / "resume-softmax.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "resume-softmax", "seed": 0, "data": {"path": str(folder), "target": "target"},
+        "model": {"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}},
+        "output": {"store": str(root / "models")}}))
+    return job, reference_model(job, scheduler)
+
+
 def distml(*args, env=None, timeout=120):
     return subprocess.run([*DISTML, *map(str, args)], check=False, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
@@ -55,7 +72,7 @@ def reference_model(job, scheduler):
 
 def killed_then_resumed(job, store, scheduler, step):
     """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
-    killed = distml("submit", job, "--scheduler", scheduler, "--quiet", env={EXIT_HOOK: str(step)})
+    killed = distml("submit", job, "--scheduler", scheduler, "--store", store, "--quiet", env={EXIT_HOOK: str(step)})
     assert killed.returncode == HOOK_EXIT_STATUS, killed.stderr
     records = JobRecords(str(store))
     (record,) = [r for r in records.list() if r["state"] == "running"]
@@ -68,15 +85,11 @@ def killed_then_resumed(job, store, scheduler, step):
     return job_id, records.read(job_id), resumed
 
 
-def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(scheduler, make_data, job_file,
-                                                                                tmp_path):
+def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(scheduler, softmax_job, tmp_path):
     from distml import load_model
 
-    folder, _ = make_data(rows=4000, features=6, files=4, classes=3)
+    job, expected = softmax_job
     store = tmp_path / "models"
-    job = job_file(name="resume-softmax", data={"path": str(folder), "target": "target"},
-                   model={"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}})
-    expected = reference_model(job, scheduler)
     job_id, record, resumed = killed_then_resumed(job, store, scheduler, step=2)
 
     assert f"job {job_id} succeeded (resumed from checkpoint 2)" in resumed.stdout
@@ -144,24 +157,20 @@ def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, ma
         "submit it as a new job instead")
 
 
-def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_identical_model(make_data, job_file,
-                                                                                                tmp_path):
+@pytest.mark.timeout(420)  # a cluster of its own, and a worker restart
+def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_identical_model(softmax_job, tmp_path):
     """The hook is in the workers' environment: the detached driver's worker dies after checkpoint 2 and
-    its nanny restarts it; the scheduler reruns the driver, which resumes from the checkpoint."""
+    its nanny restarts it; the scheduler reruns the driver, which resumes from the checkpoint (and its lanes)."""
     from distml import load_model
+    from distml.service import wait
 
-    folder, _ = make_data(rows=4000, features=6, files=4, classes=3)
+    job, expected = softmax_job
     store = tmp_path / "models"
-    job = job_file(name="resume-detached", data={"path": str(folder), "target": "target"},
-                   model={"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}})
     with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
-        expected = reference_model(job, address)  # driven from this process: the hook does not fire here
-        submitted = distml("submit", job, "--scheduler", address, "--detach")
+        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.strip()
-        waited = distml("jobs", "wait", job_id, "--store", store, "--timeout", 300, timeout=320)
-        assert waited.returncode == 0, waited.stderr
-    record = JobRecords(str(store)).read(job_id)
+        record = wait(JobRecords(str(store)), job_id, timeout=240)
     assert record["state"] == "succeeded"
     assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
     got = load_model(record["model"])
