@@ -123,7 +123,8 @@ def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None)
     if record["state"] not in TERMINAL:
         alive, reason = driver_alive(record)
         if alive:
-            raise SpecError(f"job {job_id} is still {record['state']} ({reason.replace('is', 'is still', 1)}); "
+            where = (record.get("driver") or {}).get("scheduler")
+            raise SpecError(f"job {job_id} is still {record['state']} (its driver is alive on {where}); "
                             f"cancel it (`distml jobs cancel {job_id}`) or wait for it before resuming")
         record = mark(records, job_id, "failed", f"the job's driver is gone: {reason} (last phase {record.get('phase')})")
     recorded = record.get("spec")
