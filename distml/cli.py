@@ -369,7 +369,9 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
     from distml.tracking import cluster_info, publisher
 
     records = _records(store, options)
-    given = load_job(job_file).with_overrides(store=store) if job_file else None
+    given = load_job(job_file) if job_file else None
+    if given is not None and given.output.store != store:  # as `submit --store` recorded it
+        given = given.with_overrides(store=store)
     spec, record = resumable(records, job_id, given)
     spec = spec.with_overrides(scheduler=scheduler)
     checkpoints = Checkpoints(records, job_id, resume=True)
