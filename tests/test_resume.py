@@ -43,7 +43,7 @@ def softmax_job(scheduler, tmp_path_factory):
     return job, reference_model(job, scheduler)
 
 
-def distml(*args, env=None, timeout=120):
+def distml(*args, env=None, timeout=240):  # generous: a loaded machine starts Python slowly
     return subprocess.run([*DISTML, *map(str, args)], check=False, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -85,6 +85,7 @@ def killed_then_resumed(job, store, scheduler, step):
     return job_id, records.read(job_id), resumed
 
 
+@pytest.mark.timeout(420)  # two CLI runs of a whole job
 def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(scheduler, softmax_job, tmp_path):
     from distml import load_model
 
@@ -110,6 +111,7 @@ def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(
     assert again.output.strip() == f"Error: job {job_id} already succeeded ({record['model']}); there is nothing to resume"
 
 
+@pytest.mark.timeout(420)
 def test_a_forest_killed_after_its_first_tree_group_resumes_to_identical_predictions(scheduler, make_data, job_file,
                                                                                      tmp_path):
     import pandas as pd
