@@ -250,7 +250,7 @@ def jobs_store_option(command: Any) -> Any:
 
 @main.group(cls=Group)
 def jobs() -> None:
-    """List, follow, cancel and wait for jobs (their records live in <store>/_jobs/)."""
+    """List, follow, cancel, wait for and resume jobs (their records live in <store>/_jobs/)."""
 
 
 def _records(store: str, options: tuple[tuple[str, Any], ...]) -> Any:
@@ -376,6 +376,60 @@ def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], tim
         raise JobFailed(f"job {job_id} failed: {r.get('error')}")
     else:
         raise DistmlError(f"job {job_id} is still {r['state']} after {timeout:g}s")
+
+
+@jobs.command("resume")
+@click.argument("job_id")
+@jobs_store_option
+@click.option("--job-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The job's file again, when its record has redacted secrets (it must be the same job file).")
+@click.option("--scheduler", default=None, metavar="ADDR", help="Address of a running Dask scheduler.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@tls_options
+@interruptible
+def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], job_file: str | None,
+                scheduler: str | None, quiet: bool) -> None:
+    """Rerun a failed or interrupted job from its record, continuing from its last checkpoint."""
+    from distml.checkpoints import Checkpoints
+    from distml.cluster import connect
+    from distml.console import Console
+    from distml.dashboard import register_page
+    from distml.data import open_dataset
+    from distml.jobfile import load_job
+    from distml.jobs import JobTracker
+    from distml.runner import run_job
+    from distml.service import check_same_data, note_resume, resumable
+    from distml.tracking import cluster_info, publisher
+
+    records = _records(store, options)
+    given = load_job(job_file) if job_file else None
+    if given is not None and given.output.store != store:  # as `submit --store` recorded it
+        given = given.with_overrides(store=store)
+    spec, record = resumable(records, job_id, given)
+    spec = spec.with_overrides(scheduler=scheduler, **tls_flags())
+    checkpoints = Checkpoints(records, job_id, resume=True)
+    meta = checkpoints.latest()
+    dataset = open_dataset(spec.data, spec.seed)
+    if meta is not None:
+        check_same_data(meta, dataset, job_id)
+    console = Console(quiet)
+    with connect(spec.cluster) as client:
+        register_page(client)
+        records.clear_cancel(job_id)
+        line = note_resume(record, meta, "cli")
+        record.update(driver={"kind": "client", "id": client.id, "scheduler": client.scheduler.address},
+                      cluster=cluster_info(client))
+        console.log(f"job {job_id}: {line}")
+        tracker = JobTracker(records, record, publisher(client))
+        try:
+            result = run_job(spec, client, dataset=dataset, tracker=tracker, checkpoints=checkpoints,
+                             progress=console.progress, log=console.log, phase=console.phase)
+        finally:
+            console.close()
+    click.echo(f"job {job_id} succeeded (resumed from checkpoint {meta['step'] if meta else 0})")
+    click.echo(f"  model     {result.uri}")
+    if result.metrics:
+        click.echo("  metrics   " + ", ".join(metric_text(k, v) for k, v in result.metrics.items() if k != "rows"))
 
 
 main.add_command(predict)

@@ -18,6 +18,7 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from distml.errors import SpecError
@@ -50,6 +51,7 @@ def _model_union() -> Any:
             __base__=Strict,
             kind=(Literal[kind], ...),
             params=(module.Params, Field(default_factory=module.Params)),
+            warm_start=(str | None, Field(None, min_length=1, description="a saved model version to continue")),
         )
         for kind, module in FAMILIES.items()
     ]
@@ -74,6 +76,14 @@ class JobSpec(Strict):
             raise ValueError("permutation_importance is computed on the holdout; data.holdout is 0 "
                              "(set data.holdout > 0)")
         return value
+
+    @model_validator(mode="after")
+    def _warm_start_family(self) -> JobSpec:
+        if self.model.warm_start is not None:
+            from distml.warm import check_family
+
+            check_family(self.model.kind, self.model.params)  # a SpecError: one line naming model.warm_start
+        return self
 
     def with_overrides(self, **settings: Any) -> JobSpec:
         """Apply command-line flags (they win over the job file); ``None`` means not given."""

@@ -129,6 +129,13 @@ class JobRecords:
     def request_cancel(self, job_id: str) -> None:
         self._fs()[0].pipe_file(self._path(job_id, ".cancel"), now_iso().encode())
 
+    def clear_cancel(self, job_id: str) -> None:
+        """Forget a cancel request, so a resumed job is not cancelled again by the one that stopped it."""
+        fs, _ = self._fs()
+        path = self._path(job_id, ".cancel")
+        if fs.exists(path):
+            fs.rm(path)
+
     def cancel_requested(self, job_id: str) -> bool:
         fs, _ = self._fs()
         path = self._path(job_id, ".cancel")

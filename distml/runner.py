@@ -18,9 +18,11 @@ from distml.errors import DistmlError, JobCancelled, JobFailed, StoreError, firs
 if TYPE_CHECKING:
     from distributed import Client
 
+    from distml.checkpoints import Checkpoints
     from distml.data import Dataset
-    from distml.jobs import JobTracker
     from distml.jobfile import JobSpec
+    from distml.jobs import JobTracker
+    from distml.warm import Parent
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -91,7 +93,7 @@ def partition_bytes(setting: str | None, dataset: Dataset, threads: int, headroo
 
 def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, job_id: str | None = None,
             progress: Progress | None = None, log: Log | None = None, phase: PhaseEvent | None = None,
-            tracker: JobTracker | None = None) -> JobResult:
+            tracker: JobTracker | None = None, checkpoints: Checkpoints | None = None) -> JobResult:
     """Run one job on ``client``: read, plan features, train, evaluate, save.
 
     Parameters
@@ -107,6 +109,9 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         start and end (``phase(name, "started" | "done" | "failed", seconds)``).
     tracker : JobTracker, optional
         The job's durable record (``<store>/_jobs/<id>.json``); created here if absent.
+    checkpoints : Checkpoints, optional
+        Where the trainer's state is saved after each step (``distml.checkpoints``), and restored
+        from when resuming; absent: saved beside the job's record, nothing restored.
 
     Returns
     -------
@@ -138,11 +143,17 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
         on_phase(name, state, seconds)
         tracker.phase(name, state, seconds)
 
+    if checkpoints is None:
+        from distml.checkpoints import Checkpoints
+
+        checkpoints = Checkpoints(tracker.records, tracker.job_id)
+    checkpoints.log = tracked_log
+    checkpoints.progress = lambda: float(tracker.record["phases"].get("train", 0.0))
     if tracker.record["state"] != "running":
         tracker.start()
     try:
         with watch_workers(client, tracked_log):  # a frozen worker is named in the log, not waited on silently
-            result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase)
+            result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase, checkpoints)
     except BaseException as exc:
         unrecorded = _record_failure(tracker, exc)
         if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)
@@ -193,7 +204,7 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
 
 
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
-         progress: Progress, log: Log, on_phase: PhaseEvent) -> JobResult:
+         progress: Progress, log: Log, on_phase: PhaseEvent, checkpoints: Checkpoints) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
     from distml.cluster import dashboard_link
     from distml.interpret import summary_of
@@ -209,7 +220,7 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
 
         preload()
     try:
-        fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log)
+        fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log, checkpoints)
         with phases("save"):
             manifest = fit.manifest(spec, job_id, phases.timings, started)
             files = _model_files(spec, fit.pipeline, manifest, fit.dataset, log)
@@ -244,7 +255,7 @@ class FittedJob:
     rows: dict[str, int]
     persisted: bool
     n_workers: int
-    chosen: dict[str, Any]  # the manifest's "cv" and "search" sections, when the job asked for them
+    chosen: dict[str, Any]  # the manifest's "cv", "search" and (warm start) "parent" sections
 
     def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
         """The artifact's manifest (see ``_manifest``), with importances, evaluation details, cv and search."""
@@ -262,7 +273,7 @@ class FittedJob:
 
 
 def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
-                 progress: Progress, log: Log) -> FittedJob:
+                 progress: Progress, log: Log, checkpoints: Checkpoints | None = None) -> FittedJob:
     """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
 
     ``dataset`` is a Parquet ``Dataset`` (opened here from ``spec.data`` if None) or any source with its
@@ -274,14 +285,23 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
     from distml.search_space import check_rows
 
     family = FAMILIES[spec.model.kind]
+    parent = None
+    if spec.model.warm_start:
+        from distml.warm import load_parent
+
+        parent = load_parent(spec)  # model.warm_start: verified, same family
     with phases("read"):
         dataset = dataset or open_dataset(spec.data, spec.seed)
         n_workers, threads, memory = worker_resources(client)
         per_thread = memory_headroom(client) * n_workers // max(1, threads)
         dataset.partition(partition_bytes(spec.data.partition_size, dataset, threads, per_thread))
         check_rows(spec, dataset.num_rows)
+    if checkpoints is not None:
+        from distml.checkpoints import data_files
+
+        checkpoints.data_files = data_files(dataset)
     fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
-                                            (n_workers, threads, memory), progress, log)
+                                            (n_workers, threads, memory), progress, log, checkpoints, parent)
     check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
@@ -304,11 +324,14 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
             "holdout": plan.stats.rows - plan.stats.train_rows}
     chosen = {name: section for name, section in
               (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
+    if parent is not None:
+        chosen["parent"] = parent.record()
     return FittedJob(pipeline, dataset, plan, metrics, details, rows, parts.persisted, n_workers, chosen)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
-           resources: tuple[int, int, int], progress: Progress, log: Log) -> tuple[Any, Any, Any, Any]:
+           resources: tuple[int, int, int], progress: Progress, log: Log,
+           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -318,6 +341,10 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     with phases("stats"):
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
                              encoding=family.ENCODING, log=log)
+    if parent is not None:  # warm start: the parent's transformer and classes, once the data fits them
+        from distml.warm import adopt
+
+        adopt(parent, plan, dataset)
     parts = plan.parts
     # Measured by the statistics pass (rows kept x transformed width + targets); persisting holds the
     # holdout blocks too, so evaluation needs no further read.
@@ -329,7 +356,11 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     else:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
     ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
-                              report=progress, log=log)
+                              report=progress, log=log, checkpoints=checkpoints)
+    if parent is not None and checkpoints is not None:
+        from distml.warm import initial_state
+
+        checkpoints.initial = initial_state(parent, ctx.data.y_mean, ctx.data.y_scale)
     selection = None
     if spec.search or spec.data.cv:
         from distml.selection import select

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from distml.models.base import TrainContext
 
 Check = Callable[[Any], None]  # raises when a fitted model is unusable (e.g. not finite)
+# a candidate's fits neither write the job's checkpoints nor resume from them: only the refit does
+_NO_CHECKPOINTS: dict[str, Any] = {"checkpoint": lambda step, state: None, "restore": lambda: None}
 
 
 @dataclass
@@ -187,7 +189,7 @@ class _Runner:
 
         def trial_env(trial: Trial) -> Any:
             return replace(env, job_id=f"{env.job_id}-{name}c{trial.index}", report=self._report(total),
-                           log=lambda message: None)
+                           log=lambda message: None, **_NO_CHECKPOINTS)
 
         def score(trial: Trial, fitted: Any, seconds: float) -> None:
             self.check(fitted)
@@ -220,7 +222,8 @@ class _Runner:
             if shared is not None:
                 started = time.perf_counter()
                 fitted_all = shared(parts, [t.params for t in trials],
-                                    TrainContext(replace(env, job_id=f"{env.job_id}-{name}all"), data))
+                                    TrainContext(replace(env, job_id=f"{env.job_id}-{name}all", **_NO_CHECKPOINTS),
+                                                 data))
             if fitted_all is not None:
                 seconds = (time.perf_counter() - started) / len(trials)
                 for trial, fitted in zip(trials, fitted_all):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from distml.checkpoints import Checkpoints
 from distml.errors import DistmlError, SpecError
 from distml.jobs import (
     LIVE_TASK_STATES,
@@ -96,17 +97,117 @@ def _drive(spec: JobSpec, records: JobRecords, job_id: str) -> str:
         return record["state"]
     if records.cancel_requested(job_id):
         return mark(records, job_id, "cancelled", "cancelled before it started")["state"]
+    checkpoints = None
     if record["state"] != "queued":  # this task ran before, on a worker that died
-        return mark(records, job_id, "failed", "the job's driver was lost when its worker died "
-                    "(the job is not restarted; submit it again)")["state"]
+        if record.get("resumed", {}).get("by") == "driver":
+            return mark(records, job_id, "failed", "the job's driver was lost when its worker died, again after "
+                        "resuming once; resume it with `distml jobs resume` or submit it again")["state"]
+        checkpoints = Checkpoints(records, job_id, resume=True)
+        note_resume(record, checkpoints.latest(), "driver")
     record["driver"]["worker"] = get_worker().address
     with worker_client(separate_thread=True) as client:  # secedes: no worker thread held while waiting
         tracker = JobTracker(records, record, publisher(client))
         try:
-            run_job(spec, client, tracker=tracker)
+            run_job(spec, client, tracker=tracker, checkpoints=checkpoints)
         except DistmlError:
             pass  # written to the record by run_job
     return tracker.record["state"]
+
+
+def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None) -> tuple[JobSpec, dict[str, Any]]:
+    """The spec and record of a job ``distml jobs resume`` may continue; a ``SpecError`` says why not.
+
+    A job that succeeded, is still running, predates resumable records, or whose job file differs
+    from the one recorded, is refused. The record's job file has its secrets redacted; ``job_file``
+    (the same job file, given again) supplies them.
+    """
+    from distml.jobfile import JobSpec
+    from distml.store import redact
+
+    record = records.read(job_id)
+    if record["state"] == "succeeded":
+        raise SpecError(f"job {job_id} already succeeded ({record.get('model')}); there is nothing to resume")
+    if record["state"] not in TERMINAL:
+        alive, reason = driver_alive(record)
+        if alive:
+            where = (record.get("driver") or {}).get("scheduler")
+            raise SpecError(f"job {job_id} is still {record['state']} (its driver is alive on {where}); "
+                            f"cancel it (`distml jobs cancel {job_id}`) or wait for it before resuming")
+        record = mark(records, job_id, "failed", f"the job's driver is gone: {reason} (last phase {record.get('phase')})")
+    recorded = record.get("spec")
+    if not isinstance(recorded, dict):
+        raise SpecError(f"{records.uri(job_id)}: the record holds no job file to resume from (written by an older "
+                        "distml); submit the job again")
+    if job_file is not None:
+        given = redact(job_file.model_dump(mode="json", exclude_unset=True))
+        if given != recorded:
+            key = _first_difference(given, recorded)
+            raise SpecError(f"the job file differs from job {job_id}'s at {key}: a resumed job must run the same "
+                            "job file; submit it as a new job instead")
+        return job_file, record
+    hidden = _redacted(recorded)
+    if hidden:
+        raise SpecError(f"job {job_id}'s recorded job file has its secret {hidden} redacted; pass the same job "
+                        "file with --job-file so the resumed job can read its data and store")
+    return JobSpec.model_validate(recorded), record
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The dotted key where two parsed job files first differ, or None if they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else (path or "the top level")
+
+
+def _redacted(doc: Any, path: str = "") -> str | None:
+    """The dotted key of the first value ``distml.store.redact`` replaced, or None."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            found = _redacted(value, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    return path if doc == "***" else None
+
+
+def check_same_data(meta: dict[str, Any], dataset: Any, job_id: str) -> None:
+    """Refuse to resume on data other than the checkpoint's (a file added, removed or changed)."""
+    from distml.checkpoints import data_files
+    from distml.errors import DataError
+
+    then = {f["path"]: f for f in meta.get("data_files") or []}
+    now = {f["path"]: f for f in data_files(dataset)}
+    for path in sorted(set(then) | set(now)):
+        if then.get(path) != now.get(path):
+            what = ("is new" if path not in then else "is gone" if path not in now else
+                    f"changed ({then[path]['rows']} rows, {then[path]['bytes']} bytes then; "
+                    f"{now[path]['rows']} rows, {now[path]['bytes']} bytes now)")
+            raise DataError(f"{dataset.url.rstrip('/')}/{path}: {what} since job {job_id}'s checkpoint {meta['step']}; a resumed job must "
+                            "read the same data; submit it as a new job instead")
+
+
+def note_resume(record: dict[str, Any], meta: dict[str, Any] | None, by: str) -> str:
+    """Write into the record that the job resumes, from which checkpoint, and how much work is redone."""
+    from distml.jobs import now_iso
+
+    lost = float((record.get("phases") or {}).get("train", 0.0))
+    if meta is None:
+        line = "resumed from the start: no checkpoint was written before the interruption"
+        step, saved = 0, 0.0
+    else:
+        step, saved = meta["step"], float(meta.get("progress") or 0.0)
+        line = (f"resumed from checkpoint {step}: redoing the read and statistics passes and "
+                f"{max(0.0, lost - saved):.0%} of training (train progress {lost:.0%} at the interruption, "
+                f"{saved:.0%} at the checkpoint)")
+    record["resumed"] = {"by": by, "checkpoint": step, "train_progress_at_checkpoint": saved,
+                         "train_progress_at_interruption": lost, "train_progress_redone": max(0.0, lost - saved),
+                         "times": int((record.get("resumed") or {}).get("times", 0)) + 1}
+    record.update(state="queued", phase="start", progress=0.0, phases={}, error=None, finished=None, model=None, report=None)
+    record["events"].append([now_iso(), line])
+    return line
 
 
 # --- run on the scheduler (via run_on_scheduler) ----------------------------

@@ -44,7 +44,11 @@ def record_for(spec: JobSpec, client: Client, job_id: str, driver: dict[str, Any
     from distml.store import redact
 
     driver = {**driver, "scheduler": client.scheduler.address}
-    return new_record(redact(spec.model_dump(mode="json")), job_id, spec.output.store, cluster_info(client), driver)
+    record = new_record(redact(spec.model_dump(mode="json")), job_id, spec.output.store, cluster_info(client), driver)
+    # What ``distml jobs resume`` re-validates: only the keys the job file set (some validators refuse a
+    # default spelled out), redacted like the rest of the record.
+    record["spec"] = redact(spec.model_dump(mode="json", exclude_unset=True))
+    return record
 
 
 def attached_tracker(spec: JobSpec, client: Client, job_id: str) -> JobTracker:

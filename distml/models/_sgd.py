@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.checkpoints import fitted_state, with_state
+
 if TYPE_CHECKING:
     from sklearn.linear_model._stochastic_gradient import BaseSGD
 
@@ -110,6 +112,18 @@ def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     return out
 
 
+def _restored(template: BaseSGD, ctx: TrainContext,
+              lanes: int) -> tuple[BaseSGD, tuple[float, BaseSGD] | None, int, int, int]:
+    """(model, best, stale epochs, first epoch, lanes): the template at epoch 0, or the job's last checkpoint,
+    whose lane count is kept so a resume on a cluster of another size still gives the same model."""
+    restored = ctx.env.restore()
+    if restored is None:
+        return template, None, 0, 0, lanes
+    epochs, state = restored
+    best = None if state["best"] is None else (state["best_loss"], with_state(template, state["best"]))
+    return with_state(template, state["model"]), best, state["stale"], epochs, state.get("lanes") or lanes
+
+
 def train_sgd(
     parts: Partitions, template: BaseSGD, ctx: TrainContext, schedule: SGDSchedule, *,
     loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False,
@@ -122,11 +136,9 @@ def train_sgd(
     lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-    model: BaseSGD = template
-    best: tuple[float, BaseSGD] | None = None
-    stale = 0
+    model, best, stale, start, lanes = _restored(template, ctx, lanes)
     mix = max(1, min(MIX, n_parts))
-    for epoch in range(schedule.epochs):
+    for epoch in range(start, schedule.epochs):
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
         seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
@@ -159,6 +171,8 @@ def train_sgd(
                     break
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
+        ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "stale": stale, "best_loss": best and best[0],
+                                       "best": best and fitted_state(best[1]), "lanes": lanes})
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift

@@ -62,6 +62,14 @@ def _no_log(message: str) -> None:
     return None
 
 
+def _no_checkpoint(step: int, state: dict[str, Any]) -> None:
+    return None
+
+
+def _no_restore() -> tuple[int, dict[str, Any]] | None:
+    return None
+
+
 @dataclass(frozen=True)
 class TrainEnv:
     """Where a trainer runs: the cluster, the job's identity and seed, its limits and callbacks.
@@ -70,6 +78,10 @@ class TrainEnv:
     ``distml.errors.JobCancelled``: in a job they go through its tracker, which
     checks for ``distml jobs cancel``. A trainer lets that exception through;
     every other callback and method here never raises it.
+
+    ``checkpoint(step, state)`` saves a trainer's state after step ``step`` (an epoch, a tree
+    group, a cascade layer; numbered from 1) and ``restore()`` returns the last ``(step, state)``
+    when the job is resumed, else None (see ``distml.checkpoints``); both default to doing nothing.
     """
 
     client: Client
@@ -80,6 +92,8 @@ class TrainEnv:
     worker_memory: int  # smallest worker memory limit, bytes (0: unknown)
     report: Callable[[str, float], None] = field(default=_no_report)
     log: Callable[[str], None] = field(default=_no_log)
+    checkpoint: Callable[[int, dict[str, Any]], None] = field(default=_no_checkpoint)
+    restore: Callable[[], tuple[int, dict[str, Any]] | None] = field(default=_no_restore)
 
     def key(self, phase: str, *index: int | str) -> str:
         """Task key ``distml-<phase>-<job>-<i>…`` (see ``distml.tasks.task_key``)."""
@@ -129,14 +143,17 @@ class TrainContext:
     @classmethod
     def create(cls, *, client: Client, job_id: str, seed: int, plan: FeaturePlan,
                resources: tuple[int, int, int], report: Callable[[str, float], None] = _no_report,
-               log: Callable[[str], None] = _no_log) -> TrainContext:
+               log: Callable[[str], None] = _no_log,
+               checkpoints: Any = None) -> TrainContext:
         """The one way to build a context, in the runner and in tests.
 
         ``resources`` is ``(workers, threads, smallest worker memory)`` as
         ``distml.cluster.worker_resources`` measures them; ``report`` and ``log``
-        may raise ``JobCancelled`` (see ``TrainEnv``).
+        may raise ``JobCancelled`` (see ``TrainEnv``); ``checkpoints`` (a ``distml.checkpoints.Checkpoints``)
+        gives ``checkpoint`` and ``restore``.
         """
         n_workers, threads, memory = resources
+        saving = {"checkpoint": checkpoints.write, "restore": checkpoints.restore} if checkpoints else {}
         env = TrainEnv(client=client, job_id=job_id, seed=seed, max_in_flight=max(1, threads),
-                       n_workers=n_workers, worker_memory=memory, report=report, log=log)
+                       n_workers=n_workers, worker_memory=memory, report=report, log=log, **saving)
         return cls(env, DataSummary.from_plan(plan))

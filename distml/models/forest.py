@@ -23,6 +23,7 @@ parameters, the layout of groups and waves, the tree fits and the assembly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -183,15 +184,16 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     draw_seeds = ctx.env.child_seeds(params.n_estimators, salt=2)
     ctx.env.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
             f"wave(s), about {layout.group_bytes / 2**20:.0f} MiB of sample per group")
-    trees: dict[int, list[Any]] = {}
+    trees, checkpoint = _checkpointed(layout, ctx)
     pending: list[list[tuple[int, Future]]] = []
     for w, wave in enumerate(layout.waves):
         if w >= 2:  # at most two waves' samples are in cluster memory at once
-            _collect(pending[w - 2], trees, params, ctx)
+            _collect(pending[w - 2], trees, params, ctx, checkpoint)
+        wave = [g for g in wave if layout.groups[g][0] not in trees]  # a resumed job has some already
         groups = [layout.groups[g] for g in wave]
         plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
                           None if regression else np.asarray(ctx.data.classes))
-        merged = sample_wave(parts, plan, ctx, w, wave, n_classes)
+        merged = sample_wave(parts, plan, ctx, w, wave, n_classes) if wave else []
         fits = []
         for g, group, sample in zip(wave, groups, merged):
             for c in range(0, len(group), layout.per_fit):
@@ -202,7 +204,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
                 fits.append((chunk[0], fit))
         pending.append(fits)
     for fits in pending[max(0, len(pending) - 2):]:
-        _collect(fits, trees, params, ctx)
+        _collect(fits, trees, params, ctx, checkpoint)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
         forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan(
@@ -210,7 +212,28 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     return forest
 
 
-def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext) -> None:
+def _checkpointed(layout: Layout, ctx: TrainContext) -> tuple[dict[int, list[Any]], Callable[[], None]]:
+    """The trees of a resumed job's last checkpoint (by first tree index), and what to call as trees arrive:
+    it checkpoints the trees of every complete group each time one more group is complete."""
+    restored = ctx.env.restore()
+    trees: dict[int, list[Any]] = dict(zip(restored[1]["firsts"], restored[1]["trees"])) if restored else {}
+    chunks = [group[::layout.per_fit] for group in layout.groups]
+    saved = {g for g, firsts in enumerate(chunks) if all(c in trees for c in firsts)}
+    if sorted(trees) != sorted(c for g in saved for c in chunks[g]):  # groups laid out otherwise on this cluster
+        ctx.env.log("forest: the checkpoint's tree groups do not match this cluster's; building every tree again")
+        trees, saved = {}, set()
+
+    def checkpoint() -> None:
+        complete = {g for g, firsts in enumerate(chunks) if g not in saved and all(c in trees for c in firsts)}
+        if complete:
+            saved.update(complete)
+            firsts = sorted(c for g in saved for c in chunks[g])  # whole groups only: a resume skips them
+            ctx.env.checkpoint(len(saved), {"firsts": firsts, "trees": [trees[f] for f in firsts]})
+    return trees, checkpoint
+
+
+def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext,
+             checkpoint: Callable[[], None] = lambda: None) -> None:
     """Bring fitted trees back as their tasks finish; report trees built / total (up to OOB_SHARE before it)."""
     from distributed import as_completed
 
@@ -220,6 +243,7 @@ def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params
         trees[first[id(future)]] = future.result()
         future.release()
         ctx.env.report("train", share * sum(map(len, trees.values())) / params.n_estimators)
+        checkpoint()
 
 
 def _tree_params(params: Params, ctx: TrainContext, regression: bool) -> dict[str, Any]:

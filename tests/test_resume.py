@@ -1,0 +1,179 @@
+"""Checkpoints and ``distml jobs resume``: a driver killed after a checkpoint resumes to the same model.
+
+The kill is deterministic: the test hook ``DISTML_TEST_EXIT_AFTER_CHECKPOINT=N`` (``distml.checkpoints``)
+ends the submitting process right after it wrote checkpoint N, as a crash there would.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import processes
+import pytest
+
+from distml.checkpoints import EXIT_HOOK, HOOK_EXIT_STATUS
+from distml.jobs import JobRecords
+
+DISTML = [sys.executable, "-m", "distml"]
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """One real scheduler and two single-threaded workers for the whole module: every run has two lanes."""
+    with processes.dask_processes(tmp_path_factory.mktemp("cluster")) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def softmax_job(scheduler, tmp_path_factory):
+    """A 6-epoch softmax job file and its uninterrupted model (two lanes, as on every cluster here)."""
+    import yaml
+
+    from distml.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("softmax")
+    folder, _ = make_dataset(root / "data", "classification", 4000, 6, 4, 3, 0, False)
+    job = root / "resume-softmax.yaml"
+    job.write_text(yaml.safe_dump({
+        "name": "resume-softmax", "seed": 0, "data": {"path": str(folder), "target": "target"},
+        "model": {"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}},
+        "output": {"store": str(root / "models")}}))
+    return job, reference_model(job, scheduler)
+
+
+def distml(*args, env=None, timeout=240):  # generous: a loaded machine starts Python slowly
+    return subprocess.run([*DISTML, *map(str, args)], check=False, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def in_process(*args):
+    """A command that ends before any cluster work, run in this process (no interpreter start-up)."""
+    from click.testing import CliRunner
+
+    from distml.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def reference_model(job, scheduler):
+    """The uninterrupted run, in this process, on the same cluster."""
+    from distributed import Client
+
+    from distml import load_model
+    from distml.jobfile import load_job
+    from distml.runner import run_job
+
+    spec = load_job(job)
+    with Client(scheduler, set_as_default=False) as client:
+        return load_model(run_job(spec, client).uri)
+
+
+def killed_then_resumed(job, store, scheduler, step):
+    """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
+    killed = distml("submit", job, "--scheduler", scheduler, "--store", store, "--quiet", env={EXIT_HOOK: str(step)})
+    assert killed.returncode == HOOK_EXIT_STATUS, killed.stderr
+    records = JobRecords(str(store))
+    (record,) = [r for r in records.list() if r["state"] == "running"]
+    job_id = record["job_id"]
+    assert (store / "_jobs" / job_id / f"checkpoint-{step}.json").exists()
+    assert (store / "_jobs" / job_id / f"checkpoint-{step}.skops").exists()
+    assert not (store / "_jobs" / job_id / f"checkpoint-{step - 1}.json").exists()  # only the newest is kept
+    resumed = distml("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler)
+    assert resumed.returncode == 0, resumed.stderr
+    return job_id, records.read(job_id), resumed
+
+
+@pytest.mark.timeout(420)  # two CLI runs of a whole job
+def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(scheduler, softmax_job, tmp_path):
+    from distml import load_model
+
+    job, expected = softmax_job
+    store = tmp_path / "models"
+    job_id, record, resumed = killed_then_resumed(job, store, scheduler, step=2)
+
+    assert f"job {job_id} succeeded (resumed from checkpoint 2)" in resumed.stdout
+    assert f"job {job_id}: resumed from checkpoint 2: redoing the read and statistics passes and" in resumed.stderr
+    got = load_model(record["model"])
+    np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)
+    np.testing.assert_array_equal(got[-1].intercept_, expected[-1].intercept_)
+    assert record["state"] == "succeeded" and record["error"] is None
+    assert record["resumed"]["checkpoint"] == 2 and record["resumed"]["by"] == "cli"
+    assert record["resumed"]["train_progress_at_checkpoint"] == pytest.approx(2 / 6)
+    assert any(m.startswith("resumed from checkpoint 2:") for _, m in record["events"])
+    messages = [m for _, m in record["events"]]
+    after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint")):]
+    assert [m.split(":")[0] for m in after if m.startswith("epoch ")] == [f"epoch {e}" for e in (2, 3, 4, 5)]
+
+    again = in_process("jobs", "resume", job_id, "--store", store)
+    assert again.exit_code == 2
+    assert again.output.strip() == f"Error: job {job_id} already succeeded ({record['model']}); there is nothing to resume"
+
+
+@pytest.mark.timeout(420)
+def test_a_forest_killed_after_its_first_tree_group_resumes_to_identical_predictions(scheduler, make_data, job_file,
+                                                                                     tmp_path):
+    import pandas as pd
+
+    from distml import load_model
+
+    folder, test = make_data(rows=3000, features=5, files=3)
+    store = tmp_path / "models"
+    job = job_file(name="resume-forest", data={"path": str(folder), "target": "target"},
+                   model={"kind": "forest", "params": {"n_estimators": 8, "max_depth": 6}})
+    expected = reference_model(job, scheduler)
+    _, record, _ = killed_then_resumed(job, store, scheduler, step=1)
+
+    got = load_model(record["model"])
+    frame = pd.read_parquet(test)
+    np.testing.assert_array_equal(got.predict_proba(frame), expected.predict_proba(frame))
+    assert len(got[-1].estimators_) == 8
+    assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 1
+
+
+def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, make_data, job_file, tmp_path):
+    import shutil
+
+    store = tmp_path / "models"
+    missing = in_process("jobs", "resume", "20260101-000000-abcdef", "--store", store)
+    assert missing.exit_code == 2
+    assert missing.output.strip() == (f"Error: no job 20260101-000000-abcdef in {store} "
+                                      f"(see `distml jobs list --store {store}`)")
+
+    source, _ = make_data(rows=2000, features=4, files=2)
+    folder = tmp_path / "data"
+    shutil.copytree(source, folder)
+    job = job_file(name="resume-changed", data={"path": str(folder), "target": "target"},
+                   model={"kind": "logistic", "params": {"epochs": 3}})
+    killed = distml("submit", job, "--scheduler", scheduler, "--quiet", env={EXIT_HOOK: "1"})
+    assert killed.returncode == HOOK_EXIT_STATUS, killed.stderr
+    (record,) = JobRecords(str(store)).list()
+    first, second = sorted(folder.iterdir())[:2]
+    shutil.copy(second, first)  # the same name, other rows
+    changed = in_process("jobs", "resume", record["job_id"], "--store", store, "--scheduler", scheduler)
+    assert changed.exit_code == 2
+    line = changed.output.strip()
+    assert line.startswith(f"Error: {first}: changed (") and line.endswith(
+        f"since job {record['job_id']}'s checkpoint 1; a resumed job must read the same data; "
+        "submit it as a new job instead")
+
+
+@pytest.mark.timeout(420)  # a cluster of its own, and a worker restart
+def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_identical_model(softmax_job, tmp_path):
+    """The hook is in the workers' environment: the detached driver's worker dies after checkpoint 2 and
+    its nanny restarts it; the scheduler reruns the driver, which resumes from the checkpoint (and its lanes)."""
+    from distml import load_model
+    from distml.service import wait
+
+    job, expected = softmax_job
+    store = tmp_path / "models"
+    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
+        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        record = wait(JobRecords(str(store)), job_id, timeout=240)
+    assert record["state"] == "succeeded"
+    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    got = load_model(record["model"])
+    np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)
