@@ -19,13 +19,12 @@ from sklearn.preprocessing import StandardScaler
 from distml import load_model
 from distml.blocks import Block
 from distml.cli import main
-from distml.draws import row_draws
 from distml.folds import DRAW_BINS, _draw_histogram_part, folds_from_histogram
 from distml.jobfile import parse_job
 from distml.models import FAMILIES
 from distml.runner import run_job
 from distml.search_space import SearchSpec, candidates
-from reference import split_frames, xy
+from reference import split_frames, train_rows_with_draws, xy
 
 
 def _job(client, tmp_path, folder, model, seed=0, holdout=0.2, **sections):
@@ -35,17 +34,6 @@ def _job(client, tmp_path, folder, model, seed=0, holdout=0.2, **sections):
     result = run_job(spec, client)
     manifest = json.loads((Path(result.uri) / "manifest.json").read_text())
     return result, manifest, load_model(result.uri)
-
-
-def _train_rows_with_draws(folder: Path, seed: int, holdout: float) -> tuple[pd.DataFrame, np.ndarray]:
-    """The training rows in file order and each one's draw, rescaled as the training blocks carry it."""
-    frames, draws = [], []
-    for path in sorted(Path(folder).glob("*.parquet")):
-        frame = pd.read_parquet(path)
-        u = row_draws(seed, path.name, np.arange(len(frame), dtype=np.uint64))
-        frames.append(frame[u >= holdout])
-        draws.append((u[u >= holdout] - holdout) / (1 - holdout))
-    return pd.concat(frames, ignore_index=True), np.concatenate(draws)
 
 
 def _reference_folds(frame: pd.DataFrame, u: np.ndarray, k: int, classes: np.ndarray | None) -> list[np.ndarray]:
@@ -106,7 +94,7 @@ def test_ridge_search_scores_equal_scikit_learn_on_the_same_folds(client, tmp_pa
     alphas = [0.0, 10.0, 1000.0, 100000.0]
     result, manifest, model = _job(client, tmp_path, folder, {"kind": "linear"},
                                    search={"params": {"alpha": alphas}, "cv": 3}, data={"partition_size": "1MiB"})
-    frame, u = _train_rows_with_draws(folder, 0, 0.2)
+    frame, u = train_rows_with_draws(folder, 0, 0.2)
     folds = _reference_folds(frame, u, 3, None)
     X_all = model.named_steps["features"].transform(frame.drop(columns=["target"]))
     y_all = frame["target"].to_numpy()
