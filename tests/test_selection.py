@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
+from reference import split_frames, train_rows_with_draws, xy
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import r2_score
@@ -24,7 +25,6 @@ from distml.jobfile import parse_job
 from distml.models import FAMILIES
 from distml.runner import run_job
 from distml.search_space import SearchSpec, candidates
-from reference import split_frames, train_rows_with_draws, xy
 
 
 def _job(client, tmp_path, folder, model, seed=0, holdout=0.2, **sections):
@@ -191,11 +191,11 @@ def test_successive_halving_keeps_the_best_third_on_three_times_the_rows(client,
 
 @pytest.mark.parametrize("sections,message", [
     ({"search": {"params": {"gamma": [1, 2]}}},
-     "search.params.gamma: model kind 'logistic' has no parameter 'gamma' (it has solver, alpha, eta0, "
-     "batch_size, epochs, class_weight, early_stopping, validation_fraction, tol, n_iter_no_change)"),
+     ("search.params.gamma: model kind 'logistic' has no parameter 'gamma' (it has solver, alpha, max_iter, tol, "
+      "eta0, batch_size, epochs, class_weight, early_stopping, validation_fraction, n_iter_no_change)")),
     ({"search": {"params": {"alpha": []}}}, "search.params: alpha has an empty list of values; got {'alpha': []}"),
-    ({"search": {"params": {}}}, "search.params: must map at least one model parameter to a list of values or a "
-                                 "range {low, high, log, num}; got {}"),
+    ({"search": {"params": {}}}, ("search.params: must map at least one model parameter to a list of values or a "
+                                  "range {low, high, log, num}; got {}")),
     ({"data_cv": 1}, "data.cv: must be greater than or equal to 2; got 1"),
     ({"search": {"params": {"alpha": [0.1, "big"]}}},
      "search.params.alpha: must be a valid number, unable to parse string as a number; got 'big'"),
