@@ -119,6 +119,14 @@ class Checkpoints:
         if os.environ.get(EXIT_HOOK) == str(step):  # test hook: die here, as a killed driver would
             os._exit(HOOK_EXIT_STATUS)
 
+    def discard(self) -> None:
+        """Remove this job's checkpoints (best effort): when the store is full, the job's record comes first."""
+        fs, folder = self._folder()
+        try:
+            fs.rm(folder, recursive=True)
+        except Exception:  # noqa: BLE001 - nothing to free, or the store is gone: the caller reports that
+            return
+
     # --- reading ---------------------------------------------------------------
 
     @staticmethod

@@ -145,13 +145,13 @@ def tls_flags() -> dict[str, str]:
 def apply_tls_flags() -> None:
     """Put the ``--tls-*`` files in this process's Dask configuration, for commands that reach a job's scheduler
     by its recorded address (``jobs …``); each file is checked first (one line naming the flag)."""
+    flags = tls_flags()
+    if not flags:
+        return  # before any import: `jobs list` must not pay for dask
     import dask.config
 
     from distml.cluster import TLS_CONFIG_KEYS
     from distml.spec import ClusterSpec
 
-    flags = tls_flags()
-    if not flags:
-        return
     ClusterSpec(**flags)  # exists and readable, or a SpecError naming the flag
     dask.config.set({TLS_CONFIG_KEYS[k]: v for k, v in flags.items()})

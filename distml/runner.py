@@ -156,6 +156,9 @@ def run_job(spec: JobSpec, client: Client, *, dataset: Dataset | None = None, jo
             result = _run(spec, client, dataset, tracker, tracked_progress, tracked_log, tracked_phase, checkpoints)
     except BaseException as exc:
         unrecorded = _record_failure(tracker, exc)
+        if unrecorded:  # e.g. a full disk: the checkpoints give way to the record that says how the job ended
+            checkpoints.discard()
+            unrecorded = _record_failure(tracker, exc)
         if isinstance(exc, KeyboardInterrupt):  # the caller was interrupted (Ctrl-C, or SIGTERM in the CLI)
             error: DistmlError = JobCancelled(f"job {tracker.job_id} was cancelled: {tracker.record['error']}")
         elif tracker.record["state"] == "cancelled" and not isinstance(exc, JobCancelled):

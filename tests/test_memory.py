@@ -21,7 +21,7 @@ def test_data_three_times_cluster_memory_trains_without_worker_restarts(tmp_path
     rows = int(3 * WORKERS * WORKER_MEMORY / (8 * (FEATURES + 1))) + 1
     folder, _ = make_data("classification", rows=rows, features=FEATURES, files=8)
     spec = parse_job({"name": "big", "data": {"path": str(folder), "target": "target", "holdout": 0.1},
-                      "model": {"kind": "logistic", "params": {"epochs": 1}},
+                      "model": {"kind": "logistic"},  # newton: full passes re-read from Parquet
                       "output": {"store": str(tmp_path / "models")}}, "test")
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", memory_limit=WORKER_MEMORY, silence_logs=40) as cluster, \

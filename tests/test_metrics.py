@@ -151,7 +151,8 @@ def binary_job(cluster, make_data, tmp_path_factory):
     folder, _ = make_data(rows=6000, features=6, files=3)
     store = tmp_path_factory.mktemp("metrics-store")
     spec = parse_job({"name": "metrics", "seed": 0, "data": {"path": str(folder), "target": "target"},
-                      "model": {"kind": "logistic"}, "evaluation": {"permutation_importance": {"repeats": 4}},
+                      "model": {"kind": "logistic", "params": {"solver": "softmax"}},
+                      "evaluation": {"permutation_importance": {"repeats": 4}},
                       "output": {"store": str(store), "evaluation_report": False}}, "test")
     with Client(cluster, set_as_default=False) as client:
         result = run_job(spec, client)

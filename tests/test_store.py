@@ -214,7 +214,8 @@ def test_output_report_false_saves_the_model_without_a_performance_report(client
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"report": False})})
     result = run_job(spec, client)
     assert result.report is None
-    assert {p.name for p in Path(result.uri).iterdir()} == {"claim.json", "model.skops", "manifest.json"}
+    assert {p.name for p in Path(result.uri).iterdir()} == {"claim.json", "model.skops", "evaluation.html",
+                                                            "manifest.json"}
     assert "report.html" not in json.loads((Path(result.uri) / "manifest.json").read_text())["files"]
     record = JobRecords(store).read(result.job_id)
     assert record["state"] == "succeeded" and record["model"] == result.uri and record["report"] is None
