@@ -107,8 +107,9 @@ class Store:
             _create(fs, posixpath.join(prefix, CLAIM), claim)
         except FileExistsError:
             raise StoreError(f"{where}: version already exists; refusing to overwrite") from None
-        except Exception as exc:
-            raise JobFailed(f"{where}: cannot write the model ({io_reason(exc)})") from None
+        except Exception as exc:  # the version id is fresh, so the folder is this save's alone
+            _discard(fs, prefix)
+            raise JobFailed(f"{where}: cannot write the model ({io_reason(exc)}); nothing was saved") from None
         files = {CLAIM: claim, MODEL: sio.dumps(pipeline), **(extra_files or {})}
         digests = {filename: {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
                    for filename, payload in files.items()}

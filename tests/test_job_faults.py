@@ -71,8 +71,6 @@ def _spec(data: Path, store: Path, model: dict, holdout: float = 0.2, name: str 
 FOREST = {"kind": "forest", "params": {"n_estimators": 20}}  # a model file of several MiB
 
 
-@pytest.mark.xfail(reason="known defect: the forest's per-group checkpoints fill the 1 MiB disk before the save, "
-                          "so the record cannot say failed (issue 16, closing note of stop 20)", strict=False)
 def test_a_full_disk_during_the_save_fails_the_job_with_its_cause_and_the_record_says_failed(
         small, job_file, full_disk):
     store = full_disk / "models"
