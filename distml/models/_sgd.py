@@ -133,14 +133,11 @@ def train_sgd(
     n_parts = parts.n_parts
     # A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
     # classes) average badly, so with few partitions there are fewer lanes, each mixing more.
-    # Re-read partitions are sized for one at a time per thread (runner.partition_bytes), so a step
-    # mixes several only when the blocks are held in cluster memory.
-    mix_parts = MIX if parts.persisted else 1
-    lanes = max(1, min(n_parts // mix_parts, ctx.env.max_in_flight))
+    lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
     model, best, stale, start, lanes = _restored(template, ctx, lanes)
-    mix = max(1, min(mix_parts, n_parts))
+    mix = max(1, min(MIX, n_parts))
     for epoch in range(start, schedule.epochs):
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
