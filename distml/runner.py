@@ -1,11 +1,9 @@
-"""One job from spec to saved artifact: job id, phases, timings, the performance report.
+"""One job from spec to saved artifact: job id, phases and timings, the record's lifecycle.
 
 No algorithm code lives here; every step is a call into the module that owns it.
 """
 from __future__ import annotations
 
-import functools
-import platform
 import secrets
 import time
 from collections.abc import Callable
@@ -209,15 +207,17 @@ def _record_failure(tracker: JobTracker, exc: BaseException) -> str | None:
 def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTracker,
          progress: Progress, log: Log, on_phase: PhaseEvent, checkpoints: Checkpoints) -> JobResult:
     """The job's phases, in order; ``run_job`` wraps them in the record's lifecycle."""
+    from distml.artifact import companion_files
     from distml.cluster import dashboard_link
     from distml.interpret import summary_of
+    from distml.perf_report import finish_report, start_report
     from distml.signing import resolve_key
     from distml.store import Store
 
     job_id = tracker.job_id
     phases = _Phases(on_phase)
     started = time.time()
-    report = _start_report(client) if spec.output.report else None
+    report = start_report(client) if spec.output.report else None
     if spec.output.evaluation_report:
         from distml.report import preload
 
@@ -226,8 +226,8 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
         fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log, checkpoints)
         with phases("save"):
             manifest = fit.manifest(spec, job_id, phases.timings, started)
-            files = _model_files(spec, fit.pipeline, manifest, fit.dataset, log)
-            html = _finish_report(client, report, job_id)
+            files = companion_files(spec, fit.pipeline, manifest, fit.dataset, log)
+            html = finish_report(client, report, job_id)
             if html:
                 files["report.html"] = html.encode()
             store = Store(spec.output.store, spec.output.storage_options)
@@ -261,10 +261,11 @@ class FittedJob:
     chosen: dict[str, Any]  # the manifest's "cv", "search" and (warm start) "parent" sections
 
     def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
-        """The artifact's manifest (see ``_manifest``), with importances, evaluation details, cv and search."""
+        """The artifact's manifest (see ``artifact.build_manifest``), with importances, evaluation details, cv and search."""
+        from distml.artifact import build_manifest
         from distml.interpret import explained, impurity_importances
 
-        manifest = _manifest(spec, self.dataset, job_id, self.plan, self.metrics, self.rows, timings, started,
+        manifest = build_manifest(spec, self.dataset, job_id, self.plan, self.metrics, self.rows, timings, started,
                              self.n_workers, self.persisted)
         transformer, fitted = self.pipeline.steps[0][1], self.pipeline.steps[-1][1]
         importances = impurity_importances(transformer, fitted)
@@ -339,7 +340,7 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     from distml.features import plan_features
     from distml.models.base import TrainContext
 
-    n_workers, threads, memory = resources
+    n_workers, _threads, memory = resources
     params = spec.model.params
     with phases("stats"):
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
@@ -408,98 +409,3 @@ def _divergence_hint(params: Any) -> str:
     if "alpha" in names:
         return "raise model.params.alpha"
     return "check the data for extreme values"
-
-
-def _model_files(spec: JobSpec, pipeline: Any, manifest: dict[str, Any], dataset: Dataset, log: Log) -> dict[str, bytes]:
-    """The files saved beside the model that the job file asks for: ``evaluation.html``, ``model.onnx``.
-
-    A model ONNX cannot express is still saved; the reason goes to the log and ``manifest["onnx"]``.
-    """
-    files: dict[str, bytes] = {}
-    if spec.output.onnx:
-        from distml.onnx_export import OnnxUnsupported, to_onnx
-
-        try:
-            files["model.onnx"] = to_onnx(pipeline, dataset.kinds)
-            manifest["onnx"] = {"file": "model.onnx"}
-        except OnnxUnsupported as exc:
-            manifest["onnx"] = {"file": None, "reason": str(exc)}
-            log(f"model.onnx not written: {exc}")
-    if spec.output.evaluation_report:
-        from distml.report import evaluation_html
-
-        files["evaluation.html"] = evaluation_html(manifest, spec.name)
-        manifest["evaluation_report"] = "evaluation.html"
-    return files
-
-
-def _start_report(client: Client) -> tuple[float, int] | None:
-    """Mark the start of the job's Dask performance report."""
-    try:
-        count = client.run_on_scheduler(_monitor_count)
-        client.get_task_stream(start=0, stop=0)  # makes sure the scheduler records a task stream
-        return time.time(), count
-    except Exception:  # a report is a courtesy; never fail a job for it
-        return None
-
-
-def _monitor_count(dask_scheduler: Any) -> int:
-    return dask_scheduler.monitor.count
-
-
-def _finish_report(client: Client, start: tuple[float, int] | None, job_id: str) -> str | None:
-    if start is None:
-        return None
-    try:
-        return client.sync(client.scheduler.performance_report, start=start[0], last_count=start[1],
-                           code=f"distml job {job_id}", mode=None)
-    except Exception:
-        return None
-
-
-def _manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metrics: dict[str, float],
-              rows: dict[str, int], timings: dict[str, float], started: float, n_workers: int,
-              persisted: bool) -> dict[str, Any]:
-    """Everything needed to know what a model is and where it came from; secrets redacted."""
-    from distml.lineage import file_lineage
-    from distml.store import redact
-
-    return {
-        "job_id": job_id,
-        "created": datetime.now(timezone.utc).isoformat(),
-        "job": redact(spec.model_dump(mode="json")),
-        "data": {
-            "url": dataset.url,
-            "files": [file_lineage(dataset, f) for f in dataset.files],
-            "schema": dataset.schema,
-            "target": dataset.target,
-            "features": dataset.features,
-            "partitions": plan.parts.n_parts,
-            "persisted": persisted,
-            "train_bytes": plan.train_bytes,
-            "memory_bytes": plan.stats.memory_bytes,
-            "dropped_rows": {"null_target": plan.stats.dropped_target, "nulls": plan.stats.dropped_nulls},
-        },
-        "rows": rows,
-        "target_kind": plan.target_kind,
-        "classes": plan.classes.tolist() if plan.classes is not None else None,
-        "metrics": metrics,
-        "timings": {**timings, "wall": round(time.time() - started, 3)},
-        "cluster": {"workers": n_workers},
-        "versions": dict(_library_versions()),
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def _library_versions() -> dict[str, str]:
-    """Installed versions, read once per process (an estimator's many small fits each write a manifest)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("distml", "dask", "distributed", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "fsspec",
-                 "matplotlib", "skl2onnx", "onnxruntime"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
