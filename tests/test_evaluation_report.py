@@ -41,7 +41,7 @@ def binary_model(cluster, table, tmp_path_factory):
     store = tmp_path_factory.mktemp("report-store")
     spec = parse_job({"name": "report", "seed": 0, "data": {"path": str(table), "target": "label", "missing": "impute"},
                       "model": {"kind": "logistic"}, "evaluation": {"permutation_importance": True},
-                      "output": {"store": str(store)}}, "test")
+                      "output": {"store": str(store), "evaluation_report": True}}, "test")
     with Client(cluster, set_as_default=False) as client:
         return run_job(spec, client), store
 

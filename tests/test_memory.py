@@ -19,9 +19,10 @@ def test_data_three_times_cluster_memory_trains_without_worker_restarts(tmp_path
     from distributed import Client, LocalCluster
 
     rows = int(3 * WORKERS * WORKER_MEMORY / (8 * (FEATURES + 1))) + 1
-    folder, _ = make_data("classification", rows=rows, features=FEATURES, files=8)
+    folder, _ = make_data("regression", rows=rows, features=FEATURES, files=8)
+    # linear exact: the fewest passes (statistics, one Gram pass, evaluation), each re-reading Parquet
     spec = parse_job({"name": "big", "data": {"path": str(folder), "target": "target", "holdout": 0.1},
-                      "model": {"kind": "logistic"},  # newton: full passes re-read from Parquet
+                      "model": {"kind": "linear"},
                       "output": {"store": str(tmp_path / "models")}}, "test")
     with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", memory_limit=WORKER_MEMORY, silence_logs=40) as cluster, \
@@ -31,4 +32,4 @@ def test_data_three_times_cluster_memory_trains_without_worker_restarts(tmp_path
         assert client.run(os.getpid) == pids, "a worker was restarted"
     assert result.rows["total"] == rows
     assert not result.persisted, "the data cannot fit; it must be re-read from Parquet"
-    assert result.metrics["accuracy"] > 0.8
+    assert result.metrics["r2"] > 0.9
