@@ -1,0 +1,102 @@
+"""The forest's early stopping by trees: grow wave by wave, score the forest out of bag after every group.
+
+Apart from ``forest`` because it is its own loop over the waves. Each wave's groups are built as without
+early stopping (one sampling pass, the tree fits), then one out-of-bag pass adds their trees to the
+per-row tallies the partitions keep on their workers (``_oob.OobCurve``) and brings back the score of
+the forest so far after each group. Growing stops once ``n_iter_no_change`` groups in a row have
+not beaten the best score by ``tol``; the forest keeps the trees up to its best-scoring group. The curve is
+checkpointed with the trees, so a resumed job continues it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distml.models._oob import OobCurve
+
+if TYPE_CHECKING:
+    from distml.blocks import Partitions
+    from distml.models._bootstrap import SamplePlan
+    from distml.models.base import TrainContext
+    from distml.models.forest import Params
+
+
+# --- runs on the client ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grown:
+    """Where growing stopped: the trees kept (a prefix of the forest) and the kept forest's score."""
+
+    kept: int
+    score: float
+
+
+def _best(points: list[dict[str, Any]], tol: float) -> tuple[int | None, int]:
+    """(index of the best point, groups in a row that did not beat the best so far by ``tol``), as
+    scikit-learn's SGD counts them; the best is the highest score, the first when tied."""
+    best, stale = None, 0
+    for i, point in enumerate(points):
+        score = point["oob_score"]
+        if best is not None:
+            stale = stale + 1 if score < points[best]["oob_score"] + tol else 0
+        if best is None or score > points[best]["oob_score"]:
+            best = i
+    return best, stale
+
+
+def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dict[int, list[Any]],
+                     build: Callable[[int, list[int]], list[Any]], collect: Callable[[list[Any]], None],
+                     checkpoint: Callable[[dict[str, Any]], None], restored: dict[str, Any], plan: SamplePlan,
+                     draw_seeds: list[int], parts: Partitions, params: Params, ctx: TrainContext) -> Grown:
+    """Build waves until the out-of-bag score stalls; ``trees`` then holds at least the kept ones.
+
+    ``build(w, wave)`` submits a wave's missing groups and ``collect`` brings their trees into ``trees``;
+    ``restored`` is a resumed job's checkpointed curve.
+    """
+    curve = OobCurve(parts, plan, ctx)
+    points: list[dict[str, Any]] = list(restored.get("curve") or [])
+    best, stale = _best(points, params.tol)
+
+    def group_trees(g: int) -> tuple[list[Any], tuple[int, ...]]:
+        members = set(groups[g])
+        return ([t for first in sorted(trees) if first in members for t in trees[first]],
+                tuple(draw_seeds[t] for t in groups[g]))
+
+    try:
+        scored = len(points)  # groups already on the curve (a prefix): their votes go in as one group
+        if scored:
+            ctx.env.log(f"forest: resuming early stopping after {points[-1]['trees']} trees")
+            merged = [group_trees(g) for g in range(scored)]
+            curve.add([([t for ts, _ in merged for t in ts], tuple(s for _, ss in merged for s in ss))])
+        for w, wave in enumerate(waves):
+            todo = [g for g in wave if g >= scored]
+            if stale >= params.n_iter_no_change or not todo:
+                continue
+            collect(build(w, wave))
+            for g, score in zip(todo, curve.add([group_trees(g) for g in todo])):
+                points.append({"trees": groups[g][-1] + 1, "oob_score": score})
+                ctx.env.log(f"forest: {groups[g][-1] + 1} trees, out-of-bag {curve.metric} {score:.5f}")
+                best, stale = _best(points, params.tol)
+                scored = g + 1
+                if stale >= params.n_iter_no_change:
+                    ctx.env.log(f"forest: early stop at {points[-1]['trees']} trees: no gain of {params.tol} for "
+                                f"{stale} groups; keeping the best-scoring first {points[best]['trees']} trees")
+                    break
+            checkpoint({"curve": points})
+    finally:
+        curve.close()
+    ctx.env.report("train", 1.0)
+    ctx.env.record_training(_section(points, best, params, curve.metric))
+    return Grown(points[best]["trees"], points[best]["oob_score"])
+
+
+def _section(points: list[dict[str, Any]], best: int, params: Params, metric: str) -> dict[str, Any]:
+    """The manifest's ``training`` section: JSON-plain numbers only."""
+    grown = points[-1]["trees"]
+    return {"early_stopping": True, "metric": f"out-of-bag {metric}", "tol": params.tol,
+            "n_iter_no_change": params.n_iter_no_change, "max_trees": params.n_estimators, "trees_grown": grown,
+            "stopped_at": grown if grown < params.n_estimators else None, "trees_kept": points[best]["trees"],
+            "best": {"trees": points[best]["trees"], "oob_score": points[best]["oob_score"]},
+            "curve": [{"trees": int(p["trees"]), "oob_score": float(p["oob_score"])} for p in points]}
