@@ -4,7 +4,8 @@ Apart from ``forest`` because it is its own loop over the waves. Each wave's gro
 early stopping (one sampling pass, the tree fits), then one out-of-bag pass adds their trees to the
 per-row tallies the partitions keep on their workers (``_oob.OobCurve``) and brings back the score of
 the forest so far after each group. Growing stops once ``n_iter_no_change`` groups in a row have
-not beaten the best score by ``tol``; the forest keeps the trees up to its best-scoring group. The curve is
+not beaten the best score by ``tol``; the forest keeps the trees up to its best-scoring group. The next
+wave grows while one is scored, so a stop wastes at most one wave. The curve is
 checkpointed with the trees, so a resumed job continues it.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from distml.models._oob import OobCurve
+from distml.models._stopping import best_and_stale
 
 if TYPE_CHECKING:
     from distml.blocks import Partitions
@@ -34,16 +36,7 @@ class Grown:
 
 
 def _best(points: list[dict[str, Any]], tol: float) -> tuple[int | None, int]:
-    """(index of the best point, groups in a row that did not beat the best so far by ``tol``), as
-    scikit-learn's SGD counts them; the best is the highest score, the first when tied."""
-    best, stale = None, 0
-    for i, point in enumerate(points):
-        score = point["oob_score"]
-        if best is not None:
-            stale = stale + 1 if score < points[best]["oob_score"] + tol else 0
-        if best is None or score > points[best]["oob_score"]:
-            best = i
-    return best, stale
+    return best_and_stale([p["oob_score"] for p in points], tol)
 
 
 def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dict[int, list[Any]],
@@ -70,11 +63,15 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
             ctx.env.log(f"forest: resuming early stopping after {points[-1]['trees']} trees")
             merged = [group_trees(g) for g in range(scored)]
             curve.add([([t for ts, _ in merged for t in ts], tuple(s for _, ss in merged for s in ss))])
-        for w, wave in enumerate(waves):
+        remaining = [(w, wave) for w, wave in enumerate(waves) if any(g >= scored for g in wave)]
+        ahead = build(*remaining[0]) if remaining and stale < params.n_iter_no_change else []
+        for i, (_, wave) in enumerate(remaining):
+            if stale >= params.n_iter_no_change:
+                break
+            collect(ahead)
+            # the next wave grows while this one is scored: two waves' samples at most, as without early stopping
+            ahead = build(*remaining[i + 1]) if i + 1 < len(remaining) else []
             todo = [g for g in wave if g >= scored]
-            if stale >= params.n_iter_no_change or not todo:
-                continue
-            collect(build(w, wave))
             for g, score in zip(todo, curve.add([group_trees(g) for g in todo])):
                 points.append({"trees": groups[g][-1] + 1, "oob_score": score})
                 ctx.env.log(f"forest: {groups[g][-1] + 1} trees, out-of-bag {curve.metric} {score:.5f}")
@@ -85,6 +82,7 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
                                 f"{stale} groups; keeping the best-scoring first {points[best]['trees']} trees")
                     break
             checkpoint({"curve": points})
+        ctx.env.client.cancel([future for _, future in ahead])  # a wave grown ahead of a stop is not needed
     finally:
         curve.close()
     ctx.env.report("train", 1.0)

@@ -11,7 +11,9 @@ class (they drift the model as a sequential ``partial_fit`` over the files does)
 
 With early stopping, each task also scores the epoch's starting model on the
 partition's validation rows (those whose draw ``u`` is below
-``validation_fraction``), so validation costs no extra pass.
+``validation_fraction``), so validation costs no extra pass. Training stops when
+``n_iter_no_change`` epochs in a row did not beat the best loss by ``tol``
+(scikit-learn's rule, ``_stopping``) and returns the best-scoring model.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.checkpoints import fitted_state, with_state
+from distml.models._stopping import best_and_stale
 
 if TYPE_CHECKING:
     from sklearn.linear_model._stochastic_gradient import BaseSGD
@@ -183,15 +186,14 @@ def train_sgd(
             mean_loss = val_loss / n_val
             ctx.env.log(f"epoch {epoch}: {metric} {mean_loss:.5f} of the model after {epoch} epoch(s)")
             curve.points.append({"epoch": epoch, "validation_loss": mean_loss})
-            if curve.best is None or mean_loss < curve.best[0] - (schedule.tol or 0.0):
-                curve.best, curve.stale = (mean_loss, reference, epoch), 0
-            else:
-                curve.stale += 1
-                if curve.stale >= schedule.n_iter_no_change:
-                    ctx.env.log(f"early stop after epoch {epoch}: no improvement for {curve.stale} epochs; "
-                                f"keeping the model after {curve.best[2]} epoch(s)")
-                    model, trained_epochs = curve.best[1], curve.best[2]
-                    break
+            best, curve.stale = best_and_stale([-p["validation_loss"] for p in curve.points], schedule.tol or 0.0)
+            if best == len(curve.points) - 1:
+                curve.best = (mean_loss, reference, epoch)
+            if curve.stale >= schedule.n_iter_no_change:
+                ctx.env.log(f"early stop after epoch {epoch}: no improvement of {schedule.tol} for {curve.stale} "
+                            f"epochs; keeping the model after {curve.best[2]} epoch(s)")
+                model, trained_epochs = curve.best[1], curve.best[2]
+                break
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
         ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "lanes": lanes, **curve.state()})
