@@ -187,8 +187,9 @@ def _selection_charts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         out.append((f"cross-validation: {cv['scoring']} per fold (bars), mean ± std (line and band)", _cv(cv)))
     search = manifest.get("search")
     if search and any(r.get("mean") is not None and not r.get("error") for r in search.get("candidates", [])):
-        out.append((f"search results: {search['scoring']} of each candidate ({search['scored_by']}), "
-                    f"the chosen one in red", _search(search)))
+        caption = (f"search results: {search['scoring']} of each candidate ({search['scored_by']}), "
+                   "the chosen one in red")
+        out.append((caption, _search(search)))
     return out
 
 

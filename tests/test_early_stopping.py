@@ -143,8 +143,8 @@ def test_forest_stops_by_out_of_bag_score_and_keeps_the_forest_of_its_best_group
     assert forest_model.oob_score_ == training["best"]["oob_score"]
     # The kept trees are the first `kept` trees of any forest from this seed, and the incremental out-of-bag
     # tallies give exactly the score of the one full out-of-bag pass over them.
-    plain, _, plain_model, _ = _run(client, folder, tmp_path / "plain", "forest",
-                                    {"n_estimators": kept, "max_depth": 5, "oob_score": True})
+    _, _, plain_model, _ = _run(client, folder, tmp_path / "plain", "forest",
+                                {"n_estimators": kept, "max_depth": 5, "oob_score": True})
     (X, y), (X_test, y_test) = _held_out(folder)
     np.testing.assert_array_equal(model.predict_proba(X_test), plain_model.predict_proba(X_test))
     assert plain_model[-1].oob_score_ == forest_model.oob_score_
@@ -200,8 +200,8 @@ REFUSED = [
     ("logistic", {"solver": "lbfgs", "early_stopping": True},
      "solver lbfgs is exact (it stops at tol or max_iter) and cannot stop early; use solver: sgd, softmax or auto"),
     ("svm", {"kernel": "rbf", "early_stopping": True},
-     "kernel rbf without an approximation trains a cascade SVM, which cannot stop early; use kernel: linear or "
-     "approximation: nystroem or rbf_sampler"),
+     ("kernel rbf without an approximation trains a cascade SVM, which cannot stop early; use kernel: linear or "
+      "approximation: nystroem or rbf_sampler")),
     ("forest", {"bootstrap": False, "early_stopping": True},
      "early stopping scores the trees out of bag, which needs bootstrap: true (bootstrap is false)"),
 ]
