@@ -159,7 +159,7 @@ def _search(search: dict[str, Any]) -> str:
     names = [", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
              for r in rows][::-1]
     rows = rows[::-1]
-    figure = _figure(6.0, 1.4 + 0.3 * len(rows), left=0.4)
+    figure = _figure(6.0, max(2.6, 1.4 + 0.3 * len(rows)), left=0.4)
     ax = figure.add_subplot()
     colors = ["#d62728" if r is best else "#1f77b4" for r in rows]
     ax.barh(range(len(rows)), [r["mean"] for r in rows], xerr=[r["std"] or 0.0 for r in rows], color=colors)
