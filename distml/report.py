@@ -119,7 +119,7 @@ def _training(training: dict[str, Any]) -> str:
     best = training.get("best")
     if best:
         ax.plot([best[xkey]], [best[ykey]], marker="*", markersize=12, color="#d62728", linestyle="none",
-                label=f"kept: {best[xkey]} {xkey if by_trees else 'epochs'}")
+                label=f"best: {best[xkey]} {xkey if by_trees else 'epochs'}")
     if training.get("stopped_at"):
         ax.axvline(x[-1], color="#999999", linestyle="--", linewidth=1, label="stopped")
     ax.set(xlabel="trees" if by_trees else "epochs trained", ylabel=training["metric"], title="training curve")
@@ -180,8 +180,9 @@ def _selection_charts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     if training and training.get("curve"):
         where = (f"stopped at {training['stopped_at']}" if training.get("stopped_at")
                  else "ran to the maximum")
-        out.append((f"training curve: {training['metric']} ({where}; the star is the model kept)",
-                    _training(training)))
+        caption = (f"training curve: {training['metric']} ({where}; the star is the best-scoring model, "
+                   "the one kept when training stopped early)")
+        out.append((caption, _training(training)))
     cv = manifest.get("cv")
     if cv and cv.get("folds"):
         out.append((f"cross-validation: {cv['scoring']} per fold (bars), mean ± std (line and band)", _cv(cv)))

@@ -87,7 +87,7 @@ def _check_search_page(manifest, text, captions):
     assert training["curve"] and cv["k"] == 2 and len(search["candidates"]) == 2
     assert "No training curve" not in text
     assert captions[0].startswith(f"training curve: validation log loss (stopped at {training['stopped_at']};")
-    assert f"kept: {training['best']['epoch']} epochs" in text
+    assert f"best: {training['best']['epoch']} epochs" in text
     assert f"mean {cv['mean'][cv['scoring']]:.4f} ± {cv['std'][cv['scoring']]:.4f}" in text
     for row in search["candidates"]:
         assert f"alpha={row['params']['alpha']:.3g}" in text

@@ -4,7 +4,8 @@ Apart from ``forest`` because it is its own loop over the waves. Each wave's gro
 early stopping (one sampling pass, the tree fits), then one out-of-bag pass adds their trees to the
 per-row tallies the partitions keep on their workers (``_oob.OobCurve``) and brings back the score of
 the forest so far after each group. Growing stops once ``n_iter_no_change`` groups in a row have
-not beaten the best score by ``tol``; the forest keeps the trees up to its best-scoring group. The next
+not beaten the best score by ``tol``; the forest then keeps the trees up to its best-scoring group
+(a forest that never stalls keeps all ``n_estimators``). The next
 wave grows while one is scored, so a stop wastes at most one wave. The curve is
 checkpointed with the trees, so a resumed job continues it.
 """
@@ -86,15 +87,17 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
     finally:
         curve.close()
     ctx.env.report("train", 1.0)
-    ctx.env.record_training(_section(points, best, params, curve.metric))
-    return Grown(points[best]["trees"], points[best]["oob_score"])
+    kept = best if stale >= params.n_iter_no_change else len(points) - 1  # ran to n_estimators: every tree
+    ctx.env.record_training(_section(points, kept, params, curve.metric))
+    return Grown(points[kept]["trees"], points[kept]["oob_score"])
 
 
-def _section(points: list[dict[str, Any]], best: int, params: Params, metric: str) -> dict[str, Any]:
+def _section(points: list[dict[str, Any]], kept: int, params: Params, metric: str) -> dict[str, Any]:
     """The manifest's ``training`` section: JSON-plain numbers only."""
     grown = points[-1]["trees"]
+    best = best_and_stale([p["oob_score"] for p in points], params.tol)[0]
     return {"early_stopping": True, "metric": f"out-of-bag {metric}", "tol": params.tol,
             "n_iter_no_change": params.n_iter_no_change, "max_trees": params.n_estimators, "trees_grown": grown,
-            "stopped_at": grown if grown < params.n_estimators else None, "trees_kept": points[best]["trees"],
+            "stopped_at": grown if grown < params.n_estimators else None, "trees_kept": points[kept]["trees"],
             "best": {"trees": points[best]["trees"], "oob_score": points[best]["oob_score"]},
             "curve": [{"trees": int(p["trees"]), "oob_score": float(p["oob_score"])} for p in points]}

@@ -83,6 +83,7 @@ class Params(FamilyParams):
     class_weight: Literal["balanced", "balanced_subsample"] | dict[str | int, float] | None = None
     early_stopping: bool = Field(False, description="grow the trees group by group and stop when the out-of-bag "
                                                     "score has not improved by tol for n_iter_no_change groups")
+    # accepted without early_stopping, as scikit-learn's estimators accept them (its checks set them)
     n_iter_no_change: int = Field(3, ge=1, description="tree groups without improvement before stopping")
     tol: float = Field(1e-3, ge=0.0, description="least gain of the out-of-bag score (accuracy or R²) that counts")
 
@@ -104,9 +105,6 @@ class Params(FamilyParams):
                 raise ValueError(f"{name} as a fraction must be in (0, 1{']' if closed else ')'}")
         if not self.bootstrap and self.max_samples is not None:
             raise ValueError("max_samples cannot be set with bootstrap: false (every tree then sees every row)")
-        given = sorted({"n_iter_no_change", "tol"} & self.model_fields_set)
-        if given and not self.early_stopping:
-            raise ValueError(f"{given[0]} applies with early_stopping: true only")
         if not self.bootstrap and self.oob_score:
             raise ValueError("oob_score needs bootstrap: true (without it no row is left out of any tree)")
         if self.task:
