@@ -25,6 +25,7 @@ from distml import load_model
 from distml.checkpoints import Checkpoints
 from distml.cli import main
 from distml.cluster import worker_resources
+from distml.console import summary_lines
 from distml.data import open_dataset
 from distml.features import plan_features
 from distml.jobfile import parse_job
@@ -116,6 +117,8 @@ def test_sgd_family_stops_early_records_its_curve_and_keeps_its_quality(client, 
     assert f"early stop after epoch {training['epochs_run'] - 1}" in "\n".join(logs)
     _check_stop_rule(training, "epoch", "validation_loss", lower_is_better=True)
     assert model[-1].n_iter_ == training["epochs_kept"] == training["best"]["epoch"]
+    assert (f"  training  stopped after {training['epochs_run']} of 50 epochs; best {training['metric']} "
+            f"{training['best']['validation_loss']:.5f} after {training['best']['epoch']}") in summary_lines(result.summary)
     (X, y), (X_test, y_test) = _held_out(folder)
     if task == "regression":
         theirs = r2_score(y_test, LinearRegression().fit(X, y).predict(X_test))
@@ -141,6 +144,8 @@ def test_forest_stops_by_out_of_bag_score_and_keeps_the_forest_of_its_best_group
     forest_model = model[-1]
     assert len(forest_model.estimators_) == forest_model.n_estimators == kept == training["best"]["trees"] < 60
     assert forest_model.oob_score_ == training["best"]["oob_score"]
+    assert (f"  training  stopped at {training['trees_grown']} of 60 trees, kept {kept}; best out-of-bag accuracy "
+            f"{forest_model.oob_score_:.4f}") in summary_lines(result.summary)
     # The kept trees are the first `kept` trees of any forest from this seed, and the incremental out-of-bag
     # tallies give exactly the score of the one full out-of-bag pass over them.
     _, _, plain_model, _ = _run(client, folder, tmp_path / "plain", "forest",
