@@ -22,10 +22,18 @@ if TYPE_CHECKING:
     from distml.blocks import Partitions
     from distml.models._bootstrap import SamplePlan
     from distml.models.base import TrainContext
-    from distml.models.forest import Params
 
 
 # --- runs on the client ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patience:
+    """When to stop: the forest's size, and ``n_iter_no_change`` groups without a gain of ``tol``."""
+
+    n_estimators: int
+    n_iter_no_change: int
+    tol: float
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ def _best(points: list[dict[str, Any]], tol: float) -> tuple[int | None, int]:
 def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dict[int, list[Any]],
                      build: Callable[[int, list[int]], list[Any]], collect: Callable[[list[Any]], None],
                      checkpoint: Callable[[dict[str, Any]], None], restored: dict[str, Any], plan: SamplePlan,
-                     draw_seeds: list[int], parts: Partitions, params: Params, ctx: TrainContext) -> Grown:
+                     draw_seeds: list[int], parts: Partitions, rule: Patience, ctx: TrainContext) -> Grown:
     """Build waves until the out-of-bag score stalls; ``trees`` then holds at least the kept ones.
 
     ``build(w, wave)`` submits a wave's missing groups and ``collect`` brings their trees into ``trees``;
@@ -51,7 +59,7 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
     """
     curve = OobCurve(parts, plan, ctx)
     points: list[dict[str, Any]] = list(restored.get("curve") or [])
-    best, stale = _best(points, params.tol)
+    best, stale = _best(points, rule.tol)
 
     def group_trees(g: int) -> tuple[list[Any], tuple[int, ...]]:
         members = set(groups[g])
@@ -65,9 +73,9 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
             merged = [group_trees(g) for g in range(scored)]
             curve.add([([t for ts, _ in merged for t in ts], tuple(s for _, ss in merged for s in ss))])
         remaining = [(w, wave) for w, wave in enumerate(waves) if any(g >= scored for g in wave)]
-        ahead = build(*remaining[0]) if remaining and stale < params.n_iter_no_change else []
+        ahead = build(*remaining[0]) if remaining and stale < rule.n_iter_no_change else []
         for i, (_, wave) in enumerate(remaining):
-            if stale >= params.n_iter_no_change:
+            if stale >= rule.n_iter_no_change:
                 break
             collect(ahead)
             # the next wave grows while this one is scored: two waves' samples at most, as without early stopping
@@ -76,10 +84,10 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
             for g, score in zip(todo, curve.add([group_trees(g) for g in todo])):
                 points.append({"trees": groups[g][-1] + 1, "oob_score": score})
                 ctx.env.log(f"forest: {groups[g][-1] + 1} trees, out-of-bag {curve.metric} {score:.5f}")
-                best, stale = _best(points, params.tol)
+                best, stale = _best(points, rule.tol)
                 scored = g + 1
-                if stale >= params.n_iter_no_change:
-                    ctx.env.log(f"forest: early stop at {points[-1]['trees']} trees: no gain of {params.tol} for "
+                if stale >= rule.n_iter_no_change:
+                    ctx.env.log(f"forest: early stop at {points[-1]['trees']} trees: no gain of {rule.tol} for "
                                 f"{stale} groups; keeping the best-scoring first {points[best]['trees']} trees")
                     break
             checkpoint({"curve": points})
@@ -87,17 +95,17 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
     finally:
         curve.close()
     ctx.env.report("train", 1.0)
-    kept = best if stale >= params.n_iter_no_change else len(points) - 1  # ran to n_estimators: every tree
-    ctx.env.record_training(_section(points, kept, params, curve.metric))
+    kept = best if stale >= rule.n_iter_no_change else len(points) - 1  # ran to n_estimators: every tree
+    ctx.env.record_training(_section(points, kept, rule, curve.metric))
     return Grown(points[kept]["trees"], points[kept]["oob_score"])
 
 
-def _section(points: list[dict[str, Any]], kept: int, params: Params, metric: str) -> dict[str, Any]:
+def _section(points: list[dict[str, Any]], kept: int, rule: Patience, metric: str) -> dict[str, Any]:
     """The manifest's ``training`` section: JSON-plain numbers only."""
     grown = points[-1]["trees"]
-    best = best_and_stale([p["oob_score"] for p in points], params.tol)[0]
-    return {"early_stopping": True, "metric": f"out-of-bag {metric}", "tol": params.tol,
-            "n_iter_no_change": params.n_iter_no_change, "max_trees": params.n_estimators, "trees_grown": grown,
-            "stopped_at": grown if grown < params.n_estimators else None, "trees_kept": points[kept]["trees"],
+    best = best_and_stale([p["oob_score"] for p in points], rule.tol)[0]
+    return {"early_stopping": True, "metric": f"out-of-bag {metric}", "tol": rule.tol,
+            "n_iter_no_change": rule.n_iter_no_change, "max_trees": rule.n_estimators, "trees_grown": grown,
+            "stopped_at": grown if grown < rule.n_estimators else None, "trees_kept": points[kept]["trees"],
             "best": {"trees": points[best]["trees"], "oob_score": points[best]["oob_score"]},
             "curve": [{"trees": int(p["trees"]), "oob_score": float(p["oob_score"])} for p in points]}

@@ -32,7 +32,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._bootstrap import Sample, SamplePlan, sample_wave
-from distml.models._forest_stop import grow_until_stale
+from distml.models._forest_stop import Patience, grow_until_stale
 from distml.models._oob import OOB_SHARE, oob_score
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
@@ -224,7 +224,8 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     if params.early_stopping:
         grown = grow_until_stale(layout.groups, layout.waves, trees, build,
                                  lambda fits: _collect(fits, trees, params, ctx), checkpoint, restored,
-                                 SamplePlan((), rates, classes), draw_seeds, parts, params, ctx)
+                                 SamplePlan((), rates, classes), draw_seeds, parts,
+                                 Patience(params.n_estimators, params.n_iter_no_change, params.tol), ctx)
         forest = _assemble([tree for first in sorted(trees) if first < grown.kept for tree in trees[first]],
                            params, tree_params, ctx)
         forest.n_estimators = grown.kept
