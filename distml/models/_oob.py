@@ -1,6 +1,8 @@
 """The forest's out-of-bag score: each partition scores its rows with the trees that did not draw them.
 
 Apart from ``forest`` because it is its own pass over the data; it redraws the counts ``_bootstrap`` drew.
+``oob_score`` scores a finished forest in one pass; ``OobCurve`` scores a growing one (early stopping),
+adding each wave's trees to per-row votes that stay on the workers.
 """
 from __future__ import annotations
 

@@ -16,9 +16,12 @@ sample. Only the fitted trees come back to the client. Groups are sized from
 worker memory, and processed in waves when all groups' samples would not fit
 in the cluster at once. With ``oob_score``, (4) ``oob``: the trees go to every
 worker and each partition scores its rows with the trees whose redrawn count
-for that row is zero; only tallies come back. The draws live in ``_bootstrap``
-(passes 1 and 2), the out-of-bag pass in ``_oob``; this module holds the
-parameters, the layout of groups and waves, the tree fits and the assembly.
+for that row is zero; only tallies come back. With ``early_stopping`` the
+waves are grown one at a time in smaller groups and each is scored out of bag
+against per-row tallies kept on the workers, until the score stalls
+(``_forest_stop``). The draws live in ``_bootstrap`` (passes 1 and 2), the
+out-of-bag pass in ``_oob``; this module holds the parameters, the layout of
+groups and waves, the tree fits and the assembly.
 """
 from __future__ import annotations
 
