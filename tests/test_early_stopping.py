@@ -22,6 +22,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.svm import LinearSVC
 
 from distml import load_model
+from distml.blocks import persist
 from distml.checkpoints import Checkpoints
 from distml.cli import main
 from distml.cluster import worker_resources
@@ -166,6 +167,7 @@ def test_forest_early_stopping_resumes_from_its_checkpointed_curve(client, easy,
     dataset.partition(40_000)
     params = forest.Params(n_estimators=40, max_depth=4, early_stopping=True, n_iter_no_change=2, tol=0.005)
     plan = plan_features(dataset, client, "20260101-000000-ea51e0", forest.task(params))
+    parts = persist(plan.parts, client, "20260101-000000-ea51e0")  # as the runner does when the blocks fit
 
     def fit(checkpoints=None, logs=None):
         training: dict = {}
@@ -173,7 +175,7 @@ def test_forest_early_stopping_resumes_from_its_checkpointed_curve(client, easy,
                                   resources=worker_resources(client), checkpoints=checkpoints,
                                   log=(logs if logs is not None else []).append)
         ctx = replace(ctx, env=replace(ctx.env, record_training=training.update))
-        return forest.train(plan.parts, params, ctx), training
+        return forest.train(parts, params, ctx), training
 
     expected, expected_training = fit()
     assert expected_training["trees_grown"] < 40 and len(expected_training["curve"]) >= 4
