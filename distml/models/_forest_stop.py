@@ -95,17 +95,18 @@ def grow_until_stale(groups: list[list[int]], waves: list[list[int]], trees: dic
     finally:
         curve.close()
     ctx.env.report("train", 1.0)
-    kept = best if stale >= rule.n_iter_no_change else len(points) - 1  # ran to n_estimators: every tree
-    ctx.env.record_training(_section(points, kept, rule, curve.metric))
+    stopped = stale >= rule.n_iter_no_change
+    kept = best if stopped else len(points) - 1  # ran to n_estimators: every tree
+    ctx.env.record_training(_section(points, kept, rule, curve.metric, stopped))
     return Grown(points[kept]["trees"], points[kept]["oob_score"])
 
 
-def _section(points: list[dict[str, Any]], kept: int, rule: Patience, metric: str) -> dict[str, Any]:
+def _section(points: list[dict[str, Any]], kept: int, rule: Patience, metric: str, stopped: bool) -> dict[str, Any]:
     """The manifest's ``training`` section: JSON-plain numbers only."""
     grown = points[-1]["trees"]
     best = best_and_stale([p["oob_score"] for p in points], rule.tol)[0]
     return {"early_stopping": True, "metric": f"out-of-bag {metric}", "tol": rule.tol,
             "n_iter_no_change": rule.n_iter_no_change, "max_trees": rule.n_estimators, "trees_grown": grown,
-            "stopped_at": grown if grown < rule.n_estimators else None, "trees_kept": points[kept]["trees"],
+            "stopped_at": grown if stopped else None, "trees_kept": points[kept]["trees"],
             "best": {"trees": points[best]["trees"], "oob_score": points[best]["oob_score"]},
             "curve": [{"trees": int(p["trees"]), "oob_score": float(p["oob_score"])} for p in points]}

@@ -161,7 +161,7 @@ def train_sgd(
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
     model, curve, start, lanes = _restored(template, ctx, lanes)
     mix = max(1, min(MIX, n_parts))
-    epochs_run, trained_epochs = start, start
+    epochs_run, trained_epochs, stopped = start, start, False
     for epoch in range(start, schedule.epochs):
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
@@ -192,13 +192,13 @@ def train_sgd(
             if curve.stale >= schedule.n_iter_no_change:
                 ctx.env.log(f"early stop after epoch {epoch}: no improvement of {schedule.tol} for {curve.stale} "
                             f"epochs; keeping the model after {curve.best[2]} epoch(s)")
-                model, trained_epochs = curve.best[1], curve.best[2]
+                model, trained_epochs, stopped = curve.best[1], curve.best[2], True
                 break
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
         ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "lanes": lanes, **curve.state()})
     if schedule.early_stopping:
-        ctx.env.record_training(_section(curve, schedule, metric, epochs_run, trained_epochs))
+        ctx.env.record_training(_section(curve, schedule, metric, epochs_run, trained_epochs, stopped))
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift
@@ -206,9 +206,9 @@ def train_sgd(
     return model
 
 
-def _section(curve: _Curve, schedule: SGDSchedule, metric: str, epochs_run: int, kept: int) -> dict[str, Any]:
+def _section(curve: _Curve, schedule: SGDSchedule, metric: str, epochs_run: int, kept: int,
+             stopped: bool) -> dict[str, Any]:
     """The manifest's ``training`` section: JSON-plain numbers only."""
-    stopped = epochs_run < schedule.epochs
     return {"early_stopping": True, "metric": metric, "validation_fraction": schedule.validation_fraction,
             "tol": schedule.tol, "n_iter_no_change": schedule.n_iter_no_change, "max_epochs": schedule.epochs,
             "epochs_run": epochs_run, "stopped_at": epochs_run if stopped else None, "epochs_kept": kept,
