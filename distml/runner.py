@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -258,7 +258,7 @@ class FittedJob:
     rows: dict[str, int]
     persisted: bool
     n_workers: int
-    chosen: dict[str, Any]  # the manifest's "cv", "search" and (warm start) "parent" sections
+    chosen: dict[str, Any]  # the manifest's "cv", "search", "training" and (warm start) "parent" sections
 
     def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
         """The artifact's manifest (see ``artifact.build_manifest``), with importances, evaluation details, cv and search."""
@@ -304,7 +304,7 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
         from distml.checkpoints import data_files
 
         checkpoints.data_files = data_files(dataset)
-    fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
+    fitted, plan, parts, selection, training = _train(spec, client, dataset, family, job_id, phases,
                                             (n_workers, threads, memory), progress, log, checkpoints, parent)
     check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
     metrics: dict[str, float] = {}
@@ -330,12 +330,14 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
               (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
     if parent is not None:
         chosen["parent"] = parent.record()
+    if training:
+        chosen["training"] = training
     return FittedJob(pipeline, dataset, plan, metrics, details, rows, parts.persisted, n_workers, chosen)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
            resources: tuple[int, int, int], progress: Progress, log: Log,
-           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any, Any]:
+           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -376,11 +378,13 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         if spec.search:
             log(f"search chose {spec.search and selection.search['best']}: "
                 f"{selection.search['scoring']} {selection.search['best_score']:.4f}; refitting on all training rows")
+    training: dict[str, Any] = {}
+    final = replace(ctx, env=replace(ctx.env, record_training=training.update))  # not the candidates' fits
     with phases("train"):
-        fitted = family.train(parts, params, ctx)
+        fitted = family.train(parts, params, final)
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
-    return fitted, plan, parts, selection
+    return fitted, plan, parts, selection, training
 
 
 def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:
