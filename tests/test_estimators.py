@@ -3,6 +3,9 @@ lazy blockwise prediction equal to the saved Pipeline's, save/load, and the row 
 of partitioning."""
 from __future__ import annotations
 
+import copy
+import re
+
 import dask
 import dask.dataframe as dd
 import numpy as np
@@ -179,16 +182,102 @@ def test_dask_array_fit_predicts_and_scores_lazily(client, table):
 
 
 def test_partial_fit_continues_the_fitted_model_with_its_feature_plan(client, table):
-    """A linear SVM fitted on the table, then continued on the same rows with flipped labels, follows them."""
-    ddf = dd.from_pandas(table[1], npartitions=2)
-    model = distml.LinearSVC(client=client, epochs=1).fit(ddf[FEATURES], ddf["label"])
+    """A linear SVM fitted on a few rows, then continued on the whole table with flipped labels, follows them.
+
+    Each continued pass is ten times the first fit's steps, so the SGD average (which carries the first
+    fit) turns over in two passes with a wide margin.
+    """
+    frame = table[1]
+    few = dd.from_pandas(frame.iloc[: ROWS // 10], npartitions=1)
+    model = distml.LinearSVC(client=client, epochs=1).fit(few[FEATURES], few["label"])
     transformer, steps = model.to_sklearn()[0], model.t_
+    ddf = dd.from_pandas(frame, npartitions=2)
     flipped = 1 - ddf["label"]
     before = float(model.score(ddf[FEATURES], flipped).compute())
-    for _ in range(6):  # averaged SGD carries the first fit's average: it turns over a few passes
+    for _ in range(2):
         model.partial_fit(ddf[FEATURES], flipped)
     assert model.to_sklearn()[0] is transformer  # the feature plan of the first fit is reused
     assert model.t_ > steps
     assert before < 0.3 and float(model.score(ddf[FEATURES], flipped).compute()) > 0.6
+    assert model.manifest_["rows"]["train"] == ROWS and model.manifest_["job"]["model"]["params"]["epochs"] == 1
     with pytest.raises(ValueError, match="feature column 'cat' not found"):
         model.partial_fit(ddf[["a", "b", "c", "a2"]], flipped)
+
+
+BATCH = ROWS // 2
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory, table):
+    """The table's two halves as two Parquet folders, the second with its targets moved (the class boundary
+    higher, the values shifted): new data a continued model must follow."""
+    _, frame = table
+    root = tmp_path_factory.mktemp("batches")
+    first, second = frame.iloc[:BATCH].reset_index(drop=True), frame.iloc[BATCH:].reset_index(drop=True)
+    second = second.assign(label=(second["value"] > 3.0).astype(np.int64), value=second["value"] + 2.0)
+    folders = []
+    for name, rows in (("first", first), ("second", second)):
+        (root / name).mkdir()
+        rows.to_parquet(root / name / "part-0.parquet", index=False)
+        folders.append(root / name)
+    return folders[0], folders[1], second
+
+
+def _cli_job(client, store, folder, target, kind, params, warm=None):
+    """The saved Pipeline and URI of a CLI job on ``folder`` (``warm``: its model.warm_start)."""
+    model = {"kind": kind, "params": params, **({"warm_start": warm} if warm else {})}
+    spec = parse_job({"name": "cli", "seed": 0, "model": model,
+                      "data": {"path": str(folder), "target": target, "holdout": 0, "features": FEATURES},
+                      "output": {"store": str(store), "report": False, "evaluation_report": False}}, "test")
+    uri = run_job(spec, client).uri
+    return load_model(uri), uri
+
+
+def _loss(kind, pipeline, frame, target):
+    from sklearn.metrics import log_loss, mean_squared_error
+
+    if kind == "logistic":
+        return log_loss(frame[target], pipeline.predict_proba(frame[FEATURES]))
+    return mean_squared_error(frame[target], pipeline.predict(frame[FEATURES]))
+
+
+@pytest.mark.parametrize("kind, estimator, target, solver", [
+    ("logistic", distml.LogisticRegression, "label", "softmax"),
+    ("linear", distml.LinearRegression, "value", "sgd"),
+])
+def test_partial_fit_equals_the_cli_warm_start_and_follows_the_new_rows(client, tmp_path, batches, kind, estimator,
+                                                                        target, solver):
+    first, second, new_rows = batches
+    params = {"solver": solver, "epochs": 3}
+    cli_parent, parent_uri = _cli_job(client, tmp_path, first, target, kind, params)
+    cli_child, _ = _cli_job(client, tmp_path, second, target, kind, {**params, "epochs": 1}, warm=parent_uri)
+
+    model = estimator(client=client, **params).fit(str(first), target=target, features=FEATURES)
+    np.testing.assert_allclose(model.coef_, cli_parent[-1].coef_, rtol=1e-9, atol=1e-12)
+    fitted, parent_job = copy.deepcopy(model.to_sklearn()), model.manifest_["job_id"]
+    transformer = model.to_sklearn()[0]
+    ddf = _parquet_frame(second)
+    assert model.partial_fit(ddf[FEATURES], ddf[target]) is model
+    # one pass of SGD from the fitted coefficients over the new rows: the CLI's warm start with epochs 1
+    np.testing.assert_allclose(model.coef_, cli_child[-1].coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.intercept_, cli_child[-1].intercept_, rtol=1e-9, atol=1e-12)
+    assert model.to_sklearn()[0] is transformer  # the fitted feature plan, as a warm start keeps the parent's
+    assert model.manifest_["parent"] == {"uri": None, "job_id": parent_job}
+    assert _loss(kind, model.to_sklearn(), new_rows, target) < 0.9 * _loss(kind, fitted, new_rows, target)
+    if kind == "logistic":  # continuing needs the solver it was fitted with
+        with pytest.raises(ValueError, match="partial_fit: the model was fitted with solver 'softmax', not 'sgd'"):
+            model.set_params(solver="sgd").partial_fit(ddf[FEATURES], ddf[target])
+
+
+@pytest.mark.parametrize("estimator, message", [
+    (distml.LogisticRegression(), ("LogisticRegression has no partial_fit with solver='auto': partial_fit continues "
+                                  "the model by SGD, so it needs solver='softmax' or 'sgd'")),
+    (distml.LogisticRegression(solver="newton"), "with solver='newton'"),
+    (distml.LinearRegression(), ("LinearRegression has no partial_fit with solver='exact': partial_fit continues "
+                                "the model by SGD, so it needs solver='sgd'")),
+])
+def test_partial_fit_is_absent_for_exact_solvers_and_says_which_solver_has_it(estimator, message):
+    assert not hasattr(estimator, "partial_fit")
+    with pytest.raises(AttributeError, match=re.escape(message)):
+        estimator.partial_fit(np.zeros((4, 2)), [0, 1, 0, 1])
+    assert hasattr(estimator.set_params(solver="sgd"), "partial_fit")

@@ -290,6 +290,14 @@ class DistmlEstimator(BaseEstimator):
             if name in ("n_features_in_", "feature_names_in_"):
                 raise AttributeError(name)
             return getattr(model, name)
+        import inspect
+
+        unavailable = inspect.getattr_static(type(self), name, None)
+        if hasattr(unavailable, "check") and hasattr(unavailable, "attribute_name"):  # behind available_if
+            try:
+                unavailable.__get__(self, type(self))
+            except AttributeError as exc:  # the check's own reason (available_if puts it in the cause)
+                raise AttributeError(str(exc.__cause__ or exc)) from None
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_sklearn(self) -> Pipeline:
