@@ -42,8 +42,8 @@ FEATURES = ["a", "b", "c", "cat", "a2"]
 
 @pytest.fixture(scope="module")
 def cli_model(tmp_path_factory, table):
-    """The CLI job's Pipeline for (target, kind, params) on the table, run once per module (a job's save
-    phase, with its performance report, takes seconds)."""
+    """The CLI job's Pipeline for (target, kind, params) on the table, run once per module (without the
+    performance and evaluation reports, which take seconds to make)."""
     store = tmp_path_factory.mktemp("cli-models")
     cache = {}
 
@@ -52,7 +52,8 @@ def cli_model(tmp_path_factory, table):
         if key not in cache:
             spec = parse_job({"name": "same", "seed": 0,
                               "data": {"path": str(table[0]), "target": target, "holdout": 0, "features": FEATURES},
-                              "model": {"kind": kind, "params": params}, "output": {"store": str(store)}}, "test")
+                              "model": {"kind": kind, "params": params},
+                              "output": {"store": str(store), "report": False, "evaluation_report": False}}, "test")
             cache[key] = load_model(run_job(spec, client).uri)
         return cache[key]
 
@@ -281,3 +282,71 @@ def test_partial_fit_is_absent_for_exact_solvers_and_says_which_solver_has_it(es
     with pytest.raises(AttributeError, match=re.escape(message)):
         estimator.partial_fit(np.zeros((4, 2)), [0, 1, 0, 1])
     assert hasattr(estimator.set_params(solver="sgd"), "partial_fit")
+
+
+def test_forest_without_bootstrap_on_read_parquet_with_computed_column_predicts_as_the_cli_job(client, cli_model,
+                                                                                             table):
+    """With no row draws involved (no bootstrap, no holdout) the same rows in the same order give the same
+    forest: the trees' seeds come from the job's seed alone. (With bootstrap, a Dask DataFrame's rows draw
+    their counts from the row key, not from the Parquet file and row number the CLI uses.)"""
+    folder, frame = table
+    params = {"n_estimators": 6, "max_depth": 5, "bootstrap": False}
+    expected = cli_model(client, "label", "forest", {**params, "task": "classification"})
+    ddf = _parquet_frame(folder)
+    model = distml.RandomForestClassifier(client=client, **params).fit(ddf[FEATURES], ddf["label"])
+    proba = model.predict_proba(ddf[FEATURES])
+    assert dask.is_dask_collection(proba)
+    np.testing.assert_array_equal(proba.compute().to_numpy(), expected.predict_proba(frame[FEATURES]))
+    np.testing.assert_array_equal(model.predict(frame[FEATURES]), expected.predict(frame[FEATURES]))
+
+
+def test_fit_on_an_s3_url_equals_the_local_path_fit(client, table, s3):
+    """fit("s3://bucket/table/", target=...) on the S3 server reads what the local folder holds: the same model."""
+    folder, frame = table
+    s3["boto"].put_object(Bucket=s3["bucket"], Key="table/part-0.parquet", Body=(folder / "part-0.parquet").read_bytes())
+    local = distml.LinearRegression(client=client).fit(str(folder), target="value", features=FEATURES)
+    remote = distml.LinearRegression(client=client).fit(f"s3://{s3['bucket']}/table/", target="value",
+                                                        features=FEATURES, storage_options=s3["storage_options"])
+    assert remote.feature_names_in_.tolist() == FEATURES and remote.manifest_["rows"]["train"] == ROWS
+    np.testing.assert_array_equal(remote.coef_, local.coef_)
+    assert remote.intercept_ == local.intercept_
+    np.testing.assert_array_equal(remote.predict(frame[FEATURES]), local.predict(frame[FEATURES]))
+
+
+def test_progress_draws_a_tqdm_bar_per_phase_with_no_escape_codes(client, table, capsys):
+    _, frame = table
+    distml.LinearRegression(client=client, progress=True).fit(frame[FEATURES], frame["value"])
+    err = capsys.readouterr().err
+    assert "stats: 100%" in err and "train: 100%" in err
+    assert "\x1b" not in err  # no cursor movement, which a notebook's output shows as text
+
+
+def test_progress_opens_one_tqdm_auto_bar_at_a_time_and_is_quietly_off_without_tqdm(monkeypatch):
+    import sys
+    import types
+
+    from distml.estimators._progress import phase_bars
+
+    opened = []
+
+    class Bar:  # stands in for tqdm.auto's class (in Jupyter: tqdm.notebook's widget)
+        def __init__(self, **kwargs):
+            self.kwargs, self.n, self.shown, self.closed = kwargs, 0, [], False
+            opened.append(self)
+
+        def refresh(self):
+            assert not self.closed and all(bar.closed for bar in opened[:-1])  # only this bar is open
+            self.shown.append(self.n)
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=Bar))
+    bars = phase_bars(True)
+    for phase, fraction in [("stats", 0.5), ("stats", 1.0), ("train", 0.25), ("train", 0.5), ("eval", 0.5)]:
+        bars(phase, fraction)
+    bars.close()  # the fit's end closes a phase that never reported 1.0
+    assert [bar.kwargs["desc"] for bar in opened] == ["stats", "train", "eval"]
+    assert [bar.shown for bar in opened] == [[50, 100], [25, 50], [50]] and all(bar.closed for bar in opened)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm is not installed
+    assert phase_bars(True) is None and phase_bars(False) is None
