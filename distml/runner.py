@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from distml.data import Dataset
     from distml.jobfile import JobSpec
     from distml.jobs import JobTracker
-    from distml.warm import Parent
+    from distml.warm import Parent, Start
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -277,7 +277,7 @@ class FittedJob:
 
 
 def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
-                 progress: Progress, log: Log, checkpoints: Checkpoints | None = None,
+                 progress: Progress, log: Log, checkpoints: Checkpoints | Start | None = None,
                  parent: Parent | None = None) -> FittedJob:
     """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
 
