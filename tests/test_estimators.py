@@ -265,7 +265,10 @@ def test_partial_fit_equals_the_cli_warm_start_and_follows_the_new_rows(client, 
     assert model.to_sklearn()[0] is transformer  # the fitted feature plan, as a warm start keeps the parent's
     assert model.manifest_["parent"] == {"uri": None, "job_id": parent_job}
     assert _loss(kind, model.to_sklearn(), new_rows, target) < 0.9 * _loss(kind, fitted, new_rows, target)
-    if kind == "logistic":  # continuing needs the solver it was fitted with
+    if kind == "logistic":  # the new rows are checked as a warm start checks them; the solver must stay
+        with pytest.raises(ValueError, match=r"^dask DataFrame \(1 partitions\): target 'label' has class\(es\) 2 "
+                                             r"that the fitted LogisticRegression does not know; expected only 0, 1$"):
+            model.partial_fit(ddf[FEATURES], ddf[target] + 1)
         with pytest.raises(ValueError, match="partial_fit: the model was fitted with solver 'softmax', not 'sgd'"):
             model.set_params(solver="sgd").partial_fit(ddf[FEATURES], ddf[target])
 

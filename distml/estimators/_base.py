@@ -255,11 +255,11 @@ class DistmlEstimator(BaseEstimator):
             return self
         from distml.warm import Parent
 
-        fitted = ((self.manifest_.get("job") or {}).get("model") or {}).get("params") or {}
-        if getattr(params, "solver", None) != fitted.get("solver", getattr(params, "solver", None)):
-            raise InvalidParams(f"{type(self).__name__}.partial_fit: the model was fitted with solver "
-                                f"'{fitted['solver']}', not '{params.solver}'; expected the solver it was fitted "
-                                "with (or fit anew)")
+        solver = getattr(params, "solver", None)
+        was = (((self.manifest_.get("job") or {}).get("model") or {}).get("params") or {}).get("solver", solver)
+        if was != solver:  # as warm.load_parent asks of a job: the parent's family and solver
+            raise InvalidParams(f"{type(self).__name__}.partial_fit: the model was fitted with solver '{was}', "
+                                f"not '{solver}'; expected the solver it was fitted with (or fit anew)")
         dataset = self._open_collection(X, y, reset=False)
         raw = self._raw_columns()
         missing = [c for c in raw if c not in dataset.features]
