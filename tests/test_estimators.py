@@ -192,6 +192,8 @@ def test_partial_fit_continues_the_fitted_model_with_its_feature_plan(client, ta
     few = dd.from_pandas(frame.iloc[: ROWS // 10], npartitions=1)
     model = distml.LinearSVC(client=client, epochs=1).fit(few[FEATURES], few["label"])
     transformer, steps = model.to_sklearn()[0], model.t_
+    first = distml.LinearSVC(client=client, epochs=5).partial_fit(few[FEATURES], few["label"])
+    np.testing.assert_array_equal(first.coef_, model.coef_)  # unfitted, partial_fit fits: one pass
     ddf = dd.from_pandas(frame, npartitions=2)
     flipped = 1 - ddf["label"]
     before = float(model.score(ddf[FEATURES], flipped).compute())
