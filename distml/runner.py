@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from distml.data import Dataset
     from distml.jobfile import JobSpec
     from distml.jobs import JobTracker
-    from distml.warm import Parent
+    from distml.warm import Parent, Start
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -277,11 +277,13 @@ class FittedJob:
 
 
 def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
-                 progress: Progress, log: Log, checkpoints: Checkpoints | None = None) -> FittedJob:
+                 progress: Progress, log: Log, checkpoints: Checkpoints | Start | None = None,
+                 parent: Parent | None = None) -> FittedJob:
     """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
 
     ``dataset`` is a Parquet ``Dataset`` (opened here from ``spec.data`` if None) or any source with its
-    interface, such as ``distml.frames.FrameDataset`` over a Dask collection.
+    interface, such as ``distml.frames.FrameDataset`` over a Dask collection. ``parent`` is the model to
+    continue (an estimator's ``partial_fit``); absent, it is ``spec.model.warm_start``'s, if set.
     """
     from distml.cluster import memory_headroom, worker_resources
     from distml.data import open_dataset
@@ -289,8 +291,7 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
     from distml.search_space import check_rows
 
     family = FAMILIES[spec.model.kind]
-    parent = None
-    if spec.model.warm_start:
+    if parent is None and spec.model.warm_start:
         from distml.warm import load_parent
 
         parent = load_parent(spec)  # model.warm_start: verified, same family
