@@ -315,15 +315,30 @@ def dashboard_link(client: Client) -> str | None:
         return None
 
 
+WORKERS_WAIT = 10.0  # seconds a job waits for a worker when it finds none (one may be restarting)
+
+
 def worker_resources(client: Client) -> tuple[int, int, int]:
-    """(workers, total threads, smallest worker memory limit in bytes) of the running cluster."""
-    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
-        client.scheduler_info()["workers"]
+    """(workers, total threads, smallest worker memory limit in bytes) of the running cluster.
+
+    With no worker at all the job waits a bounded time for one (a nanny may be restarting them), then fails.
+    """
+    workers = _workers(client)
     if not workers:
-        raise ClusterError("the Dask cluster has no workers; start at least one `dask worker`")
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_WAIT)
+        except TimeoutError:
+            raise ClusterError(f"the Dask cluster has no workers (none joined within {WORKERS_WAIT:g} s); "
+                               "start at least one `dask worker`") from None
+        workers = _workers(client)
     threads = sum(w.get("nthreads", 1) for w in workers.values())
     limits = [w.get("memory_limit") or 0 for w in workers.values()]
     return len(workers), threads, min(limits)
+
+
+def _workers(client: Client) -> dict[str, Any]:
+    return client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
+        client.scheduler_info()["workers"]
 
 
 def memory_headroom(client: Client) -> int:
@@ -332,8 +347,7 @@ def memory_headroom(client: Client) -> int:
     A worker's imports alone (pandas, pyarrow, scikit-learn) take a few hundred
     MB, so partition sizes come from what is left, not from the limit.
     """
-    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else \
-        client.scheduler_info()["workers"]
+    workers = _workers(client)
     room = [int(0.6 * w["memory_limit"]) - int(w.get("metrics", {}).get("memory", 0))
             for w in workers.values() if w.get("memory_limit")]
     return max(0, min(room)) if room else 0

@@ -108,3 +108,21 @@ def test_a_task_key_with_an_undeclared_phase_word_is_refused():
     with pytest.raises(ValueError, match="'evaluate' is not declared"):
         task_key("evaluate", "20261124-053236-a1b2c3", 0)
 
+
+
+def test_a_cluster_without_workers_is_waited_for_a_bounded_time_then_named(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    from distml import cluster as cluster_module
+    from distml.errors import ClusterError
+
+    monkeypatch.setattr(cluster_module, "WORKERS_WAIT", 0.5)
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as empty, \
+            Client(empty, set_as_default=False) as client:
+        with pytest.raises(ClusterError) as info:
+            cluster_module.worker_resources(client)
+        assert str(info.value) == ("the Dask cluster has no workers (none joined within 0.5 s); "
+                                   "start at least one `dask worker`")
+        empty.scale(1)
+        assert cluster_module.worker_resources(client)[0] == 1

@@ -173,6 +173,6 @@ def searched_model(cluster, table, tmp_path_factory):
                       "model": {"kind": "logistic", "params": {"solver": "sgd", "alpha": 1e-3, "epochs": 12,
                                                                "early_stopping": True, "n_iter_no_change": 1}},
                       "search": {"params": {"alpha": [1e-3, 1e-2]}, "cv": 2},
-                      "output": {"store": str(store), "report": False}}, "test")
+                      "output": {"store": str(store), "evaluation_report": True}}, "test")
     with Client(cluster, set_as_default=False) as client:
         return run_job(spec, client)
