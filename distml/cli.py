@@ -385,7 +385,6 @@ def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], tim
               help="The job's file again, when its record has redacted secrets (it must be the same job file).")
 @click.option("--scheduler", default=None, metavar="ADDR", help="Address of a running Dask scheduler.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-@tls_options
 @interruptible
 def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], job_file: str | None,
                 scheduler: str | None, quiet: bool) -> None:

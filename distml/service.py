@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from distml.jobfile import JobSpec
 
+TLS_FILE_FIELDS = ("tls_ca_file", "tls_cert", "tls_key")  # cluster keys naming the submitting client's files
 CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
 
 
@@ -51,6 +52,9 @@ def detach(spec: JobSpec, client: Client) -> str:
     # Only the fields the job file set: defaults are re-derived on the worker, and some validators
     # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
     doc = spec.model_dump(mode="json", exclude_unset=True)
+    # The certificate files are this client's: the driver reaches the scheduler with its worker's own.
+    for field in TLS_FILE_FIELDS:
+        (doc.get("cluster") or {}).pop(field, None)
     # The key itself stays where it is configured; the driver checks it reads the same one.
     signing = resolve_key(key_file=spec.output.signing_key_file)
     future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None,
@@ -119,9 +123,12 @@ def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None)
 
     A job that succeeded, is still running, predates resumable records, or whose job file differs
     from the one recorded, is refused. The record's job file has its secrets redacted; ``job_file``
-    (the same job file, given again) supplies them.
+    (the same job file, given again) supplies them. The ``cluster`` section is where the job ran, not
+    what it computes: it is not compared, the recorded one is kept but for its redacted values (a
+    ``tls_key`` path), and the resume command's ``--scheduler`` and ``--tls-*`` flags win over both.
     """
     from distml.jobfile import JobSpec
+    from distml.spec import ClusterSpec
     from distml.store import redact
 
     record = records.read(job_id)
@@ -138,18 +145,21 @@ def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None)
     if not isinstance(recorded, dict):
         raise SpecError(f"{records.uri(job_id)}: the record holds no job file to resume from (written by an older "
                         "distml); submit the job again")
+    recorded = dict(recorded)
+    ran_on = {k: v for k, v in (recorded.pop("cluster", None) or {}).items() if v != "***"}
     if job_file is not None:
-        given = redact(job_file.model_dump(mode="json", exclude_unset=True))
+        given = redact(job_file.model_dump(mode="json", exclude_unset=True, exclude={"cluster"}))
         if given != recorded:
             key = _first_difference(given, recorded)
             raise SpecError(f"the job file differs from job {job_id}'s at {key}: a resumed job must run the same "
                             "job file; submit it as a new job instead")
-        return job_file, record
+        cluster = ClusterSpec.model_validate({**job_file.cluster.model_dump(exclude_unset=True), **ran_on})
+        return job_file.model_copy(update={"cluster": cluster}), record
     hidden = _redacted(recorded)
     if hidden:
         raise SpecError(f"job {job_id}'s recorded job file has its secret {hidden} redacted; pass the same job "
                         "file with --job-file so the resumed job can read its data and store")
-    return JobSpec.model_validate(recorded), record
+    return JobSpec.model_validate({**recorded, "cluster": ran_on}), record
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:

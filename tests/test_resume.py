@@ -70,16 +70,22 @@ def reference_model(job, scheduler):
         return load_model(run_job(spec, client).uri)
 
 
-def killed_then_resumed(job, store, scheduler, step):
-    """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
+def killed_after(job, store, scheduler, step):
+    """Submit with the kill hook at checkpoint ``step``; returns the job id of the record it left running."""
     killed = distml("submit", job, "--scheduler", scheduler, "--store", store, "--quiet", env={EXIT_HOOK: str(step)})
     assert killed.returncode == HOOK_EXIT_STATUS, killed.stderr
-    records = JobRecords(str(store))
-    (record,) = [r for r in records.list() if r["state"] == "running"]
+    (record,) = [r for r in JobRecords(str(store)).list() if r["state"] == "running"]
     job_id = record["job_id"]
     assert (store / "_jobs" / job_id / f"checkpoint-{step}.json").exists()
     assert (store / "_jobs" / job_id / f"checkpoint-{step}.skops").exists()
     assert not (store / "_jobs" / job_id / f"checkpoint-{step - 1}.json").exists()  # only the newest is kept
+    return job_id
+
+
+def killed_then_resumed(job, store, scheduler, step):
+    """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
+    job_id = killed_after(job, store, scheduler, step)
+    records = JobRecords(str(store))
     resumed = distml("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler)
     assert resumed.returncode == 0, resumed.stderr
     return job_id, records.read(job_id), resumed
@@ -130,6 +136,45 @@ def test_a_forest_killed_after_its_first_tree_group_resumes_to_identical_predict
     np.testing.assert_array_equal(got.predict_proba(frame), expected.predict_proba(frame))
     assert len(got[-1].estimators_) == 8
     assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 1
+
+
+@pytest.mark.timeout(420)
+def test_a_cascade_svm_reading_s3_with_a_secret_killed_after_its_first_layer_resumes_with_its_job_file(
+        scheduler, s3, make_data, job_file, tmp_path):
+    """The record's job file has the data's key and secret redacted: resuming needs the job file again."""
+    from distml import load_model
+
+    folder, _ = make_data(rows=2500, features=4, files=3)
+    for path in sorted(folder.iterdir()):
+        s3["boto"].upload_file(str(path), s3["bucket"], f"data/{path.name}")
+    store = tmp_path / "models"
+    job = job_file(name="resume-cascade", data={"path": f"s3://{s3['bucket']}/data/", "target": "target",
+                                                "storage_options": s3["storage_options"]},
+                   model={"kind": "svm", "params": {"chunk_rows": 400, "max_passes": 3, "feedback_tol": 0.0}})
+    expected = reference_model(job, scheduler)[-1]
+    job_id = killed_after(job, store, scheduler, step=1)
+
+    refused = in_process("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler)
+    assert refused.exit_code == 2
+    assert refused.output.strip() == (
+        f"Error: job {job_id}'s recorded job file has its secret data.storage_options.key redacted; pass the "
+        "same job file with --job-file so the resumed job can read its data and store")
+    resumed = in_process("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler, "--job-file", job)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"job {job_id} succeeded (resumed from checkpoint 1)" in resumed.stdout
+
+    record = JobRecords(str(store)).read(job_id)
+    assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 1
+    messages = [m for _, m in record["events"]]
+    after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 1:")):]
+    layers = [m.split(":")[0] + (" (restored)" if "from the checkpoint" in m else "")
+              for m in after if m.startswith("cascade pass 1 layer ")]
+    assert layers == ["cascade pass 1 layer 1/3 (restored)", "cascade pass 1 layer 2/3", "cascade pass 1 layer 3/3"]
+    got = load_model(record["model"])[-1]
+    assert len(got.support_) > 0
+    np.testing.assert_array_equal(got.support_vectors_, expected.support_vectors_)
+    np.testing.assert_array_equal(got.dual_coef_, expected.dual_coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
 
 
 def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, make_data, job_file, tmp_path):

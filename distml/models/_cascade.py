@@ -232,6 +232,35 @@ def plan_chunks(train_rows: int, chunk_rows: int) -> int:
     return max(1, math.ceil(train_rows / target))
 
 
+def _merge_bounds(n_sets: int) -> list[np.ndarray]:
+    """Each merge layer above ``n_sets`` sets, as the bounds of the runs of sets one fit merges."""
+    layers = []
+    while n_sets > TOP_SETS:
+        groups = TOP_SETS if n_sets <= TOP_SETS * TOP_FAN_IN else math.ceil(n_sets / FAN_IN)
+        layers.append(np.linspace(0, n_sets, groups + 1).round().astype(int))
+        n_sets = groups
+    return layers
+
+
+def pass_one_steps(n_chunks: int) -> int:
+    """Layers of the first pass over ``n_chunks`` chunks: the first layer, the merge layers and the top."""
+    merges = _merge_bounds(n_chunks)
+    return 1 + len(merges) + ((len(merges[-1]) - 1 if merges else n_chunks) > 1)
+
+
+def _set_state(rows: SVSet, fitted: bool) -> dict[str, Any]:
+    """A set as a checkpoint holds it: plain arrays and its SVC, whose support vectors are its rows."""
+    return {"X": rows.X if rows.model is None else None, "y": rows.y, "ids": rows.ids, "model": rows.model,
+            "dropped": rows.dropped, "fitted": rows.fitted if fitted else None}
+
+
+def _set_from(state: dict[str, Any]) -> SVSet:
+    """The set ``_set_state`` wrote, as it was (a fitted set's rows are its SVC's support vectors)."""
+    model = state["model"]
+    X = state["X"] if model is None else model.support_vectors_
+    return SVSet(X, state["y"], state["ids"], model, state["dropped"], state["fitted"])
+
+
 class Cascade:
     """One cascade run: submits the layers, reports progress, keeps the final SVs on the cluster."""
 
@@ -268,8 +297,8 @@ class Cascade:
                 self._wait(leaves[-self.plan.group:])
         return leaves
 
-    def _tree(self, leaves: list[Any]) -> list[list[Any]]:
-        """Merge sets layer by layer in chunk order until ``TOP_SETS`` remain.
+    def _tree(self, leaves: list[Any], depth: int = 1) -> list[list[Any]]:
+        """Merge sets layer by layer in chunk order until ``TOP_SETS`` remain; ``leaves`` is layer ``depth``.
 
         ``FAN_IN`` sets per fit while there are many, then one last layer into
         ``TOP_SETS`` groups. Merging a few sets at once instead of pairs makes the
@@ -277,13 +306,11 @@ class Cascade:
         support-vector sets, and there are fewer of them.
         """
         layers = [leaves]
-        while len(layers[-1]) > TOP_SETS:
+        for bounds in _merge_bounds(len(leaves)):
             below = layers[-1]
-            groups = TOP_SETS if len(below) <= TOP_SETS * TOP_FAN_IN else math.ceil(len(below) / FAN_IN)
-            bounds = np.linspace(0, len(below), groups + 1).round().astype(int)
             layers.append([self.client.submit(_merge_part, below[lo:hi], self.svc, self.plan.limit,
                                               self.plan.gram_bytes,
-                                              key=self.env.key("layer", 1, len(layers), g))
+                                              key=self.env.key("layer", 1, depth + len(layers) - 1, g))
                            if hi - lo > 1 else below[lo]
                            for g, (lo, hi) in enumerate(itertools.pairwise(bounds))])
         return layers
@@ -329,19 +356,26 @@ class Cascade:
         self.env.log(f"cascade pass {pas} {message}, {time.perf_counter() - started:.2f}s")
         self.env.report("train", min(0.99, (pas - 1 + step / steps) / self.plan.max_passes))
 
-    def _pass_one(self) -> tuple[Any, int]:
-        """First layer, merge layers, then the top layer fitted on the rows the layer below screens in."""
+    def _pass_one(self, resumed: tuple[int, list[Any]] | None = None) -> tuple[Any, int]:
+        """First layer, merge layers, then the top layer fitted on the rows the layer below screens in.
+
+        ``resumed`` is a checkpointed layer, ``(depth, its sets)``: the layers up to it are not fitted again.
+        """
         started = time.perf_counter()
-        layers = self._tree(self._first_layer())
+        start, restored = resumed or (1, [])
+        layers = self._tree(restored or self._first_layer(), start)
         below = layers[-1]
-        steps = len(layers) + (len(below) > 1)
+        steps = pass_one_steps(self.plan.n_chunks)
         # blocks in memory: the screen is submitted at once, to start on each set as soon as it is fitted
         top = self._top(below) if self.parts.persisted and len(below) > 1 else None
-        for depth, layer in enumerate(layers, start=1):
+        for depth, layer in enumerate(layers, start=start):
             total, dropped = self._sizes(f"l{depth}", layer)  # dropped rows are carried up the tree
+            fitted = depth > start or not resumed
             self._progress(1, depth, steps, f"layer {depth}/{steps}: {len(layer)} sets, {total:,} support vectors"
-                           + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else ""),
-                           started)
+                           + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else "")
+                           + ("" if fitted else ", from the checkpoint"), started)
+            if fitted:
+                self._checkpoint(depth, {"stage": "tree", "depth": depth}, layer)
         if len(below) == 1:
             return below[0], total
         candidates, top = top or self._top(below)
@@ -349,6 +383,7 @@ class Cascade:
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
                        f"{n_candidates:,} rows inside the margins of the {len(below)} sets below", started)
+        self._checkpoint(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top])
         return top, n_sv
 
     def _top(self, below: list[Any]) -> tuple[list[Any], Any]:
@@ -358,10 +393,17 @@ class Cascade:
                                               self.plan.gram_bytes, key=self.env.key("top", 1))
 
     def run(self) -> SVC:
-        """Pass 1, then feedback passes until converged; returns the fitted ``SVC``."""
+        """Pass 1, then feedback passes until converged (from the job's last checkpoint, if resumed)."""
         plan, env, client = self.plan, self.env, self.client
-        final, n_sv = self._pass_one()
-        for pas in range(2, plan.max_passes + 1):
+        restored = self._restored()
+        if restored is None:
+            (final, n_sv), first = self._pass_one(), 2
+        elif restored[0]["stage"] == "tree":
+            (final, n_sv), first = self._pass_one((restored[0]["depth"], restored[1])), 2
+        else:
+            state, (final,) = restored
+            n_sv, first = state["n_sv"], plan.max_passes + 1 if state["done"] else state["pass"] + 1
+        for pas in range(first, plan.max_passes + 1):
             started = time.perf_counter()
             client.replicate([final])  # on every worker: each partition is checked where it is, not all at one
             violators = self._per_partition("kkt", pas, _kkt_part, final, 2.0 * self.svc["tol"])
@@ -377,11 +419,52 @@ class Cascade:
             changed, n_sv = len(np.setxor1d(ids, new_ids)), len(new_ids)
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
                            f"{changed:,} changed", started)
-            if changed <= plan.feedback_tol * n_sv:
+            converged = changed <= plan.feedback_tol * n_sv
+            self._checkpoint(pass_one_steps(plan.n_chunks) + pas - 1,
+                             {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final])
+            if converged:
                 env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break
         env.report("train", 1.0)
         return self._finish(final)
+
+    # --- checkpoints: one per layer of pass 1 and per feedback refit ------------
+    #
+    # A checkpoint holds every set of its layer: each set's support vectors (the rows once, inside its
+    # fitted SVC; an unfitted single-class set keeps its rows), their labels and ids, about
+    # 8 * (n_features + 2) bytes per support vector. A set above the first layer holds at most
+    # max_support_vectors of them; the first layer together holds at most every training row (a
+    # problem where every row is a support vector), usually a small share. The last set of a pass
+    # also keeps the ids of the rows its SVC was fitted on (8 bytes a row, at most max_support_vectors),
+    # which the feedback check skips. Writing one brings the layer's sets to the client, as the final
+    # SVC's support vectors come anyway; a job without checkpoints (a search candidate) skips that.
+
+    def _plan_state(self) -> dict[str, int]:
+        """What a checkpoint's sets depend on besides the data and the job file (the kernel matrix budget
+        decides how a fit is solved, so a cluster with other worker memory fits otherwise)."""
+        return {"n_chunks": self.plan.n_chunks, "gram_bytes": self.plan.gram_bytes}
+
+    def _checkpoint(self, step: int, state: dict[str, Any], sets: list[Any]) -> None:
+        """Write checkpoint ``step``: ``state`` and the layer's sets (gathered from the workers)."""
+        if not self.env.checkpointing:
+            return
+        rows = self.client.gather(sets)
+        self.env.checkpoint(step, {**state, "plan": self._plan_state(),
+                                   "sets": [_set_state(r, fitted=len(rows) == 1) for r in rows]})
+
+    def _restored(self) -> tuple[dict[str, Any], list[Any]] | None:
+        """The job's last checkpoint (its state, and its sets put back on the workers), or None."""
+        restored = self.env.restore()
+        if restored is None:
+            return None
+        step, state = restored
+        if state.get("plan") != self._plan_state():
+            self.env.log("cascade SVM: the checkpoint's chunks or kernel matrix budget do not match this "
+                         "cluster's; fitting every layer again")
+            return None
+        keys = [self.env.key("restore", step, g) for g in range(len(state["sets"]))]
+        futures = self.client.scatter(dict(zip(keys, map(_set_from, state["sets"]))))
+        return state, [futures[k] for k in keys]
 
     def _finish(self, final: Any) -> SVC:
         """The fitted SVC: the top layer's own, or a refit on the SVs when Platt scaling is asked."""

@@ -95,6 +95,11 @@ class TrainEnv:
     checkpoint: Callable[[int, dict[str, Any]], None] = field(default=_no_checkpoint)
     restore: Callable[[], tuple[int, dict[str, Any]] | None] = field(default=_no_restore)
 
+    @property
+    def checkpointing(self) -> bool:
+        """Whether ``checkpoint`` keeps anything: a trainer need not gather state that would be dropped."""
+        return self.checkpoint is not _no_checkpoint
+
     def key(self, phase: str, *index: int | str) -> str:
         """Task key ``distml-<phase>-<job>-<i>…`` (see ``distml.tasks.task_key``)."""
         from distml.tasks import task_key
