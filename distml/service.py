@@ -49,12 +49,7 @@ def detach(spec: JobSpec, client: Client) -> str:
     records_of(spec).write(record)
     register_page(client)
     publisher(client)({k: v for k, v in record.items() if k != "events"})
-    # Only the fields the job file set: defaults are re-derived on the worker, and some validators
-    # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
-    doc = spec.model_dump(mode="json", exclude_unset=True)
-    # The certificate files are this client's: the driver reaches the scheduler with its worker's own.
-    for field in TLS_FILE_FIELDS:
-        (doc.get("cluster") or {}).pop(field, None)
+    doc = driver_doc(spec)
     # The key itself stays where it is configured; the driver checks it reads the same one.
     signing = resolve_key(key_file=spec.output.signing_key_file)
     future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None,
@@ -64,6 +59,20 @@ def detach(spec: JobSpec, client: Client) -> str:
     while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
         time.sleep(0.05)  # closing the client before the scheduler has the task would lose it
     return job_id
+
+
+def driver_doc(spec: JobSpec) -> dict[str, Any]:
+    """The job file a detached driver validates on its worker.
+
+    Only the fields the job file set: defaults are re-derived on the worker, and some validators
+    refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
+    Without the certificate files: they are the submitting client's, which a worker elsewhere does not
+    have (validating them there would fail the job); the driver reaches the scheduler with its worker's own.
+    """
+    doc = spec.model_dump(mode="json", exclude_unset=True)
+    for field in TLS_FILE_FIELDS:
+        (doc.get("cluster") or {}).pop(field, None)
+    return doc
 
 
 def _driver(spec_doc: dict[str, Any], job_id: str, signing: str | None) -> str:
