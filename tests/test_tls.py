@@ -198,8 +198,9 @@ def test_a_detached_job_over_tls_is_followed_and_waited_for_with_the_flags(tmp_p
 
 def test_a_detached_job_over_tls_is_cancelled_with_the_flags(tmp_path, make_data, certs, tls_scheduler,
                                                              tls_flags_undone):
-    from distml.jobs import JobRecords
     from waiting import poll
+
+    from distml.jobs import JobRecords
 
     folder, _ = make_data("classification", rows=4_000, features=5, files=2)
     job_id, store = _detached(tmp_path, folder, certs, tls_scheduler, {"epochs": 1000})  # far longer than the test
