@@ -144,13 +144,14 @@ def test_a_cascade_svm_reading_s3_with_a_secret_killed_after_its_first_layer_res
     """The record's job file has the data's key and secret redacted: resuming needs the job file again."""
     from distml import load_model
 
-    folder, _ = make_data(rows=2500, features=4, files=3)
+    folder, _ = make_data(rows=2000, features=4, files=3)
     for path in sorted(folder.iterdir()):
         s3["boto"].upload_file(str(path), s3["bucket"], f"data/{path.name}")
     store = tmp_path / "models"
     job = job_file(name="resume-cascade", data={"path": f"s3://{s3['bucket']}/data/", "target": "target",
-                                                "storage_options": s3["storage_options"]},
-                   model={"kind": "svm", "params": {"chunk_rows": 400, "max_passes": 3, "feedback_tol": 0.0}})
+                                                "storage_options": s3["storage_options"], "holdout": 0},
+                   model={"kind": "svm", "params": {"chunk_rows": 300, "feedback_tol": 0.0}},
+                   output={"store": str(store), "report": False, "evaluation_report": False})
     expected = reference_model(job, scheduler)[-1]
     job_id = killed_after(job, store, scheduler, step=1)
 
