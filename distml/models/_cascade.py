@@ -403,6 +403,8 @@ class Cascade:
         else:
             state, (final,) = restored
             n_sv, first = state["n_sv"], plan.max_passes + 1 if state["done"] else state["pass"] + 1
+            env.log(f"cascade pass {state['pass']}: {n_sv:,} support vectors from the checkpoint"
+                    + (", converged" if state["done"] else ""))
         for pas in range(first, plan.max_passes + 1):
             started = time.perf_counter()
             client.replicate([final])  # on every worker: each partition is checked where it is, not all at one
