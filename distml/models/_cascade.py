@@ -47,6 +47,7 @@ import numpy as np
 
 from distml.errors import JobFailed
 from distml.kernels import fit_svc, margins
+from distml.models._svsets import LayerCheckpoints, SVSet, concat
 from distml.tasks import pick
 
 if TYPE_CHECKING:
@@ -56,30 +57,6 @@ if TYPE_CHECKING:
     from distml.models.base import TrainEnv
 
 # --- runs on workers ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SVSet:
-    """Rows (usually support vectors) with their ids; ``model`` is the SVC fitted on them, if any."""
-
-    X: np.ndarray
-    y: np.ndarray
-    ids: np.ndarray  # each row's draw u: unique, and independent of partitioning
-    model: Any = None
-    dropped: int = 0  # rows a first-layer task left out to stay within chunk_rows
-    fitted: np.ndarray | None = None  # ids of every row ``model`` was fitted on (SVs or not)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def _concat(sets: list[SVSet]) -> SVSet:
-    """Union of row sets, deduplicated and ordered by id (so row order never depends on scheduling)."""
-    ids = np.concatenate([s.ids for s in sets])
-    ids, first = np.unique(ids, return_index=True)
-    X = np.concatenate([s.X for s in sets])[first]
-    y = np.concatenate([s.y for s in sets])[first]
-    return SVSet(X, y, ids, dropped=sum(s.dropped for s in sets))
 
 
 def _cut_part(source: Any, n_chunks: int, lo: int, hi: int) -> list[SVSet]:
@@ -108,7 +85,7 @@ def _fit(rows: SVSet, svc_params: dict[str, Any], limit: int | None, gram_bytes:
 
 def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any], gram_bytes: int) -> SVSet:
     """First layer: one chunk (at most ``cap`` rows, lowest ids kept) -> its support vectors."""
-    rows = _concat(pieces)
+    rows = concat(pieces)
     if len(rows) > cap:
         rows = SVSet(rows.X[:cap], rows.y[:cap], rows.ids[:cap], dropped=len(rows) - cap)
     return _fit(rows, svc_params, None, gram_bytes)  # chunk rows, not support vectors: bounded by chunk_rows
@@ -125,7 +102,7 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
 
 def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int, gram_bytes: int) -> SVSet:
     """A merge layer: refit on the union of a few support-vector sets."""
-    return _fit(_concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _margins_under(block: Any, rows: SVSet) -> np.ndarray | None:
@@ -167,7 +144,7 @@ def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str,
               gram_bytes: int) -> SVSet:
     """Top layer: one SVC on the screened candidates (plus the rows of any set below left unfitted)."""
     unfitted = [SVSet(s.X, s.y, s.ids) for s in below if s.model is None]  # single-class sets: not screened
-    return _fit(_concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
@@ -185,7 +162,7 @@ def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
 def _refit_part(final: SVSet, violators: list[SVSet], svc_params: dict[str, Any], limit: int,
                 gram_bytes: int) -> SVSet:
     """Feedback refit: the final support vectors together with every violator, in one SVC."""
-    rows = _concat([SVSet(final.X, final.y, final.ids), *violators])
+    rows = concat([SVSet(final.X, final.y, final.ids), *violators])
     if len(rows) > limit:
         raise JobFailed(f"the cascade SVM found {len(rows):,} support vectors and rows violating their margins, "
                         f"more than model.params.max_support_vectors={limit:,}; use kernel: linear, or a kernel "
@@ -248,19 +225,6 @@ def pass_one_steps(n_chunks: int) -> int:
     return 1 + len(merges) + ((len(merges[-1]) - 1 if merges else n_chunks) > 1)
 
 
-def _set_state(rows: SVSet, fitted: bool) -> dict[str, Any]:
-    """A set as a checkpoint holds it: plain arrays and its SVC, whose support vectors are its rows."""
-    return {"X": rows.X if rows.model is None else None, "y": rows.y, "ids": rows.ids, "model": rows.model,
-            "dropped": rows.dropped, "fitted": rows.fitted if fitted else None}
-
-
-def _set_from(state: dict[str, Any]) -> SVSet:
-    """The set ``_set_state`` wrote, as it was (a fitted set's rows are its SVC's support vectors)."""
-    model = state["model"]
-    X = state["X"] if model is None else model.support_vectors_
-    return SVSet(X, state["y"], state["ids"], model, state["dropped"], state["fitted"])
-
-
 class Cascade:
     """One cascade run: submits the layers, reports progress, keeps the final SVs on the cluster."""
 
@@ -269,6 +233,8 @@ class Cascade:
         self.parts, self.env, self.plan, self.svc = parts, env, plan, svc_params
         self.client = env.client
         self.probability, self.seed = probability, seed
+        # the kernel matrix budget decides how a fit is solved: a cluster with other worker memory fits otherwise
+        self.checkpoints = LayerCheckpoints(env, {"n_chunks": plan.n_chunks, "gram_bytes": plan.gram_bytes})
 
     def _pieces(self) -> Any:
         """Yield each chunk's list of piece futures, one read pass per group of chunks."""
@@ -375,7 +341,7 @@ class Cascade:
                            + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else "")
                            + ("" if fitted else ", from the checkpoint"), started)
             if fitted:
-                self._checkpoint(depth, {"stage": "tree", "depth": depth}, layer)
+                self.checkpoints.write(depth, {"stage": "tree", "depth": depth}, layer)
         if len(below) == 1:
             return below[0], total
         candidates, top = top or self._top(below)
@@ -383,7 +349,7 @@ class Cascade:
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
                        f"{n_candidates:,} rows inside the margins of the {len(below)} sets below", started)
-        self._checkpoint(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top])
+        self.checkpoints.write(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top])
         return top, n_sv
 
     def _top(self, below: list[Any]) -> tuple[list[Any], Any]:
@@ -395,7 +361,7 @@ class Cascade:
     def run(self) -> SVC:
         """Pass 1, then feedback passes until converged (from the job's last checkpoint, if resumed)."""
         plan, env, client = self.plan, self.env, self.client
-        restored = self._restored()
+        restored = self.checkpoints.restore()
         if restored is None:
             (final, n_sv), first = self._pass_one(), 2
         elif restored[0]["stage"] == "tree":
@@ -422,51 +388,13 @@ class Cascade:
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
                            f"{changed:,} changed", started)
             converged = changed <= plan.feedback_tol * n_sv
-            self._checkpoint(pass_one_steps(plan.n_chunks) + pas - 1,
+            self.checkpoints.write(pass_one_steps(plan.n_chunks) + pas - 1,
                              {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final])
             if converged:
                 env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break
         env.report("train", 1.0)
         return self._finish(final)
-
-    # --- checkpoints: one per layer of pass 1 and per feedback refit ------------
-    #
-    # A checkpoint holds every set of its layer: each set's support vectors (the rows once, inside its
-    # fitted SVC; an unfitted single-class set keeps its rows), their labels and ids, about
-    # 8 * (n_features + 2) bytes per support vector. A set above the first layer holds at most
-    # max_support_vectors of them; the first layer together holds at most every training row (a
-    # problem where every row is a support vector), usually a small share. The last set of a pass
-    # also keeps the ids of the rows its SVC was fitted on (8 bytes a row, at most max_support_vectors),
-    # which the feedback check skips. Writing one brings the layer's sets to the client, as the final
-    # SVC's support vectors come anyway; a job without checkpoints (a search candidate) skips that.
-
-    def _plan_state(self) -> dict[str, int]:
-        """What a checkpoint's sets depend on besides the data and the job file (the kernel matrix budget
-        decides how a fit is solved, so a cluster with other worker memory fits otherwise)."""
-        return {"n_chunks": self.plan.n_chunks, "gram_bytes": self.plan.gram_bytes}
-
-    def _checkpoint(self, step: int, state: dict[str, Any], sets: list[Any]) -> None:
-        """Write checkpoint ``step``: ``state`` and the layer's sets (gathered from the workers)."""
-        if not self.env.checkpointing:
-            return
-        rows = self.client.gather(sets)
-        self.env.checkpoint(step, {**state, "plan": self._plan_state(),
-                                   "sets": [_set_state(r, fitted=len(rows) == 1) for r in rows]})
-
-    def _restored(self) -> tuple[dict[str, Any], list[Any]] | None:
-        """The job's last checkpoint (its state, and its sets put back on the workers), or None."""
-        restored = self.env.restore()
-        if restored is None:
-            return None
-        step, state = restored
-        if state.get("plan") != self._plan_state():
-            self.env.log("cascade SVM: the checkpoint's chunks or kernel matrix budget do not match this "
-                         "cluster's; fitting every layer again")
-            return None
-        keys = [self.env.key("restore", step, g) for g in range(len(state["sets"]))]
-        futures = self.client.scatter(dict(zip(keys, map(_set_from, state["sets"]))))
-        return state, [futures[k] for k in keys]
 
     def _finish(self, final: Any) -> SVC:
         """The fitted SVC: the top layer's own, or a refit on the SVs when Platt scaling is asked."""

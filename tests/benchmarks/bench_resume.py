@@ -37,7 +37,7 @@ def run(client, folder: Path, store: Path, model: dict) -> dict:
     from distml.checkpoints import Checkpoints
     from distml.jobfile import parse_job
     from distml.jobs import JobRecords
-    from distml.models import _cascade
+    from distml.models._svsets import LayerCheckpoints
     from distml.runner import new_job_id, run_job
 
     spec = parse_job({"name": "bench-resume", "seed": 0, "data": {"path": str(folder), "target": "target"},
@@ -55,18 +55,18 @@ def run(client, folder: Path, store: Path, model: dict) -> dict:
     def phase(name: str, state: str, seconds: float) -> None:
         marks[name if state == "started" else f"{name} end"] = time.perf_counter()
 
-    gather = _cascade.Cascade._checkpoint
+    gather = LayerCheckpoints.write
 
     def timed_gather(self, step, state, sets):  # the layer's sets come to the client before the write
         started = time.perf_counter()
         gather(self, step, state, sets)
         spent[0] += time.perf_counter() - started
 
-    _cascade.Cascade._checkpoint = timed_gather
+    LayerCheckpoints.write = timed_gather
     try:
         run_job(spec, client, job_id=job_id, phase=phase, checkpoints=Timed(JobRecords(str(store)), job_id))
     finally:
-        _cascade.Cascade._checkpoint = gather
+        LayerCheckpoints.write = gather
     train = marks["train end"] - marks["train"]
     edges = [0.0, *(w["at"] + w["seconds"] for w in writes), train]
     intervals = [b - a for a, b in itertools.pairwise(edges)]
