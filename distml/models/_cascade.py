@@ -24,6 +24,12 @@ when fewer rows than ``feedback_tol`` of the SVs violate the conditions (none:
 the global optimum of the full problem), when fewer than that fraction of the
 SVs changed in a refit, or after ``max_passes``.
 
+Checkpoints. After every layer of pass 1 (the first layer, each merge layer,
+the top) and every feedback refit, the layer's sets are written as the job's
+checkpoint (``distml.models._svsets`` says what one holds and how big it gets);
+a resumed job puts the last one's sets back on the workers and goes on from the
+next layer, so it fits the same sets in the same order: the same model.
+
 Every fit goes through ``distml.kernels.fit_svc``: on a kernel matrix computed
 with BLAS when its ``8 n^2`` bytes fit ``gram_bytes`` (a quarter of a worker
 thread's memory share), else on libsvm's own kernel. Besides that matrix, a task
@@ -389,7 +395,7 @@ class Cascade:
                            f"{changed:,} changed", started)
             converged = changed <= plan.feedback_tol * n_sv
             self.checkpoints.write(pass_one_steps(plan.n_chunks) + pas - 1,
-                             {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final])
+                                   {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final])
             if converged:
                 env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break
