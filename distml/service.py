@@ -266,10 +266,26 @@ def _connect(address: str) -> Client | None:
         return None
 
 
+def _check_certificates(record: dict[str, Any], address: str) -> None:
+    """A ``tls://`` scheduler cannot be asked without certificates: say so in one line, rather than
+    take the driver for gone (and close a live job's record) for want of them."""
+    from distml.cluster import client_security
+    from distml.spec import ClusterSpec
+
+    try:
+        client_security(ClusterSpec(), address)  # the --tls-* flags are in Dask's configuration by now
+    except SpecError:
+        raise SpecError(f"job {record.get('job_id')}: whether its driver is alive is asked of its scheduler "
+                        f"{address}, which needs --tls-ca-file and --tls-cert (or distributed.comm.tls.* in "
+                        "Dask's configuration)") from None
+
+
 def driver_alive(record: dict[str, Any]) -> tuple[bool, str]:
     """Ask the job's scheduler whether its driver (task or client) still exists."""
     driver = record.get("driver") or {}
     address = driver.get("scheduler")
+    if address and address.startswith("tls://"):
+        _check_certificates(record, address)
     client = _connect(address) if address else None
     if client is None:
         return False, f"the scheduler at {address} cannot be reached"

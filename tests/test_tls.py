@@ -236,3 +236,29 @@ def test_the_detached_driver_gets_the_job_file_without_the_clients_certificate_f
     assert doc["cluster"]["scheduler"] == "tls://127.0.0.1:8786"
     assert not {"tls_ca_file", "tls_cert", "tls_key"} & set(doc["cluster"])
     assert JobSpec.model_validate(doc).data.path == str(folder)
+
+
+def test_a_stale_job_on_a_tls_scheduler_is_not_closed_for_want_of_certificates(tmp_path, certs, tls_scheduler,
+                                                                                tls_flags_undone):
+    """Its driver can only be asked about with certificates: without them one line, and the record stays."""
+    from distml.jobs import JobRecords, new_record
+
+    records = JobRecords(str(tmp_path))
+    job_id = "20260101-000000-abcdef"
+    record = new_record({"name": "ghost"}, job_id, str(tmp_path), {"scheduler": tls_scheduler},
+                        {"kind": "task", "key": f"distml-job-{job_id}", "scheduler": tls_scheduler}, state="running")
+    record["heartbeat"] = time.time() - 600  # stale: a reader asks the scheduler about the driver
+    records.write(record)
+    line = (f"job {job_id}: whether its driver is alive is asked of its scheduler {tls_scheduler}, which needs "
+            "--tls-ca-file and --tls-cert (or distributed.comm.tls.* in Dask's configuration)")
+    status = _cli("jobs", "status", job_id, "--store", tmp_path)
+    assert status.exit_code == 2 and status.stderr == f"Error: {line}\n"
+    listed = _cli("jobs", "list", "--store", tmp_path)
+    assert listed.exit_code == 0 and listed.stderr == f"warning: {line}; listed as recorded\n"
+    assert listed.stdout.startswith(f"{job_id}  ghost") and " running " in listed.stdout
+    assert records.read(job_id)["state"] == "running"
+
+    status = _cli("jobs", "status", job_id, "--store", tmp_path, *_flags(certs))  # asked: the driver task is gone
+    assert status.exit_code == 0 and "state      failed" in status.stdout, status.output
+    assert records.read(job_id)["error"] == (f"the job's driver is gone: its driver task is gone on {tls_scheduler} "
+                                             "(last phase start)")
