@@ -108,7 +108,8 @@ class Console:
 
 def summary_lines(summary: dict[str, Any], top: int = 10) -> list[str]:
     """The job summary's extra lines (``distml submit``): where the evaluation report and model.onnx are,
-    the positive class, and the top coefficients and importances, most important first."""
+    the positive class, where early stopping ended, and the top coefficients and importances, most
+    important first."""
     lines = []
     if summary.get("evaluation_report"):
         lines.append(f"  evaluation {summary['evaluation_report']}")
@@ -116,6 +117,8 @@ def summary_lines(summary: dict[str, Any], top: int = 10) -> list[str]:
         lines.append(f"  onnx      {summary['onnx']}")
     if summary.get("positive_class") is not None:
         lines.append(f"  positive  {summary['positive_class']!r} (precision, recall, f1 and roc_auc are for it)")
+    if summary.get("training"):
+        lines.append(f"  training  {_stopping_line(summary['training'])}")
 
     def table(title: str, values: dict[str, float]) -> None:
         items = list(values.items())
@@ -131,6 +134,20 @@ def summary_lines(summary: dict[str, Any], top: int = 10) -> list[str]:
     if permuted:
         table(f"permutation importance ({permuted['score']} lost)", permuted["importances"])
     return lines
+
+
+def _stopping_line(training: dict[str, Any]) -> str:
+    """Where early stopping ended, in one line (the manifest's ``training`` section has the curve)."""
+    best = training.get("best") or {}
+    if "max_trees" in training:
+        ran = (f"stopped at {training['stopped_at']} of {training['max_trees']} trees" if training["stopped_at"]
+               else f"grew all {training['max_trees']} trees")
+        return f"{ran}, kept {training['trees_kept']}; best {training['metric']} {best.get('oob_score', 0):.4f}"
+    ran = (f"stopped after {training['stopped_at']} of {training['max_epochs']} epochs" if training["stopped_at"]
+           else f"ran all {training['max_epochs']} epochs")
+    if not best:
+        return ran
+    return f"{ran}; best {training['metric']} {best['validation_loss']:.5f} after {best['epoch']}"
 
 
 def interruptible(command: F) -> F:

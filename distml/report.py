@@ -1,7 +1,7 @@
 """``evaluation.html``: the saved model's holdout evaluation as one self-contained page of charts.
 
 Drawn from the manifest alone (metrics, confusion matrix, curves, residual
-quantiles, coefficients, importances) with matplotlib's object API and its
+quantiles, coefficients, importances, the early-stopping training curve, cross-validation and search results) with matplotlib's object API and its
 SVG backend, so the page holds inline ``<svg>`` and fetches nothing when
 viewed. matplotlib is imported only here, when a report is written
 (``output.evaluation_report: false`` skips it).
@@ -107,6 +107,93 @@ def _quantiles(quantiles: dict[str, float], title: str) -> str:
     return _svg(figure)
 
 
+def _training(training: dict[str, Any]) -> str:
+    """The early-stopping curve: validation loss per epoch or out-of-bag score per tree count, best marked."""
+    by_trees = "trees" in (training["curve"][0] if training["curve"] else {})
+    xkey, ykey = ("trees", "oob_score") if by_trees else ("epoch", "validation_loss")
+    x = [p[xkey] for p in training["curve"]]
+    y = [p[ykey] for p in training["curve"]]
+    figure = _figure(5.0, 3.6, left=0.16)
+    ax = figure.add_subplot()
+    ax.plot(x, y, marker="o", markersize=3, color="#1f77b4", label=training["metric"])
+    best = training.get("best")
+    if best:
+        ax.plot([best[xkey]], [best[ykey]], marker="*", markersize=12, color="#d62728", linestyle="none",
+                label=f"best: {best[xkey]} {xkey if by_trees else 'epochs'}")
+    if training.get("stopped_at"):
+        ax.axvline(x[-1], color="#999999", linestyle="--", linewidth=1, label="stopped")
+    ax.set(xlabel="trees" if by_trees else "epochs trained", ylabel=training["metric"], title="training curve")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _svg(figure)
+
+
+def _cv(cv: dict[str, Any]) -> str:
+    """Each fold's score as a bar, the mean as a line with a band of ± one standard deviation."""
+    scoring = cv["scoring"]
+    scores = [fold.get(scoring, float("nan")) for fold in cv["folds"]]
+    mean, std = cv["mean"][scoring], cv["std"][scoring]
+    figure = _figure(max(4.0, 1.6 + 0.5 * len(scores)), 3.4)
+    ax = figure.add_subplot()
+    ax.bar(range(1, len(scores) + 1), scores, color="#1f77b4")
+    ax.axhline(mean, color="#d62728", linewidth=1.2, label=f"mean {mean:.4f} ± {std:.4f}")
+    ax.axhspan(mean - std, mean + std, color="#d62728", alpha=0.15)
+    low, high = min(scores + [mean - std]), max(scores + [mean + std])
+    pad = max(1e-3, 0.25 * (high - low))
+    ax.set(xlabel="fold", ylabel=scoring, title=f"{cv['k']}-fold cross-validation", ylim=(low - pad, high + pad))
+    ax.set_xticks(range(1, len(scores) + 1))
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _svg(figure)
+
+
+def _search(search: dict[str, Any]) -> str:
+    """Each candidate's mean score ± std (its last round), best first; the chosen one marked."""
+    rows = [r for r in search["candidates"] if r.get("mean") is not None and not r.get("error")]
+    from distml.search_space import HIGHER_IS_BETTER
+
+    best = next((r for r in rows if r["params"] == search["best"] and r["round"] == max(x["round"] for x in rows)),
+                None)
+    higher = HIGHER_IS_BETTER.get(search["scoring"], True)
+    rows = sorted(rows, key=lambda r: (-r["round"], -r["mean"] if higher else r["mean"]))[:TOP]
+    names = [", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
+             for r in rows][::-1]
+    rows = rows[::-1]
+    figure = _figure(6.0, max(2.6, 1.4 + 0.3 * len(rows)), left=0.4)
+    ax = figure.add_subplot()
+    colors = ["#d62728" if r is best else "#1f77b4" for r in rows]
+    ax.barh(range(len(rows)), [r["mean"] for r in rows], xerr=[r["std"] or 0.0 for r in rows], color=colors)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    low = min(r["mean"] - (r["std"] or 0.0) for r in rows)
+    high = max(r["mean"] + (r["std"] or 0.0) for r in rows)
+    pad = max(1e-3, 0.1 * (high - low))
+    ax.set(xlabel=f"{search['scoring']} (mean ± std; chosen in red)", title=f"{search['method']} search",
+           xlim=(low - pad, high + pad))
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(figure)
+
+
+def _selection_charts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The training curve, cross-validation and search charts, where the manifest has those sections."""
+    out = []
+    training = manifest.get("training")
+    if training and training.get("curve"):
+        where = (f"stopped at {training['stopped_at']}" if training.get("stopped_at")
+                 else "ran to the maximum")
+        caption = (f"training curve: {training['metric']} ({where}; the star is the best-scoring model, "
+                   "the one kept when training stopped early)")
+        out.append((caption, _training(training)))
+    cv = manifest.get("cv")
+    if cv and cv.get("folds"):
+        out.append((f"cross-validation: {cv['scoring']} per fold (bars), mean ± std (line and band)", _cv(cv)))
+    search = manifest.get("search")
+    if search and any(r.get("mean") is not None and not r.get("error") for r in search.get("candidates", [])):
+        caption = (f"search results: {search['scoring']} of each candidate ({search['scored_by']}), "
+                   "the chosen one in red")
+        out.append((caption, _search(search)))
+    return out
+
+
 # --- the page ----------------------------------------------------------------------------------
 
 
@@ -146,7 +233,7 @@ def charts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         out.append((caption,
                     _bars({k: v["mean"] for k, v in table.items()}, "permutation importance",
                           f"{permuted['score']} lost", {k: v["std"] for k, v in table.items()})))
-    return out
+    return out + _selection_charts(manifest)
 
 
 def _metrics_table(manifest: dict[str, Any]) -> str:
@@ -163,6 +250,8 @@ def _metrics_table(manifest: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+_NO_CURVE = ("<p>No training curve: it is recorded with early stopping (model.params.early_stopping: true); "
+             "the job log has the epochs.</p>")
 STYLE = ("body{font-family:sans-serif;margin:2em;color:#222}figure{display:inline-block;margin:1em;"
          "vertical-align:top}figcaption{max-width:32em;font-size:.85em;color:#555}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}")
@@ -186,7 +275,7 @@ def evaluation_html(manifest: dict[str, Any], name: str) -> bytes:
 {html.escape(', '.join(f'{k} {v:,}' for k, v in rows.items()))}.</p>
 {note}<h2>metrics</h2>{_metrics_table(manifest)}
 <h2>charts</h2>{figures or '<p>No charts: nothing to draw.</p>'}
-<p>No per-epoch training curve is recorded by distml's trainers yet; the job log has the epochs.</p>
+{'' if manifest.get('training') else _NO_CURVE}
 </body></html>
 """
     return page.encode("utf-8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from distml.data import Dataset
     from distml.jobfile import JobSpec
     from distml.jobs import JobTracker
-    from distml.warm import Parent
+    from distml.warm import Parent, Start
 
 DEFAULT_PARTITION_BYTES = 64 * 2**20
 PERSIST_FRACTION = 0.3  # persist training blocks only if they take under 30% of cluster memory
@@ -258,7 +258,7 @@ class FittedJob:
     rows: dict[str, int]
     persisted: bool
     n_workers: int
-    chosen: dict[str, Any]  # the manifest's "cv", "search" and (warm start) "parent" sections
+    chosen: dict[str, Any]  # the manifest's "cv", "search", "training" and (warm start) "parent" sections
 
     def manifest(self, spec: JobSpec, job_id: str, timings: dict[str, float], started: float) -> dict[str, Any]:
         """The artifact's manifest (see ``artifact.build_manifest``), with importances, evaluation details, cv and search."""
@@ -277,11 +277,13 @@ class FittedJob:
 
 
 def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id: str, phases: _Phases,
-                 progress: Progress, log: Log, checkpoints: Checkpoints | None = None) -> FittedJob:
+                 progress: Progress, log: Log, checkpoints: Checkpoints | Start | None = None,
+                 parent: Parent | None = None) -> FittedJob:
     """Read, plan features, train and evaluate on ``client``; the one path both front doors take.
 
     ``dataset`` is a Parquet ``Dataset`` (opened here from ``spec.data`` if None) or any source with its
-    interface, such as ``distml.frames.FrameDataset`` over a Dask collection.
+    interface, such as ``distml.frames.FrameDataset`` over a Dask collection. ``parent`` is the model to
+    continue (an estimator's ``partial_fit``); absent, it is ``spec.model.warm_start``'s, if set.
     """
     from distml.cluster import memory_headroom, worker_resources
     from distml.data import open_dataset
@@ -289,8 +291,7 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
     from distml.search_space import check_rows
 
     family = FAMILIES[spec.model.kind]
-    parent = None
-    if spec.model.warm_start:
+    if parent is None and spec.model.warm_start:
         from distml.warm import load_parent
 
         parent = load_parent(spec)  # model.warm_start: verified, same family
@@ -304,7 +305,7 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
         from distml.checkpoints import data_files
 
         checkpoints.data_files = data_files(dataset)
-    fitted, plan, parts, selection = _train(spec, client, dataset, family, job_id, phases,
+    fitted, plan, parts, selection, training = _train(spec, client, dataset, family, job_id, phases,
                                             (n_workers, threads, memory), progress, log, checkpoints, parent)
     check_finite(fitted, job_id, spec.model.params)  # before evaluation, which a NaN model breaks
     metrics: dict[str, float] = {}
@@ -330,12 +331,14 @@ def fit_pipeline(spec: JobSpec, client: Client, dataset: Dataset | None, job_id:
               (("cv", selection and selection.cv), ("search", selection and selection.search)) if section}
     if parent is not None:
         chosen["parent"] = parent.record()
+    if training:
+        chosen["training"] = training
     return FittedJob(pipeline, dataset, plan, metrics, details, rows, parts.persisted, n_workers, chosen)
 
 
 def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id: str, phases: _Phases,
            resources: tuple[int, int, int], progress: Progress, log: Log,
-           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any, Any]:
+           checkpoints: Checkpoints | None = None, parent: Parent | None = None) -> tuple[Any, Any, Any, Any, Any]:
     from distml.blocks import persist
     from distml.features import plan_features
     from distml.models.base import TrainContext
@@ -376,11 +379,13 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
         if spec.search:
             log(f"search chose {spec.search and selection.search['best']}: "
                 f"{selection.search['scoring']} {selection.search['best_score']:.4f}; refitting on all training rows")
+    training: dict[str, Any] = {}
+    final = replace(ctx, env=replace(ctx.env, record_training=training.update))  # not the candidates' fits
     with phases("train"):
-        fitted = family.train(parts, params, ctx)
+        fitted = family.train(parts, params, final)
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
-    return fitted, plan, parts, selection
+    return fitted, plan, parts, selection, training
 
 
 def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:

@@ -1,11 +1,13 @@
-"""Warm start (``model.warm_start: URI``): continue a saved SGD model on new data.
+"""Warm start (``model.warm_start: URI``, and an estimator's ``partial_fit``): continue an SGD model on new data.
 
 The parent is loaded with the store's verified ``open_model`` (checksums, trust
 list, signing key). Its feature plan (the fitted ColumnTransformer) replaces
 the one the statistics pass built, after the new data is checked against it:
 the same feature columns, no category and no class the parent has not seen.
 SGD then starts from the parent's coefficients, handed to the lane engine as
-its epoch-0 state (the format of ``distml.models._sgd``'s checkpoints).
+its epoch-0 state (the format of ``distml.models._sgd``'s checkpoints). An
+estimator's ``partial_fit`` makes its fitted model the parent (``Parent`` with
+no URI) and takes that state from ``Start`` instead of a job's checkpoints.
 """
 from __future__ import annotations
 
@@ -46,11 +48,34 @@ class Parent:
 
     pipeline: Pipeline
     manifest: dict[str, Any]
-    uri: str
+    uri: str | None  # None: a fitted estimator's model, continued by its ``partial_fit``
+    label: str | None = None  # how messages name the parent; None: by ``model.warm_start`` and its URI
 
     def record(self) -> dict[str, Any]:
         """What the child's manifest says about its parent."""
         return {"uri": self.uri, "job_id": self.manifest.get("job_id")}
+
+    def names(self) -> tuple[str, str]:
+        """How messages name the parent: as the key's value, and as "the ... parent"."""
+        if self.label:
+            return self.label, self.label
+        return f"{KEY} {self.uri}", f"the {KEY} parent {self.uri}"
+
+
+class Start:
+    """The trainer's checkpoints for a continuation that has nowhere to save any (an estimator's
+    ``partial_fit``): ``restore`` gives the parent's state (``initial``, which the runner sets), and
+    ``write`` keeps nothing, as a fit in memory cannot be resumed."""
+
+    def __init__(self) -> None:
+        self.initial: dict[str, Any] | None = None
+        self.data_files: list[dict[str, Any]] | None = None  # set by the runner, as on ``Checkpoints``
+
+    def write(self, step: int, state: dict[str, Any]) -> None:
+        """Nothing to save to."""
+
+    def restore(self) -> tuple[int, dict[str, Any]] | None:
+        return None if self.initial is None else (0, self.initial)
 
 
 def load_parent(spec: Any) -> Parent:
@@ -84,20 +109,20 @@ def _categories(transformer: Any) -> dict[str, list[Any]]:
 
 def adopt(parent: Parent, plan: FeaturePlan, dataset: Dataset) -> None:
     """Check the new data against the parent's plan, then train on the parent's transformer and classes."""
-    where = parent.uri
+    named, the_parent = parent.names()
     had = list((parent.manifest.get("data") or {}).get("features") or [])
     missing = [c for c in had if c not in dataset.features]
     extra = [c for c in dataset.features if c not in had]
     if missing or extra:
         problem = (f"lacks the parent's feature column(s) {', '.join(missing)}" if missing
                    else f"has column(s) {', '.join(extra)} the parent was not trained on (list data.features)")
-        raise DataError(f"{dataset.url}: {problem}; {KEY} {where} expects {', '.join(had)}")
+        raise DataError(f"{dataset.url}: {problem}; {named} expects {', '.join(had)}")
     known = _categories(parent.pipeline[0])
     for column, categories in _categories(plan.transformer).items():
         new = [c for c in categories if c not in set(known.get(column, []))]
         if new:
             raise DataError(f"{dataset.url}: column '{column}' has categories {', '.join(map(str, new[:5]))} "
-                            f"that the {KEY} parent {where} has never seen; expected only "
+                            f"that {the_parent} has never seen; expected only "
                             f"{', '.join(map(str, known.get(column, [])[:10]))}")
     estimator = parent.pipeline[-1]
     if plan.classes is not None:
@@ -105,7 +130,7 @@ def adopt(parent: Parent, plan: FeaturePlan, dataset: Dataset) -> None:
         unseen = [c for c in plan.classes.tolist() if c not in set(classes.tolist())]
         if unseen:
             raise DataError(f"{dataset.url}: target '{dataset.target}' has class(es) {', '.join(map(str, unseen))} "
-                            f"that the {KEY} parent {where} does not know; expected only "
+                            f"that {the_parent} does not know; expected only "
                             f"{', '.join(map(str, classes.tolist()))}")
         counts = dict(zip(plan.classes.tolist(), plan.class_counts.tolist()))
         plan.class_counts = np.array([counts.get(c, 0) for c in classes.tolist()], dtype=np.int64)

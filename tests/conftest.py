@@ -9,6 +9,29 @@ import processes
 from distml.synth import make_dataset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def reports_only_where_asked():
+    """Jobs run in this process skip report.html and evaluation.html unless the job file asks for them.
+
+    Together they are most of a small job's time on a warm cluster, and most tests check something
+    else; the tests of the reports (and of the artifact's file list) say ``report: true`` /
+    ``evaluation_report: true``, and jobs run by a ``distml`` subprocess keep the real defaults.
+    """
+    from distml.jobfile import JobSpec
+    from distml.spec import OutputSpec
+
+    def defaults(values: dict[str, bool]) -> None:
+        for name, value in values.items():
+            OutputSpec.model_fields[name].default = value
+        OutputSpec.model_rebuild(force=True)
+        JobSpec.model_rebuild(force=True)  # it embeds OutputSpec's validator
+
+    saved = {name: OutputSpec.model_fields[name].default for name in ("report", "evaluation_report")}
+    defaults(dict.fromkeys(saved, False))
+    yield
+    defaults(saved)
+
+
 @pytest.fixture(scope="session")
 def cluster():
     """Two single-threaded worker processes with enforced memory limits."""

@@ -41,12 +41,13 @@ def binary_model(cluster, table, tmp_path_factory):
     store = tmp_path_factory.mktemp("report-store")
     spec = parse_job({"name": "report", "seed": 0, "data": {"path": str(table), "target": "label", "missing": "impute"},
                       "model": {"kind": "logistic"}, "evaluation": {"permutation_importance": True},
-                      "output": {"store": str(store)}}, "test")
+                      "output": {"store": str(store), "evaluation_report": True}}, "test")
     with Client(cluster, set_as_default=False) as client:
         return run_job(spec, client), store
 
 
-def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chromium(binary_model, tmp_path):
+def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chromium(binary_model, searched_model,
+                                                                                    tmp_path):
     result, _ = binary_model
     folder = Path(result.uri)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -58,19 +59,38 @@ def test_evaluation_html_is_listed_checksummed_and_its_charts_are_drawn_in_chrom
     # Self-contained: no script, stylesheet, image or font fetched (only in-page "#id" references).
     assert not re.search(r"<script|<link|<img|<iframe|@import|url\((?!#)", text)
     assert [ref for ref in re.findall(r'(?:href|src)="([^"]*)"', text) if not ref.startswith(("#", "data:"))] == []
-    page = tmp_path / "page.html"  # the saved page plus a script that measures each chart once drawn
-    page.write_text(text.replace("</body>", CHARTS_SCRIPT + "</body>"))
-    dom = chromium_dom(page.as_uri(), tmp_path / "chrome", "--window-size=1400,3000")
+    # The saved page, then (to draw them in the same browser start) the charts of the search job's saved
+    # page, and a script that measures each chart once drawn.
+    searched = (Path(searched_model.uri) / "evaluation.html").read_text()
+    extra = "".join(re.findall(r'<figure class="chart">.*?</figure>', searched, flags=re.DOTALL)[-3:])
+    page = tmp_path / "page.html"
+    page.write_text(text.replace("</body>", extra + CHARTS_SCRIPT + "</body>"))
+    dom = chromium_dom(page.as_uri(), tmp_path / "chrome", "--window-size=1400,5000")
     charts = re.search(r'data-charts="([^"]*)"', dom).group(1).split()
     captions = re.findall(r"<figcaption>([^<]*)</figcaption>", dom)
-    assert [c.split(" ")[0] for c in captions] == ["ROC", "precision-recall", "confusion", "coefficients",
-                                                    "permutation"]
+    assert [c.split(" ")[0] for c in captions][:5] == ["ROC", "precision-recall", "confusion", "coefficients",
+                                                        "permutation"]
+    assert [c.split(":")[0] for c in captions][5:] == ["training curve", "cross-validation", "search results"]
     for chart in charts:  # each is drawn at a real size, with many marks (axes, ticks, lines, bars)
         size, marks = chart.split(":")
         width, height = map(int, size.split("x"))
         assert width >= 250 and height >= 200 and int(marks) >= 20, chart
-    assert len(charts) == 5
+    assert len(charts) == 8
     assert f"{manifest['metrics']['accuracy']:.6g}" in dom
+    assert "No training curve" in text  # newton does not early-stop: the page says where the curve would come from
+    _check_search_page(json.loads((Path(searched_model.uri) / "manifest.json").read_text()), searched, captions[5:])
+
+
+def _check_search_page(manifest, text, captions):
+    """The search job's page draws its manifest's numbers: the curve's stop and kept model, cv, the chosen one."""
+    training, cv, search = manifest["training"], manifest["cv"], manifest["search"]
+    assert training["curve"] and cv["k"] == 2 and len(search["candidates"]) == 2
+    assert "No training curve" not in text
+    assert captions[0].startswith(f"training curve: validation log loss (stopped at {training['stopped_at']};")
+    assert f"best: {training['best']['epoch']} epochs" in text
+    assert f"mean {cv['mean'][cv['scoring']]:.4f} ± {cv['std'][cv['scoring']]:.4f}" in text
+    for row in search["candidates"]:
+        assert f"alpha={row['params']['alpha']:.3g}" in text
 
 
 def test_models_show_and_submit_print_where_the_report_is(binary_model):
@@ -140,3 +160,19 @@ def test_evaluation_keys_are_validated_by_name():
     with pytest.raises(SpecError) as info:
         parse_job({**base, "output": {"onnx": "yes please"}}, "job.yaml")
     assert info.value.message == "job.yaml: output.onnx: must be a valid boolean, unable to interpret input; got 'yes please'"
+
+
+@pytest.fixture(scope="module")
+def searched_model(cluster, table, tmp_path_factory):
+    """A search (2-fold cv) over an early-stopping SGD logistic regression: the manifest has training, cv, search."""
+    from distributed import Client
+
+    store = tmp_path_factory.mktemp("report-search-store")
+    spec = parse_job({"name": "report-search", "seed": 0,
+                      "data": {"path": str(table), "target": "label", "missing": "impute"},
+                      "model": {"kind": "logistic", "params": {"solver": "sgd", "alpha": 1e-3, "epochs": 12,
+                                                               "early_stopping": True, "n_iter_no_change": 1}},
+                      "search": {"params": {"alpha": [1e-3, 1e-2]}, "cv": 2},
+                      "output": {"store": str(store), "report": False}}, "test")
+    with Client(cluster, set_as_default=False) as client:
+        return run_job(spec, client)

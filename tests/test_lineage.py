@@ -29,7 +29,7 @@ def test_models_show_tells_whether_the_training_files_changed(client, tmp_path):
     folder, _ = make_dataset(tmp_path / "data", "classification", 3_000, 4, 3, 2, 0, False)
     spec = parse_job({"name": "lineage", "data": {"path": str(folder), "target": "target"},
                       "model": {"kind": "logistic", "params": {"epochs": 1}},
-                      "output": {"store": str(tmp_path / "models")}}, "test")
+                      "output": {"store": str(tmp_path / "models"), "evaluation_report": True}}, "test")
     uri = run_job(spec, client).uri
     manifest, lines = _show(uri)
     files = sorted(folder.glob("*.parquet"))

@@ -136,8 +136,8 @@ def _job(params):
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"solver": "newton", "early_stopping": True},
-     "model.params: early_stopping does not apply to solver newton (exact, it stops at tol or max_iter)"),
+    ({"solver": "newton", "validation_fraction": 0.2},
+     "model.params: validation_fraction does not apply to solver newton (exact, it stops at tol or max_iter)"),
     ({"solver": "lbfgs", "epochs": 5},
      "model.params: epochs does not apply to solver lbfgs (exact, it stops at tol or max_iter)"),
     ({"solver": "softmax", "max_iter": 5}, "model.params: max_iter does not apply to solver softmax (SGD)"),

@@ -26,7 +26,7 @@ def _spec(data_path, store, model=None, data_options=None, store_options=None, h
                       "data": {"path": data_path, "target": "target", "holdout": holdout,
                                "storage_options": data_options or {}},
                       "model": model or {"kind": "logistic", "params": {"epochs": 2}},
-                      "output": {"store": store, "storage_options": store_options or {}}}, "test")
+                      "output": {"store": store, "storage_options": store_options or {}, "report": True, "evaluation_report": True}}, "test")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ KEY = "a-test-signing-key-0123456789"
 
 
 def _spec(data, store, model=None, target="target", name="trust-test", **extra):
-    output = {"store": str(store), **extra.pop("output", {})}
+    output = {"store": str(store), "report": True, "evaluation_report": True, **extra.pop("output", {})}
     return parse_job({"name": name, "seed": 1, "data": {"path": str(data), "target": target, **extra},
                       "model": model or {"kind": "logistic", "params": {"epochs": 1}}, "output": output}, "test")
 
@@ -231,7 +231,8 @@ def test_submit_signs_with_a_key_file_and_models_show_verifies(tmp_path, small, 
     key_file.write_text(KEY)
     path = job_file(name="signed", data={"path": str(small[0]), "target": "target"},
                     model={"kind": "logistic", "params": {"epochs": 1}},
-                    output={"store": str(tmp_path / "models"), "signing_key_file": str(key_file)})
+                    output={"store": str(tmp_path / "models"), "signing_key_file": str(key_file),
+                            "evaluation_report": True})
     cli = CliRunner().invoke(main, ["submit", str(path), "--quiet", "--workers", "1"])
     assert cli.exit_code == 0, cli.output
     version = next((tmp_path / "models" / "signed").iterdir())
@@ -285,7 +286,8 @@ def test_the_allow_list_is_exactly_what_every_family_saves(client, tmp_path):
     seen: set[tuple[str, str]] = set()
     for i, (data, test, model, extra) in enumerate(jobs):
         target = "label" if data == table else "target"
-        result = run_job(_spec(data, tmp_path / "models", model, target=target, name=f"family-{i}", **extra), client)
+        result = run_job(_spec(data, tmp_path / "models", model, target=target, name=f"family-{i}",
+                               output={"report": False, "evaluation_report": False}, **extra), client)
         seen |= _schema_types((Path(result.uri) / "model.skops").read_bytes())
         rows = test if isinstance(test, pd.DataFrame) else pd.read_parquet(test)
         pipeline = load_model(result.uri)

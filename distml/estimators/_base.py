@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import copy
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -65,27 +64,6 @@ def _is_dask(X: Any) -> bool:
     return dask.is_dask_collection(X)
 
 
-def _progress(enabled: bool) -> Any:
-    """A ``progress(phase, fraction)`` callback showing a bar per phase (tqdm.auto if installed, which
-    renders as a widget in a notebook), or None."""
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    bars: dict[str, Any] = {}
-
-    def show(phase: str, fraction: float) -> None:
-        bar = bars.get(phase) or bars.setdefault(phase, tqdm(total=100, desc=phase, leave=False))
-        bar.n = int(100 * fraction)
-        bar.refresh()
-        if fraction >= 1:
-            bar.close()
-
-    return show
-
-
 class DistmlEstimator(BaseEstimator):
     """Base of the six estimators; a subclass sets ``_kind`` (the job file's ``model.kind``), ``_fixed``
     (family parameters the class decides, such as ``task``) and gets ``__init__`` from ``_estimator``."""
@@ -128,14 +106,14 @@ class DistmlEstimator(BaseEstimator):
                 raise InvalidParams(f"{type(self).__name__}: {name}: {error['msg']}; "
                                     f"got {error.get('input')!r}") from None
 
-    def _spec(self, dataset: Any, name: str = ESTIMATOR_JOB) -> Any:
+    def _spec(self, dataset: Any, params: Any = None, name: str = ESTIMATOR_JOB) -> Any:
         from distml.jobfile import JobSpec
 
         return JobSpec(name=name, seed=int(self.random_state or 0),
                        data={"path": dataset.url, "target": dataset.target, "holdout": dataset.holdout,
                              "features": list(dataset.features),
                              "missing": dataset.missing},
-                       model={"kind": self._kind, "params": self._params()})
+                       model={"kind": self._kind, "params": params or self._params()})
 
     def fit(self, X: Any, y: Any = None, *, target: str | None = None,
             features: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> DistmlEstimator:
@@ -145,36 +123,42 @@ class DistmlEstimator(BaseEstimator):
 
         Every row is used for training (scikit-learn's ``fit`` holds nothing out).
         """
-        from distml.runner import new_job_id
-
-        self._params()  # parameters first, before any data is touched
+        params = self._params()  # parameters first, before any data is touched
         if isinstance(X, (str, os.PathLike)):
             dataset = self._open_parquet(str(X), y, target, features, storage_options)
         else:
             dataset = self._open_collection(X, y)
-        client = resolve_client(self.client)
-        job_id = new_job_id()
-        try:
-            self._fit_dataset(dataset, client, job_id)
-        except DataError as exc:
-            raise InvalidData(exc.message) from None
+        self._fit_dataset(dataset, params)
         return self
 
-    def _fit_dataset(self, dataset: Any, client: Client, job_id: str) -> None:
+    def _fit_dataset(self, dataset: Any, params: Any, parent: Any = None) -> None:
+        """Run the runner's phases on ``dataset``; ``parent`` (a ``distml.warm.Parent``): continue it."""
         import time
 
-        from distml.runner import _Phases, fit_pipeline
+        from distml.estimators._progress import phase_bars
+        from distml.runner import _Phases, fit_pipeline, new_job_id
 
+        client = resolve_client(self.client)
+        job_id = new_job_id()
         phases = _Phases(lambda name, state, seconds: None)
         started = time.time()
-        spec = self._spec(dataset)
-        fit = fit_pipeline(spec, client, dataset, job_id, phases, _progress(bool(self.progress)) or (
-            lambda phase, fraction: None), lambda message: None)
+        spec = self._spec(dataset, params)
+        bars = phase_bars(bool(self.progress))
+        start = None
+        if parent is not None:
+            from distml.warm import Start
+
+            start = Start()  # the trainer starts from the parent's state (warm.initial_state)
+        try:
+            fit = fit_pipeline(spec, client, dataset, job_id, phases, bars or (lambda phase, fraction: None),
+                               lambda message: None, start, parent)
+        except DataError as exc:
+            raise InvalidData(exc.message) from None
+        finally:
+            if bars is not None:
+                bars.close()
         self.pipeline_ = fit.pipeline
         self.manifest_ = fit.manifest(spec, job_id, phases.timings, started)
-        from distml.models.base import DataSummary
-
-        self._summary = DataSummary.from_plan(fit.plan)  # what partial_fit's trainer is told about the data
         self._after_fit()
 
     def _open_parquet(self, url: str, y: Any, target: str | None, features: list[str] | None,
@@ -251,17 +235,31 @@ class DistmlEstimator(BaseEstimator):
             check_classification_targets(y)
         return frame, pd.Series(np.asarray(y), index=frame.index), names
 
-    def _continue(self, X: Any, y: Any) -> DistmlEstimator:
-        """``partial_fit``: one more pass of the family's SGD trainer over new rows, starting from the
-        fitted model and reusing the feature transformer (no new statistics pass: the rows are not
-        re-checked for nulls or infinities, and categories unseen at fit are encoded as unknown)."""
-        if "pipeline_" not in self.__dict__:
-            return self.fit(X, y)
-        from distml.blocks import Partitions, PartSource
-        from distml.cluster import worker_resources
-        from distml.models.base import TrainContext, TrainEnv
-        from distml.runner import check_finite, new_job_id
+    # --- partial_fit ----------------------------------------------------------
 
+    def _can_continue(self) -> bool:
+        """Whether this estimator's parameters train by SGD, which can continue from coefficients."""
+        from distml.warm import can_warm_start
+
+        return can_warm_start(self._kind, self._params())
+
+    def _continue(self, X: Any, y: Any) -> DistmlEstimator:
+        """``partial_fit``: one SGD pass over the new rows, starting from the fitted model, exactly as a job
+        with ``model.warm_start`` (and ``epochs: 1``) continues a saved one: a statistics pass checks the
+        rows (nulls, infinities, and no feature column, category or class the model has not seen), the
+        fitted feature transformer is kept, and SGD starts from the fitted coefficients. Unfitted: fits,
+        with one pass."""
+        params = self._one_pass(self._params())
+        if "pipeline_" not in self.__dict__:
+            self._fit_dataset(self._open_collection(X, y), params)
+            return self
+        from distml.warm import Parent
+
+        solver = getattr(params, "solver", None)
+        was = (((self.manifest_.get("job") or {}).get("model") or {}).get("params") or {}).get("solver", solver)
+        if was != solver:  # as warm.load_parent asks of a job: the parent's family and solver
+            raise InvalidParams(f"{type(self).__name__}.partial_fit: the model was fitted with solver '{was}', "
+                                f"not '{solver}'; expected the solver it was fitted with (or fit anew)")
         dataset = self._open_collection(X, y, reset=False)
         raw = self._raw_columns()
         missing = [c for c in raw if c not in dataset.features]
@@ -269,30 +267,16 @@ class DistmlEstimator(BaseEstimator):
             raise InvalidData(f"X: feature column '{missing[0]}' not found; expected the columns of the first fit: "
                               f"{', '.join(raw)}")
         dataset.features = raw
-        client = resolve_client(self.client)
-        n_workers, threads, memory = worker_resources(client)
-        job_id = new_job_id()
-        sources = [PartSource(p, dataset.reader, self.pipeline_[0], 0.0, "train", dataset.missing == "drop")
-                   for p in dataset.pieces]
-        parts = Partitions(sources, [], self._summary.train_rows, 0)
-        env = TrainEnv(client=client, job_id=job_id, seed=int(self.random_state or 0), max_in_flight=max(1, threads),
-                       n_workers=n_workers, worker_memory=memory, report=_progress(bool(self.progress)) or (
-                           lambda phase, fraction: None))
-        params = self._params().model_copy(update={"epochs": 1})
-        model = clone(self.pipeline_[-1])
-        model.__dict__.update(copy.deepcopy(self.pipeline_[-1].__dict__))  # the fitted state to continue from
-        try:
-            fitted = self._continue_training(parts, model, params, TrainContext(env, self._summary))
-        except DataError as exc:
-            raise InvalidData(exc.message) from None
-        check_finite(fitted, job_id, params)
-        from sklearn.pipeline import Pipeline
-
-        self.pipeline_ = Pipeline([("features", self.pipeline_[0]), ("model", fitted)])
+        parent = Parent(self.pipeline_, self.manifest_, None, label=f"the fitted {type(self).__name__}")
+        self._fit_dataset(dataset, params, parent)
         return self
 
-    def _continue_training(self, parts: Any, model: Any, params: Any, ctx: Any) -> Any:
-        raise NotImplementedError
+    @staticmethod
+    def _one_pass(params: Any) -> Any:
+        """The family's parameters for one ``partial_fit`` pass: one epoch, no early stopping (as
+        scikit-learn's ``partial_fit``, which ignores ``max_iter`` and ``early_stopping``)."""
+        update = {"epochs": 1, **({"early_stopping": False} if "early_stopping" in type(params).model_fields else {})}
+        return params.model_copy(update=update)
 
     def _after_fit(self) -> None:
         """Hook for subclasses: attributes scikit-learn names that the final estimator lacks."""
@@ -306,6 +290,14 @@ class DistmlEstimator(BaseEstimator):
             if name in ("n_features_in_", "feature_names_in_"):
                 raise AttributeError(name)
             return getattr(model, name)
+        import inspect
+
+        unavailable = inspect.getattr_static(type(self), name, None)
+        if hasattr(unavailable, "check") and hasattr(unavailable, "attribute_name"):  # behind available_if
+            try:
+                unavailable.__get__(self, type(self))
+            except AttributeError as exc:  # the check's own reason (available_if puts it in the cause)
+                raise AttributeError(str(exc.__cause__ or exc)) from None
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_sklearn(self) -> Pipeline:

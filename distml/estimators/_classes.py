@@ -77,6 +77,25 @@ class _Margins:
         return self._apply(X, "decision_function")
 
 
+def _continues(self: Any) -> bool:
+    """``partial_fit`` is there only for parameters that train by SGD; else say which would."""
+    if not self._can_continue():
+        raise AttributeError(f"{type(self).__name__} has no partial_fit with solver={self.solver!r}: partial_fit "
+                             f"continues the model by SGD, so it needs {self._sgd_solvers}")
+    return True
+
+
+class _ContinuedClassifier:
+    """``partial_fit`` for the classifiers trained by SGD (see ``DistmlEstimator._continue``)."""
+
+    @available_if(_continues)
+    def partial_fit(self: Any, X: Any, y: Any, classes: Any = None) -> Any:
+        """Continue the fitted model on new rows: one SGD pass from its coefficients, as a job with
+        ``model.warm_start`` does; unfitted, fit with one pass. ``classes`` is accepted for scikit-learn's
+        signature: the classes are those of the first fit, and a class it did not see is refused."""
+        return self._continue(X, y)
+
+
 class _Regressor(RegressorMixin, DistmlEstimator):
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """R²; a lazy Dask scalar for Dask ``X`` and ``y``."""
@@ -120,39 +139,46 @@ def _lazy_r2(predicted: Any, y: Any) -> Any:
 
 
 @_estimator
-class LogisticRegression(_Margins, _ProbaClassifier):
-    """Logistic regression trained on the cluster (family ``logistic``); the fitted model is scikit-learn's."""
+class LogisticRegression(_Margins, _ContinuedClassifier, _ProbaClassifier):
+    """Logistic regression trained on the cluster (family ``logistic``); the fitted model is scikit-learn's.
+
+    ``partial_fit`` needs an SGD solver (``softmax`` or ``sgd``): scikit-learn's LogisticRegression has
+    none, and the default ``auto`` may pick an exact one (``newton``), which fits all rows at once.
+    """
 
     _kind = "logistic"
     _fixed: dict[str, Any] = {}  # noqa: RUF012
     _defaults: dict[str, Any] = {}  # noqa: RUF012
+    _sgd_solvers = "solver='softmax' or 'sgd' (scikit-learn's LogisticRegression has no partial_fit; the exact " \
+                   "solvers newton and lbfgs, which 'auto' picks unless an SGD parameter is set, fit all rows at once)"
 
 
 @_estimator
 class LinearRegression(_Regressor):
-    """Least squares (ridge with ``alpha``) on the cluster (family ``linear``)."""
+    """Least squares (ridge with ``alpha``) on the cluster (family ``linear``); ``partial_fit`` with solver sgd."""
 
     _kind = "linear"
     _fixed: dict[str, Any] = {}  # noqa: RUF012
     _defaults: dict[str, Any] = {}  # noqa: RUF012
+    _sgd_solvers = "solver='sgd' (solver 'exact' solves the normal equations of all rows at once)"
+
+    @available_if(_continues)
+    def partial_fit(self, X: Any, y: Any) -> LinearRegression:
+        """Continue the fitted model on new rows: one SGD pass from its coefficients, as a job with
+        ``model.warm_start`` does; unfitted, fit with one pass."""
+        return self._continue(X, y)
 
 
 @_estimator
-class LinearSVC(_Margins, _Classifier):
+class LinearSVC(_Margins, _ContinuedClassifier, _Classifier):
     """A linear SVM streamed over the partitions (family ``svm`` with ``kernel: linear``)."""
 
     _kind = "svm"
     _fixed: dict[str, Any] = {"kernel": "linear"}  # noqa: RUF012
     _defaults: dict[str, Any] = {}  # noqa: RUF012
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> LinearSVC:
-        """Continue the fitted model on new rows: one averaged-SGD pass of the family's own linear trainer
-        (``classes`` is accepted for scikit-learn's signature; the classes are those of the first fit)."""
-        return self._continue(X, y)
 
-    def _continue_training(self, parts: Any, model: Any, params: Any, ctx: Any) -> Any:
-        from distml.models.svm import _train_linear
-
-        return _train_linear(parts, model, params, ctx)
+    def _can_continue(self) -> bool:
+        return True  # always averaged SGD (the CLI's model.warm_start does not take svm)
 
     _excluded = ("approximation", "n_components", "gamma", "degree", "coef0", "tol", "probability",
                  "chunk_rows", "max_passes", "feedback_tol", "max_support_vectors")  # the cascade's and kernels'

@@ -11,7 +11,9 @@ class (they drift the model as a sequential ``partial_fit`` over the files does)
 
 With early stopping, each task also scores the epoch's starting model on the
 partition's validation rows (those whose draw ``u`` is below
-``validation_fraction``), so validation costs no extra pass.
+``validation_fraction``), so validation costs no extra pass. Training stops when
+``n_iter_no_change`` epochs in a row did not beat the best loss by ``tol``
+(scikit-learn's rule, ``_stopping``) and returns the best-scoring model.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.checkpoints import fitted_state, with_state
+from distml.models._stopping import best_and_stale
 
 if TYPE_CHECKING:
     from sklearn.linear_model._stochastic_gradient import BaseSGD
@@ -112,23 +115,43 @@ def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
     return out
 
 
-def _restored(template: BaseSGD, ctx: TrainContext,
-              lanes: int) -> tuple[BaseSGD, tuple[float, BaseSGD] | None, int, int, int]:
-    """(model, best, stale epochs, first epoch, lanes): the template at epoch 0, or the job's last checkpoint,
+@dataclass
+class _Curve:
+    """Early stopping's record: each scored epoch's validation loss, the best so far and the stale count."""
+
+    points: list[dict[str, float]]
+    best: tuple[float, Any, int] | None = None  # (loss, model, epochs it had trained)
+    stale: int = 0
+
+    def state(self) -> dict[str, Any]:
+        """The checkpointed part (plain values and the best model's fitted state)."""
+        best = self.best
+        return {"stale": self.stale, "best_loss": best and best[0], "best": best and fitted_state(best[1]),
+                "best_epoch": best and best[2], "curve": self.points}
+
+
+def _restored(template: BaseSGD, ctx: TrainContext, lanes: int) -> tuple[BaseSGD, _Curve, int, int]:
+    """(model, curve, first epoch, lanes): the template at epoch 0, or the job's last checkpoint,
     whose lane count is kept so a resume on a cluster of another size still gives the same model."""
     restored = ctx.env.restore()
     if restored is None:
-        return template, None, 0, 0, lanes
+        return template, _Curve([]), 0, lanes
     epochs, state = restored
-    best = None if state["best"] is None else (state["best_loss"], with_state(template, state["best"]))
-    return with_state(template, state["model"]), best, state["stale"], epochs, state.get("lanes") or lanes
+    best = None if state["best"] is None else (state["best_loss"], with_state(template, state["best"]),
+                                               state.get("best_epoch") or 0)
+    curve = _Curve(list(state.get("curve") or []), best, state["stale"])
+    return with_state(template, state["model"]), curve, epochs, state.get("lanes") or lanes
 
 
 def train_sgd(
     parts: Partitions, template: BaseSGD, ctx: TrainContext, schedule: SGDSchedule, *,
-    loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False,
+    loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False, metric: str = "validation loss",
 ) -> BaseSGD:
-    """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs."""
+    """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs.
+
+    With early stopping, ``metric`` names the mean of ``loss`` per validation row in the manifest's
+    ``training`` section (``ctx.env.record_training``), with the curve and where training stopped.
+    """
     client = ctx.env.client
     n_parts = parts.n_parts
     # A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
@@ -136,8 +159,9 @@ def train_sgd(
     lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
     y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
     val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-    model, best, stale, start, lanes = _restored(template, ctx, lanes)
+    model, curve, start, lanes = _restored(template, ctx, lanes)
     mix = max(1, min(MIX, n_parts))
+    epochs_run, trained_epochs, stopped = start, start, False
     for epoch in range(start, schedule.epochs):
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
@@ -156,24 +180,38 @@ def train_sgd(
         lane_states: list[LaneState] = [s for s in client.gather(ends) if s.n_trained > 0]
         trained = [s.n_trained for s in lane_states]
         val_loss, n_val = sum(s.val_loss for s in lane_states), sum(s.n_val for s in lane_states)
-        model = _average([s.model for s in lane_states], trained)
+        model, epochs_run, trained_epochs = _average([s.model for s in lane_states], trained), epoch + 1, epoch + 1
         ctx.env.report("train", (epoch + 1) / schedule.epochs)
         if reference is not None and n_val:
             mean_loss = val_loss / n_val
-            ctx.env.log(f"epoch {epoch}: validation loss of epoch {epoch - 1}'s model {mean_loss:.5f}")
-            if best is None or mean_loss < best[0] - (schedule.tol or 0.0):
-                best, stale = (mean_loss, reference), 0
-            else:
-                stale += 1
-                if stale >= schedule.n_iter_no_change:
-                    ctx.env.log(f"early stop after epoch {epoch}: no improvement for {stale} epochs")
-                    model = best[1]
-                    break
+            ctx.env.log(f"epoch {epoch}: {metric} {mean_loss:.5f} of the model after {epoch} epoch(s)")
+            curve.points.append({"epoch": epoch, "validation_loss": mean_loss})
+            best, curve.stale = best_and_stale([-p["validation_loss"] for p in curve.points], schedule.tol or 0.0)
+            if best == len(curve.points) - 1:
+                curve.best = (mean_loss, reference, epoch)
+            if curve.stale >= schedule.n_iter_no_change:
+                ctx.env.log(f"early stop after epoch {epoch}: no improvement of {schedule.tol} for {curve.stale} "
+                            f"epochs; keeping the model after {curve.best[2]} epoch(s)")
+                model, trained_epochs, stopped = curve.best[1], curve.best[2], True
+                break
         else:
             ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
-        ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "stale": stale, "best_loss": best and best[0],
-                                       "best": best and fitted_state(best[1]), "lanes": lanes})
+        ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "lanes": lanes, **curve.state()})
+    if schedule.early_stopping:
+        ctx.env.record_training(_section(curve, schedule, metric, epochs_run, trained_epochs, stopped))
     if scale_target:
         model.coef_ = model.coef_ * y_scale
         model.intercept_ = model.intercept_ * y_scale + y_shift
+    model.n_iter_ = trained_epochs  # as scikit-learn's SGD estimators: the epochs the returned model saw
     return model
+
+
+def _section(curve: _Curve, schedule: SGDSchedule, metric: str, epochs_run: int, kept: int,
+             stopped: bool) -> dict[str, Any]:
+    """The manifest's ``training`` section: JSON-plain numbers only."""
+    return {"early_stopping": True, "metric": metric, "validation_fraction": schedule.validation_fraction,
+            "tol": schedule.tol, "n_iter_no_change": schedule.n_iter_no_change, "max_epochs": schedule.epochs,
+            "epochs_run": epochs_run, "stopped_at": epochs_run if stopped else None, "epochs_kept": kept,
+            "best": None if curve.best is None else {"epoch": curve.best[2], "validation_loss": curve.best[0]},
+            "curve": [{"epoch": int(p["epoch"]), "validation_loss": float(p["validation_loss"])}
+                      for p in curve.points]}

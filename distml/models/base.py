@@ -70,6 +70,10 @@ def _no_restore() -> tuple[int, dict[str, Any]] | None:
     return None
 
 
+def _no_record(section: dict[str, Any]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class TrainEnv:
     """Where a trainer runs: the cluster, the job's identity and seed, its limits and callbacks.
@@ -82,6 +86,9 @@ class TrainEnv:
     ``checkpoint(step, state)`` saves a trainer's state after step ``step`` (an epoch, a tree
     group, a cascade layer; numbered from 1) and ``restore()`` returns the last ``(step, state)``
     when the job is resumed, else None (see ``distml.checkpoints``); both default to doing nothing.
+
+    ``record_training(section)`` hands the manifest its ``training`` section (the early-stopping
+    curve, where it stopped); only the job's final fit is given one that keeps it.
     """
 
     client: Client
@@ -94,6 +101,7 @@ class TrainEnv:
     log: Callable[[str], None] = field(default=_no_log)
     checkpoint: Callable[[int, dict[str, Any]], None] = field(default=_no_checkpoint)
     restore: Callable[[], tuple[int, dict[str, Any]] | None] = field(default=_no_restore)
+    record_training: Callable[[dict[str, Any]], None] = field(default=_no_record)
 
     @property
     def checkpointing(self) -> bool:

@@ -16,9 +16,12 @@ sample. Only the fitted trees come back to the client. Groups are sized from
 worker memory, and processed in waves when all groups' samples would not fit
 in the cluster at once. With ``oob_score``, (4) ``oob``: the trees go to every
 worker and each partition scores its rows with the trees whose redrawn count
-for that row is zero; only tallies come back. The draws live in ``_bootstrap``
-(passes 1 and 2), the out-of-bag pass in ``_oob``; this module holds the
-parameters, the layout of groups and waves, the tree fits and the assembly.
+for that row is zero; only tallies come back. With ``early_stopping`` the
+waves are grown one at a time in smaller groups and each is scored out of bag
+against per-row tallies kept on the workers, until the score stalls
+(``_forest_stop``). The draws live in ``_bootstrap`` (passes 1 and 2), the
+out-of-bag pass in ``_oob``; this module holds the parameters, the layout of
+groups and waves, the tree fits and the assembly.
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._bootstrap import Sample, SamplePlan, sample_wave
+from distml.models._forest_stop import Patience, grow_until_stale
 from distml.models._oob import OOB_SHARE, oob_score
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
@@ -47,6 +51,7 @@ REGRESSION_CRITERIA = ("squared_error", "absolute_error", "friedman_mse", "poiss
 TASK_BUDGET = 0.1  # share of a worker thread's memory one group's sample may take (merged copy + pieces)
 WAVE_BUDGET = 0.15  # share of the cluster's memory the samples of one wave may take
 FITS_PER_GROUP = 4  # tree tasks per group: finer progress, and idle threads can help
+EARLY_STOP_GROUPS = 20  # with early stopping, groups of at most n_estimators / 20 trees: a score every 5%
 ENCODING: Encoding = "ordinal"  # trees split category codes as well as one-hot columns, at a fraction of the width
 
 
@@ -79,6 +84,19 @@ class Params(FamilyParams):
     oob_score: bool = Field(False, description="score each training row with the trees that did not draw it "
                                                 "(accuracy or R²), in one more pass over the data")
     class_weight: Literal["balanced", "balanced_subsample"] | dict[str | int, float] | None = None
+    early_stopping: bool = Field(False, description="grow the trees group by group and stop when the out-of-bag "
+                                                    "score has not improved by tol for n_iter_no_change groups")
+    # accepted without early_stopping, as scikit-learn's estimators accept them (its checks set them)
+    n_iter_no_change: int = Field(3, ge=1, description="tree groups without improvement before stopping")
+    tol: float = Field(1e-3, ge=0.0, description="least gain of the out-of-bag score (accuracy or R²) that counts")
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _can_stop(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("bootstrap") is False:
+            raise ValueError("early stopping scores the trees out of bag, which needs bootstrap: true "
+                             "(bootstrap is false)")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Params:
@@ -174,25 +192,27 @@ def _fit_trees_part(sample: Sample, spec: TreeSpec) -> list[Any]:
 
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestClassifier | RandomForestRegressor:
-    """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest."""
+    """Grow ``n_estimators`` trees on the workers from samples of all partitions; one sklearn forest.
+
+    With ``early_stopping`` the waves are grown one at a time and scored out of bag (``_forest_stop``).
+    """
     regression = ctx.data.target_kind == "regression"
     tree_params = _tree_params(params, ctx, regression)
     rates, per_class, subsample = _draw_rates(params, ctx, regression)
     layout = _layout(params, ctx, rates)
     n_classes = 0 if regression else len(ctx.data.classes)
+    classes = None if regression else np.asarray(ctx.data.classes)
     tree_seeds = ctx.env.child_seeds(params.n_estimators, salt=1)
     draw_seeds = ctx.env.child_seeds(params.n_estimators, salt=2)
     ctx.env.log(f"forest: {params.n_estimators} trees in {len(layout.groups)} group(s) and {len(layout.waves)} "
             f"wave(s), about {layout.group_bytes / 2**20:.0f} MiB of sample per group")
-    trees, checkpoint = _checkpointed(layout, ctx)
-    pending: list[list[tuple[int, Future]]] = []
-    for w, wave in enumerate(layout.waves):
-        if w >= 2:  # at most two waves' samples are in cluster memory at once
-            _collect(pending[w - 2], trees, params, ctx, checkpoint)
-        wave = [g for g in wave if layout.groups[g][0] not in trees]  # a resumed job has some already
+    trees, checkpoint, restored = _checkpointed(layout, ctx)
+
+    def build(w: int, wave: list[int]) -> list[tuple[int, Future]]:
+        """Submit one wave's sampling pass and tree fits (a resumed job skips the groups it has)."""
+        wave = [g for g in wave if layout.groups[g][0] not in trees]
         groups = [layout.groups[g] for g in wave]
-        plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates,
-                          None if regression else np.asarray(ctx.data.classes))
+        plan = SamplePlan(tuple(tuple(draw_seeds[t] for t in group) for group in groups), rates, classes)
         merged = sample_wave(parts, plan, ctx, w, wave, n_classes) if wave else []
         fits = []
         for g, group, sample in zip(wave, groups, merged):
@@ -202,34 +222,53 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
                                 tuple(range(c, c + len(chunk))), n_classes, per_class, subsample)
                 fit = ctx.env.client.submit(_fit_trees_part, sample, spec, key=ctx.env.key("tree", g, c))
                 fits.append((chunk[0], fit))
-        pending.append(fits)
+        return fits
+
+    if params.early_stopping:
+        grown = grow_until_stale(layout.groups, layout.waves, trees, build,
+                                 lambda fits: _collect(fits, trees, params, ctx), checkpoint, restored,
+                                 SamplePlan((), rates, classes), draw_seeds, parts,
+                                 Patience(params.n_estimators, params.n_iter_no_change, params.tol), ctx)
+        forest = _assemble([tree for first in sorted(trees) if first < grown.kept for tree in trees[first]],
+                           params, tree_params, ctx)
+        forest.n_estimators = grown.kept
+        if params.oob_score:
+            forest.oob_score_ = grown.score  # the kept forest's: the curve's best point
+        return forest
+    pending: list[list[tuple[int, Future]]] = []
+    for w, wave in enumerate(layout.waves):
+        if w >= 2:  # at most two waves' samples are in cluster memory at once
+            _collect(pending[w - 2], trees, params, ctx, checkpoint)
+        pending.append(build(w, wave))
     for fits in pending[max(0, len(pending) - 2):]:
         _collect(fits, trees, params, ctx, checkpoint)
     forest = _assemble([tree for first in sorted(trees) for tree in trees[first]], params, tree_params, ctx)
     if params.oob_score:
-        forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan(
-            (tuple(draw_seeds),), rates, None if regression else np.asarray(ctx.data.classes)), ctx)
+        forest.oob_score_ = oob_score(parts, forest.estimators_, SamplePlan((tuple(draw_seeds),), rates, classes), ctx)
     return forest
 
 
-def _checkpointed(layout: Layout, ctx: TrainContext) -> tuple[dict[int, list[Any]], Callable[[], None]]:
-    """The trees of a resumed job's last checkpoint (by first tree index), and what to call as trees arrive:
-    it checkpoints the trees of every complete group each time one more group is complete."""
+def _checkpointed(layout: Layout, ctx: TrainContext) -> tuple[dict[int, list[Any]], Callable[..., None],
+                                                              dict[str, Any]]:
+    """The trees of a resumed job's last checkpoint (by first tree index), what to call as trees arrive (it
+    checkpoints the trees of every complete group each time one more group is complete, with any extra state
+    it is given), and the checkpoint's extra state (early stopping's curve)."""
     restored = ctx.env.restore()
     trees: dict[int, list[Any]] = dict(zip(restored[1]["firsts"], restored[1]["trees"])) if restored else {}
+    extra = {k: v for k, v in restored[1].items() if k not in ("firsts", "trees")} if restored else {}
     chunks = [group[::layout.per_fit] for group in layout.groups]
     saved = {g for g, firsts in enumerate(chunks) if all(c in trees for c in firsts)}
     if sorted(trees) != sorted(c for g in saved for c in chunks[g]):  # groups laid out otherwise on this cluster
         ctx.env.log("forest: the checkpoint's tree groups do not match this cluster's; building every tree again")
-        trees, saved = {}, set()
+        trees, saved, extra = {}, set(), {}
 
-    def checkpoint() -> None:
+    def checkpoint(state: dict[str, Any] | None = None) -> None:
         complete = {g for g, firsts in enumerate(chunks) if g not in saved and all(c in trees for c in firsts)}
         if complete:
             saved.update(complete)
             firsts = sorted(c for g in saved for c in chunks[g])  # whole groups only: a resume skips them
-            ctx.env.checkpoint(len(saved), {"firsts": firsts, "trees": [trees[f] for f in firsts]})
-    return trees, checkpoint
+            ctx.env.checkpoint(len(saved), {"firsts": firsts, "trees": [trees[f] for f in firsts], **(state or {})})
+    return trees, checkpoint, extra
 
 
 def _collect(fits: list[tuple[int, Future]], trees: dict[int, list[Any]], params: Params, ctx: TrainContext,
@@ -322,6 +361,8 @@ def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layo
         per_fit = math.ceil(n_trees / (slots * FITS_PER_GROUP))
     else:
         lo, hi = 1, math.ceil(n_trees / slots)  # the largest group whose sample fits (bytes grow with g)
+        if params.early_stopping:  # the out-of-bag score is checked after every group
+            hi = min(hi, math.ceil(n_trees / EARLY_STOP_GROUPS))
         while lo < hi:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if sample_bytes(mid) <= TASK_BUDGET * per_thread else (lo, mid - 1)
@@ -337,6 +378,8 @@ def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layo
                         f"worker thread can hold ({TASK_BUDGET * per_thread / 2**20:.0f} MiB); "
                         "set max_samples lower or give workers more memory")
     per_wave = max(1, int(WAVE_BUDGET * memory * max(1, ctx.env.n_workers) / size))
+    if params.early_stopping:  # a wave is grown before its groups are scored: one group per thread
+        per_wave = min(per_wave, slots)
     waves = [list(range(a, min(a + per_wave, len(groups)))) for a in range(0, len(groups), per_wave)]
     return Layout(groups, waves, per_fit, size)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 ENCODING: Encoding = "onehot"  # a linear model needs one column per category
+_EARLY_STOPPING = frozenset({"validation_fraction", "n_iter_no_change", "tol"})
 
 
 class Params(FamilyParams):
@@ -31,6 +32,25 @@ class Params(FamilyParams):
     alpha: float = Field(0.0, ge=0.0, description="L2 penalty (ridge for exact, SGD's alpha for sgd)")
     epochs: int = Field(5, ge=1, le=1000, description="passes over the data (sgd)")
     eta0: float = Field(0.01, gt=0.0, description="initial learning rate (sgd)")
+    early_stopping: bool = Field(False, description="sgd: stop when the validation slice's loss stops improving")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="rows set aside by their draw (sgd)")
+    n_iter_no_change: int = Field(5, ge=1, description="epochs without improvement before stopping (sgd)")
+    tol: float | None = Field(1e-3, ge=0.0, description="least improvement of the validation loss (sgd)")
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _can_stop(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("solver", "exact") == "exact":
+            raise ValueError("solver exact solves the normal equations in one pass and cannot stop early; "
+                             "use solver: sgd")
+        return value
+
+    @model_validator(mode="after")
+    def _applies(self) -> Params:
+        given = sorted(_EARLY_STOPPING & self.model_fields_set) if self.solver == "exact" else []
+        if given:
+            raise ValueError(f"{given[0]} does not apply to solver exact (it applies to solver sgd)")
+        return self
 
 
 def task(params: Params) -> Task:
@@ -74,8 +94,10 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixi
         from sklearn.linear_model import SGDRegressor
 
         template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.env.seed)
-        return train_sgd(parts, template, ctx, SGDSchedule(epochs=params.epochs),
-                         loss=_squared_loss, fit_kwargs={}, scale_target=True)
+        schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
+                               params.n_iter_no_change)
+        return train_sgd(parts, template, ctx, schedule, loss=_squared_loss, fit_kwargs={}, scale_target=True,
+                         metric="validation mean squared error (target in standard deviations)")
     return _train_exact(parts, params, ctx)
 
 

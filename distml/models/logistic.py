@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.models._fullbatch import fit_exact
 from distml.models._sgd import SGDSchedule, train_sgd
@@ -53,6 +53,15 @@ class Params(FamilyParams):
     early_stopping: bool = False
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     n_iter_no_change: int = Field(2, ge=1)
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _can_stop(cls, value: bool, info: ValidationInfo) -> bool:
+        solver = info.data.get("solver")
+        if value and solver in EXACT:
+            raise ValueError(f"solver {solver} is exact (it stops at tol or max_iter) and cannot stop early; "
+                             "use solver: sgd, softmax or auto")
+        return value
 
     @model_validator(mode="after")
     def _applies(self) -> Params:
@@ -109,7 +118,9 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegre
     if solver == "sgd":
         template = SGDClassifier(loss="log_loss", alpha=params.alpha, class_weight=weights, average=True,
                                  random_state=ctx.env.seed)
-        return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes})
+        return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes},
+                         metric="validation log loss")
     learner = SoftmaxSGD(alpha=params.alpha, eta0=params.eta0, batch_size=params.batch_size, class_weight=weights)
-    fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes})
-    return to_estimator(fitted, ctx.data.n_features, ctx.data.train_rows, params.epochs)
+    fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes},
+                       metric="validation log loss")
+    return to_estimator(fitted, ctx.data.n_features, ctx.data.train_rows, fitted.n_iter_)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from sklearn.linear_model import SGDClassifier
 
 from distml.errors import DataError
@@ -35,8 +35,8 @@ NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits: kernel matri
 NYSTROEM_WORKER_COPIES = 2  # the fitted normalisation on a worker, and its copy while it is unpickled
 WORKER_SHARE = 0.6  # of a worker's memory limit; Dask pauses a worker past it
 DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
-_CASCADE_ONLY = {"tol", "probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
-_SGD_ONLY = {"alpha", "loss", "epochs"}
+_CASCADE_ONLY = {"probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
+_SGD_ONLY = {"alpha", "loss", "epochs", "early_stopping", "validation_fraction", "n_iter_no_change"}
 _KERNEL_ONLY = {"gamma", "degree", "coef0"}
 
 ENCODING: Encoding = "onehot"  # kernels and margins need one column per category
@@ -49,7 +49,8 @@ class Params(FamilyParams):
     degree: int = Field(3, ge=1, le=10, description="poly kernel degree")
     coef0: float = 0.0
     class_weight: Literal["balanced"] | dict[str | int, float] | None = None
-    tol: float = Field(1e-3, gt=0.0, description="libsvm's stopping tolerance (cascade)")
+    tol: float = Field(1e-3, gt=0.0, description="libsvm's stopping tolerance (cascade); least improvement of the "
+                       "validation loss (linear routes with early_stopping)")
     probability: bool = False
     chunk_rows: int = Field(5000, ge=2, le=10_000_000, description="rows per first-layer SVC (cascade)")
     max_passes: int = Field(2, ge=1, le=50, description="cascade passes: the first and its feedback passes")
@@ -61,6 +62,18 @@ class Params(FamilyParams):
     alpha: float | None = Field(None, gt=0.0, description="SGD's alpha (linear routes); default 1/(C * rows)")
     loss: Literal["hinge", "squared_hinge"] = "hinge"
     epochs: int = Field(5, ge=1, le=1000, description="passes over the data (linear routes)")
+    early_stopping: bool = Field(False, description="linear routes: stop when the validation hinge loss stalls")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="rows set aside by their draw")
+    n_iter_no_change: int = Field(5, ge=1, description="epochs without improvement before stopping")
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _can_stop(cls, value: bool, info: ValidationInfo) -> bool:
+        kernel = info.data.get("kernel", "rbf")
+        if value and kernel != "linear" and not info.data.get("approximation"):
+            raise ValueError(f"kernel {kernel} without an approximation trains a cascade SVM, which cannot stop "
+                             "early; use kernel: linear or approximation: nystroem or rbf_sampler")
+        return value
 
     @model_validator(mode="after")
     def _applies(self) -> Params:
@@ -234,8 +247,10 @@ def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type = S
 
 
 def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
-    return train_sgd(parts, template, ctx, SGDSchedule(params.epochs), loss=_hinge_loss,
-                     fit_kwargs={"classes": ctx.data.classes})
+    schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
+                           params.n_iter_no_change)
+    return train_sgd(parts, template, ctx, schedule, loss=_hinge_loss, fit_kwargs={"classes": ctx.data.classes},
+                     metric="validation hinge loss")
 
 
 def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
