@@ -223,3 +223,44 @@ def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_i
     assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
     got = load_model(record["model"])
     np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)
+
+
+def test_a_cascade_layer_checkpoint_gives_back_its_sets_and_a_layer_over_the_limit_is_not_gathered(client, tmp_path):
+    """Through a job's real checkpoint files: a fitted set comes back with its SVC, an unfitted one with its rows."""
+    from sklearn.svm import SVC
+
+    from distml.checkpoints import Checkpoints
+    from distml.models._svsets import LayerCheckpoints, SVSet
+    from distml.models.base import TrainEnv
+
+    rng = np.random.default_rng(0)
+    X, ids = rng.normal(size=(60, 3)), rng.random(60)
+    y = (X[:, 0] > 0).astype(np.int64)
+    model = SVC().fit(X, y)
+    keep = model.support_
+    sets = [SVSet(X[keep], y[keep], ids[keep], model, 2, fitted=ids), SVSet(X[:5], np.zeros(5, np.int64), ids[:5])]
+    saved = Checkpoints(JobRecords(str(tmp_path)), "20260101-000000-abcdef", resume=True)
+    logged = []
+    env = TrainEnv(client=client, job_id=saved.job_id, seed=0, max_in_flight=2, n_workers=2, worker_memory=0,
+                   log=logged.append, checkpoint=saved.write, restore=saved.restore)
+    futures, rows = client.scatter(sets), len(keep) + 5
+
+    LayerCheckpoints(env, {"n_chunks": 2}, limit=rows - 1).write(1, {"stage": "tree", "depth": 1}, futures, rows)
+    assert saved.latest() is None
+    assert logged == [f"cascade SVM: checkpoint 1 not written: its 2 sets hold {rows:,} support vectors, more than "
+                      f"the {rows - 1:,} (max_support_vectors) the client gathers"]
+    LayerCheckpoints(env, {"n_chunks": 2}, limit=rows).write(1, {"stage": "tree", "depth": 1}, futures, rows)
+    assert saved.latest()["step"] == 1
+    assert LayerCheckpoints(env, {"n_chunks": 3}, limit=rows).restore() is None  # another plan: start over
+    assert logged[-1].startswith("cascade SVM: the checkpoint's chunks or kernel matrix budget do not match")
+
+    state, restored = LayerCheckpoints(env, {"n_chunks": 2}, limit=rows).restore()
+    assert state["stage"] == "tree" and state["depth"] == 1
+    back = client.gather(restored)
+    for got, put in zip(back, sets):
+        np.testing.assert_array_equal(got.X, put.X)
+        np.testing.assert_array_equal(got.y, put.y)
+        np.testing.assert_array_equal(got.ids, put.ids)
+        assert got.dropped == put.dropped
+    np.testing.assert_array_equal(back[0].model.dual_coef_, model.dual_coef_)
+    assert back[1].model is None and back[0].fitted is None  # only the one set of a top layer keeps its fitted ids

@@ -240,7 +240,8 @@ class Cascade:
         self.client = env.client
         self.probability, self.seed = probability, seed
         # the kernel matrix budget decides how a fit is solved: a cluster with other worker memory fits otherwise
-        self.checkpoints = LayerCheckpoints(env, {"n_chunks": plan.n_chunks, "gram_bytes": plan.gram_bytes})
+        self.checkpoints = LayerCheckpoints(env, {"n_chunks": plan.n_chunks, "gram_bytes": plan.gram_bytes},
+                                            plan.limit)
 
     def _pieces(self) -> Any:
         """Yield each chunk's list of piece futures, one read pass per group of chunks."""
@@ -347,7 +348,7 @@ class Cascade:
                            + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else "")
                            + ("" if fitted else ", from the checkpoint"), started)
             if fitted:
-                self.checkpoints.write(depth, {"stage": "tree", "depth": depth}, layer)
+                self.checkpoints.write(depth, {"stage": "tree", "depth": depth}, layer, total)
         if len(below) == 1:
             return below[0], total
         candidates, top = top or self._top(below)
@@ -355,7 +356,7 @@ class Cascade:
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
                        f"{n_candidates:,} rows inside the margins of the {len(below)} sets below", started)
-        self.checkpoints.write(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top])
+        self.checkpoints.write(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top], n_sv)
         return top, n_sv
 
     def _top(self, below: list[Any]) -> tuple[list[Any], Any]:
@@ -395,7 +396,7 @@ class Cascade:
                            f"{changed:,} changed", started)
             converged = changed <= plan.feedback_tol * n_sv
             self.checkpoints.write(pass_one_steps(plan.n_chunks) + pas - 1,
-                                   {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final])
+                                   {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final], n_sv)
             if converged:
                 env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break

@@ -7,7 +7,10 @@ inside its fitted SVC; an unfitted single-class set keeps its rows), their label
 (a problem where every row is a support vector), usually a small share. The last set of a pass also
 keeps the ids of the rows its SVC was fitted on (8 bytes a row, at most ``max_support_vectors``),
 which the feedback check skips. Writing one brings the layer's sets to the client, as the final
-SVC's support vectors come anyway; a job without checkpoints (a search candidate) skips that.
+SVC's support vectors come anyway, and only a layer of at most ``max_support_vectors`` rows in all
+(the union one merge task may hold): a larger layer (a first layer of many chunks, say) is not
+checkpointed, and says so in the job's log, so a resume may redo it and the layer before. A job
+without checkpoints (a search candidate) skips all of it.
 """
 from __future__ import annotations
 
@@ -69,12 +72,17 @@ class LayerCheckpoints:
     under another plan is not restored (the cascade starts over, and says so).
     """
 
-    def __init__(self, env: TrainEnv, plan: dict[str, int]) -> None:
-        self.env, self.plan = env, plan
+    def __init__(self, env: TrainEnv, plan: dict[str, int], limit: int) -> None:
+        self.env, self.plan, self.limit = env, plan, limit
 
-    def write(self, step: int, state: dict[str, Any], sets: list[Any]) -> None:
-        """Checkpoint ``step``: ``state`` and the layer's sets (futures, gathered from the workers)."""
+    def write(self, step: int, state: dict[str, Any], sets: list[Any], n_rows: int) -> None:
+        """Checkpoint ``step``: ``state`` and the layer's sets (futures of ``n_rows`` rows in all, gathered
+        from the workers), unless they are more rows than ``limit``."""
         if not self.env.checkpointing:
+            return
+        if n_rows > self.limit:
+            self.env.log(f"cascade SVM: checkpoint {step} not written: its {len(sets)} sets hold {n_rows:,} support "
+                         f"vectors, more than the {self.limit:,} (max_support_vectors) the client gathers")
             return
         rows = self.env.client.gather(sets)
         self.env.checkpoint(step, {**state, "plan": self.plan,
