@@ -273,7 +273,6 @@ def _look(records: Any, job_id: str) -> dict[str, Any]:
 def jobs_list(store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -> None:
     """List the jobs recorded in the store, oldest first; a damaged record is skipped with a warning on stderr."""
     from distml.errors import first_line
-    from distml.service import reconcile
 
     def skip(uri: str, problem: str) -> None:
         click.echo(f"warning: skipped {uri}: not a valid job record ({problem})", err=True)
@@ -283,7 +282,7 @@ def jobs_list(store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -
     with reading_store(store):
         for r in records.list(on_bad=skip):
             try:
-                r = reconcile(records, r)
+                r = _reconciled(records, r)
                 found.append((r, _job_line(r)))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. a time that does not parse
                 skip(records.uri(r["job_id"]), f"{type(exc).__name__}: {first_line(exc)}")
@@ -295,6 +294,19 @@ def jobs_list(store: str, options: tuple[tuple[str, Any], ...], as_json: bool) -
         return
     for _, line in found:
         click.echo(line)
+
+
+def _reconciled(records: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """``reconcile``, or the record as it is (with a warning) when its driver cannot be asked about
+    (a ``tls://`` scheduler and no certificates): one such job must not hide the others."""
+    from distml.errors import SpecError
+    from distml.service import reconcile
+
+    try:
+        return reconcile(records, record)
+    except SpecError as exc:
+        click.echo(f"warning: {exc.message}; listed as recorded", err=True)
+        return record
 
 
 def _job_line(r: dict[str, Any]) -> str:
@@ -385,7 +397,6 @@ def jobs_wait(job_id: str, store: str, options: tuple[tuple[str, Any], ...], tim
               help="The job's file again, when its record has redacted secrets (it must be the same job file).")
 @click.option("--scheduler", default=None, metavar="ADDR", help="Address of a running Dask scheduler.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
-@tls_options
 @interruptible
 def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], job_file: str | None,
                 scheduler: str | None, quiet: bool) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from distml.jobfile import JobSpec
 
+TLS_FILE_FIELDS = ("tls_ca_file", "tls_cert", "tls_key")  # cluster keys naming the submitting client's files
 CANCEL_WAIT = 8.0  # seconds the driver gets to notice a cancel before the record is closed for it
 
 
@@ -48,9 +49,7 @@ def detach(spec: JobSpec, client: Client) -> str:
     records_of(spec).write(record)
     register_page(client)
     publisher(client)({k: v for k, v in record.items() if k != "events"})
-    # Only the fields the job file set: defaults are re-derived on the worker, and some validators
-    # refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
-    doc = spec.model_dump(mode="json", exclude_unset=True)
+    doc = driver_doc(spec)
     # The key itself stays where it is configured; the driver checks it reads the same one.
     signing = resolve_key(key_file=spec.output.signing_key_file)
     future = client.submit(_driver, doc, job_id, fingerprint(signing) if signing else None,
@@ -60,6 +59,20 @@ def detach(spec: JobSpec, client: Client) -> str:
     while client.run_on_scheduler(_task_state, key=key) is None and time.monotonic() < deadline:
         time.sleep(0.05)  # closing the client before the scheduler has the task would lose it
     return job_id
+
+
+def driver_doc(spec: JobSpec) -> dict[str, Any]:
+    """The job file a detached driver validates on its worker.
+
+    Only the fields the job file set: defaults are re-derived on the worker, and some validators
+    refuse a default that was spelled out (e.g. an impute strategy without ``missing: impute``).
+    Without the certificate files: they are the submitting client's, which a worker elsewhere does not
+    have (validating them there would fail the job); the driver reaches the scheduler with its worker's own.
+    """
+    doc = spec.model_dump(mode="json", exclude_unset=True)
+    for field in TLS_FILE_FIELDS:
+        (doc.get("cluster") or {}).pop(field, None)
+    return doc
 
 
 def _driver(spec_doc: dict[str, Any], job_id: str, signing: str | None) -> str:
@@ -119,9 +132,12 @@ def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None)
 
     A job that succeeded, is still running, predates resumable records, or whose job file differs
     from the one recorded, is refused. The record's job file has its secrets redacted; ``job_file``
-    (the same job file, given again) supplies them.
+    (the same job file, given again) supplies them. The ``cluster`` section is where the job ran, not
+    what it computes: it is not compared, the recorded one is kept but for its redacted values (a
+    ``tls_key`` path), and the resume command's ``--scheduler`` and ``--tls-*`` flags win over both.
     """
     from distml.jobfile import JobSpec
+    from distml.spec import ClusterSpec
     from distml.store import redact
 
     record = records.read(job_id)
@@ -138,18 +154,21 @@ def resumable(records: JobRecords, job_id: str, job_file: JobSpec | None = None)
     if not isinstance(recorded, dict):
         raise SpecError(f"{records.uri(job_id)}: the record holds no job file to resume from (written by an older "
                         "distml); submit the job again")
+    recorded = dict(recorded)
+    ran_on = {k: v for k, v in (recorded.pop("cluster", None) or {}).items() if v != "***"}
     if job_file is not None:
-        given = redact(job_file.model_dump(mode="json", exclude_unset=True))
+        given = redact(job_file.model_dump(mode="json", exclude_unset=True, exclude={"cluster"}))
         if given != recorded:
             key = _first_difference(given, recorded)
             raise SpecError(f"the job file differs from job {job_id}'s at {key}: a resumed job must run the same "
                             "job file; submit it as a new job instead")
-        return job_file, record
+        cluster = ClusterSpec.model_validate({**job_file.cluster.model_dump(exclude_unset=True), **ran_on})
+        return job_file.model_copy(update={"cluster": cluster}), record
     hidden = _redacted(recorded)
     if hidden:
         raise SpecError(f"job {job_id}'s recorded job file has its secret {hidden} redacted; pass the same job "
                         "file with --job-file so the resumed job can read its data and store")
-    return JobSpec.model_validate(recorded), record
+    return JobSpec.model_validate({**recorded, "cluster": ran_on}), record
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -247,10 +266,26 @@ def _connect(address: str) -> Client | None:
         return None
 
 
+def _check_certificates(record: dict[str, Any], address: str) -> None:
+    """A ``tls://`` scheduler cannot be asked without certificates: say so in one line, rather than
+    take the driver for gone (and close a live job's record) for want of them."""
+    from distml.cluster import client_security
+    from distml.spec import ClusterSpec
+
+    try:
+        client_security(ClusterSpec(), address)  # the --tls-* flags are in Dask's configuration by now
+    except SpecError:
+        raise SpecError(f"job {record.get('job_id')}: whether its driver is alive is asked of its scheduler "
+                        f"{address}, which needs --tls-ca-file and --tls-cert (or distributed.comm.tls.* in "
+                        "Dask's configuration)") from None
+
+
 def driver_alive(record: dict[str, Any]) -> tuple[bool, str]:
     """Ask the job's scheduler whether its driver (task or client) still exists."""
     driver = record.get("driver") or {}
     address = driver.get("scheduler")
+    if address and address.startswith("tls://"):
+        _check_certificates(record, address)
     client = _connect(address) if address else None
     if client is None:
         return False, f"the scheduler at {address} cannot be reached"

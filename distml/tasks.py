@@ -37,6 +37,7 @@ PHASES: dict[str, str] = {
     "size": "cascade SVM: small results brought to the client",
     "kkt": "cascade SVM: every row checked against the final fit",
     "refit": "cascade SVM: refits with the violators",
+    "restore": "cascade SVM: a checkpoint's support-vector sets put back on the workers",
     "predict": "batch scoring: one input file scored into one output file",
     "cv": "cross-validation and search: draw histograms and each fold's row subsets",
     "search": "the search (or cross-validation) phase of a job",

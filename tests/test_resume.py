@@ -70,16 +70,22 @@ def reference_model(job, scheduler):
         return load_model(run_job(spec, client).uri)
 
 
-def killed_then_resumed(job, store, scheduler, step):
-    """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
+def killed_after(job, store, scheduler, step):
+    """Submit with the kill hook at checkpoint ``step``; returns the job id of the record it left running."""
     killed = distml("submit", job, "--scheduler", scheduler, "--store", store, "--quiet", env={EXIT_HOOK: str(step)})
     assert killed.returncode == HOOK_EXIT_STATUS, killed.stderr
-    records = JobRecords(str(store))
-    (record,) = [r for r in records.list() if r["state"] == "running"]
+    (record,) = [r for r in JobRecords(str(store)).list() if r["state"] == "running"]
     job_id = record["job_id"]
     assert (store / "_jobs" / job_id / f"checkpoint-{step}.json").exists()
     assert (store / "_jobs" / job_id / f"checkpoint-{step}.skops").exists()
     assert not (store / "_jobs" / job_id / f"checkpoint-{step - 1}.json").exists()  # only the newest is kept
+    return job_id
+
+
+def killed_then_resumed(job, store, scheduler, step):
+    """Submit with the kill hook at checkpoint ``step``, then resume; returns (job id, record, resume output)."""
+    job_id = killed_after(job, store, scheduler, step)
+    records = JobRecords(str(store))
     resumed = distml("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler)
     assert resumed.returncode == 0, resumed.stderr
     return job_id, records.read(job_id), resumed
@@ -132,6 +138,46 @@ def test_a_forest_killed_after_its_first_tree_group_resumes_to_identical_predict
     assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 1
 
 
+@pytest.mark.timeout(420)
+def test_a_cascade_svm_reading_s3_with_a_secret_killed_after_its_first_layer_resumes_with_its_job_file(
+        scheduler, s3, make_data, job_file, tmp_path):
+    """The record's job file has the data's key and secret redacted: resuming needs the job file again."""
+    from distml import load_model
+
+    folder, _ = make_data(rows=2000, features=4, files=3)
+    for path in sorted(folder.iterdir()):
+        s3["boto"].upload_file(str(path), s3["bucket"], f"data/{path.name}")
+    store = tmp_path / "models"
+    job = job_file(name="resume-cascade", data={"path": f"s3://{s3['bucket']}/data/", "target": "target",
+                                                "storage_options": s3["storage_options"], "holdout": 0},
+                   model={"kind": "svm", "params": {"chunk_rows": 300, "feedback_tol": 0.0}},
+                   output={"store": str(store), "report": False, "evaluation_report": False})
+    expected = reference_model(job, scheduler)[-1]
+    job_id = killed_after(job, store, scheduler, step=1)
+
+    refused = in_process("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler)
+    assert refused.exit_code == 2
+    assert refused.output.strip() == (
+        f"Error: job {job_id}'s recorded job file has its secret data.storage_options.key redacted; pass the "
+        "same job file with --job-file so the resumed job can read its data and store")
+    resumed = in_process("jobs", "resume", job_id, "--store", store, "--scheduler", scheduler, "--job-file", job)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"job {job_id} succeeded (resumed from checkpoint 1)" in resumed.stdout
+
+    record = JobRecords(str(store)).read(job_id)
+    assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 1
+    messages = [m for _, m in record["events"]]
+    after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 1:")):]
+    layers = [m.split(":")[0] + (" (restored)" if "from the checkpoint" in m else "")
+              for m in after if m.startswith("cascade pass 1 layer ")]
+    assert layers == ["cascade pass 1 layer 1/3 (restored)", "cascade pass 1 layer 2/3", "cascade pass 1 layer 3/3"]
+    got = load_model(record["model"])[-1]
+    assert len(got.support_) > 0
+    np.testing.assert_array_equal(got.support_vectors_, expected.support_vectors_)
+    np.testing.assert_array_equal(got.dual_coef_, expected.dual_coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+
+
 def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, make_data, job_file, tmp_path):
     import shutil
 
@@ -177,3 +223,45 @@ def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_i
     assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
     got = load_model(record["model"])
     np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)
+
+
+def test_a_cascade_layer_checkpoint_gives_back_its_sets_and_a_layer_over_the_limit_is_not_gathered(client, tmp_path):
+    """Through a job's real checkpoint files: a fitted set comes back with its SVC, an unfitted one with its rows."""
+    from sklearn.svm import SVC
+
+    from distml.checkpoints import Checkpoints
+    from distml.models._svsets import LayerCheckpoints, SVSet
+    from distml.models.base import TrainEnv
+
+    rng = np.random.default_rng(0)
+    X, ids = rng.normal(size=(60, 3)), rng.random(60)
+    y = (X[:, 0] > 0).astype(np.int64)
+    model = SVC().fit(X, y)
+    keep = model.support_
+    sets = [SVSet(X[keep], y[keep], ids[keep], model, 2, fitted=ids), SVSet(X[:5], np.zeros(5, np.int64), ids[:5])]
+    saved = Checkpoints(JobRecords(str(tmp_path)), "20260101-000000-abcdef", resume=True)
+    logged = []
+    env = TrainEnv(client=client, job_id=saved.job_id, seed=0, max_in_flight=2, n_workers=2, worker_memory=0,
+                   log=logged.append, checkpoint=saved.write, restore=saved.restore)
+    futures, rows = client.scatter(sets), len(keep) + 5
+
+    LayerCheckpoints(env, {"n_chunks": 2}, limit=rows - 1).write(1, {"stage": "tree", "depth": 1}, futures, rows)
+    assert saved.latest() is None
+    skipped = (f"cascade SVM: checkpoint 1 not written: its 2 sets hold {rows:,} support vectors, more than "
+               f"the {rows - 1:,} (max_support_vectors) the client gathers")
+    assert logged == [skipped]
+    LayerCheckpoints(env, {"n_chunks": 2}, limit=rows).write(1, {"stage": "tree", "depth": 1}, futures, rows)
+    assert saved.latest()["step"] == 1
+    assert LayerCheckpoints(env, {"n_chunks": 3}, limit=rows).restore() is None  # another plan: start over
+    assert logged[-1].startswith("cascade SVM: the checkpoint's chunks or kernel matrix budget do not match")
+
+    state, restored = LayerCheckpoints(env, {"n_chunks": 2}, limit=rows).restore()
+    assert state["stage"] == "tree" and state["depth"] == 1
+    back = client.gather(restored)
+    for got, put in zip(back, sets):
+        np.testing.assert_array_equal(got.X, put.X)
+        np.testing.assert_array_equal(got.y, put.y)
+        np.testing.assert_array_equal(got.ids, put.ids)
+        assert got.dropped == put.dropped
+    np.testing.assert_array_equal(back[0].model.dual_coef_, model.dual_coef_)
+    assert back[1].model is None and back[0].fitted is None  # only the one set of a top layer keeps its fitted ids

@@ -149,3 +149,116 @@ def test_the_embedded_cluster_can_talk_tls():
 
 def _worker_ttl(dask_scheduler):
     return dask_scheduler.worker_ttl
+
+
+@pytest.fixture
+def tls_flags_undone():
+    """The jobs commands put their --tls-* files in this process's Dask configuration: undo it afterwards."""
+    import dask
+
+    from distml.cluster import TLS_CONFIG_KEYS
+
+    with dask.config.set({key: None for key in TLS_CONFIG_KEYS.values()}):
+        yield
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _detached(tmp_path, folder, certs, tls_scheduler, params):
+    job = _job(tmp_path, folder)
+    doc = yaml.safe_load(job.read_text())
+    doc["model"]["params"] = params
+    doc["data"]["holdout"] = 0  # what these tests check is the service, not the model
+    doc["output"].update(report=False, evaluation_report=False)
+    job.write_text(yaml.safe_dump(doc))
+    submitted = _cli("submit", job, "--scheduler", tls_scheduler, "--detach", *_flags(certs))
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip()
+    assert f"job {job_id} submitted to {tls_scheduler}" in submitted.stderr
+    return job_id, tmp_path / "models"
+
+
+def test_a_detached_job_over_tls_is_followed_and_waited_for_with_the_flags(tmp_path, make_data, certs,
+                                                                             tls_scheduler, tls_flags_undone):
+    from distml.jobs import JobRecords
+
+    folder, _ = make_data("classification", rows=4_000, features=5, files=2)
+    job_id, store = _detached(tmp_path, folder, certs, tls_scheduler, {"epochs": 2})
+    waited = _cli("jobs", "wait", job_id, "--store", store, "--timeout", 120, *_flags(certs))
+    assert waited.exit_code == 0, waited.output
+    record = JobRecords(str(store)).read(job_id)
+    assert record["state"] == "succeeded" and waited.stdout.strip() == record["model"]
+    assert record["driver"]["kind"] == "task" and record["driver"]["scheduler"] == tls_scheduler
+    assert record["driver"]["worker"].startswith("tls://127.0.0.1:")
+    assert load_model(record["model"])[-1].coef_.shape == (1, 5)
+    status = _cli("jobs", "status", job_id, "--store", store, *_flags(certs))
+    assert status.exit_code == 0, status.output
+    assert "state      succeeded" in status.stdout and f"scheduler  {tls_scheduler}" in status.stdout
+
+
+def test_a_detached_job_over_tls_is_cancelled_with_the_flags(tmp_path, make_data, certs, tls_scheduler,
+                                                             tls_flags_undone):
+    from waiting import poll
+
+    from distml.jobs import JobRecords
+
+    folder, _ = make_data("classification", rows=4_000, features=5, files=2)
+    job_id, store = _detached(tmp_path, folder, certs, tls_scheduler, {"epochs": 1000})  # far longer than the test
+    records = JobRecords(str(store))
+    poll(lambda: records.read(job_id)["phase"] == "train", 60)
+    status = _cli("jobs", "status", job_id, "--store", store, *_flags(certs))
+    assert status.exit_code == 0 and "state      running" in status.stdout, status.output
+    cancelled = _cli("jobs", "cancel", job_id, "--store", store, *_flags(certs))
+    assert cancelled.exit_code == 0, cancelled.output
+    assert cancelled.stdout.strip().startswith(f"job {job_id} cancelled")
+    waited = _cli("jobs", "wait", job_id, "--store", store, *_flags(certs))
+    assert waited.exit_code == 1
+    assert waited.stderr.startswith(f"Error: job {job_id} was cancelled")
+    assert records.read(job_id)["state"] == "cancelled" and not (store / "tls-test").exists()
+
+
+def test_the_detached_driver_gets_the_job_file_without_the_clients_certificate_files(tmp_path, make_data, certs):
+    """A worker on another machine has none of the submitter's files: the driver's job file must validate there."""
+    import shutil
+
+    from distml.jobfile import JobSpec, load_job
+    from distml.service import driver_doc
+
+    mine = tmp_path / "mine"
+    shutil.copytree(certs["ca"].parent, mine)
+    folder, _ = make_data("classification", rows=4_000, features=5, files=2)
+    spec = load_job(_job(tmp_path, folder, tls_ca_file=str(mine / "ca.pem"))).with_overrides(
+        scheduler="tls://127.0.0.1:8786", tls_cert=str(mine / "client-cert.pem"), tls_key=str(mine / "client-key.pem"))
+    doc = driver_doc(spec)
+    shutil.rmtree(mine)  # as on the worker's machine
+    assert doc["cluster"]["scheduler"] == "tls://127.0.0.1:8786"
+    assert not {"tls_ca_file", "tls_cert", "tls_key"} & set(doc["cluster"])
+    assert JobSpec.model_validate(doc).data.path == str(folder)
+
+
+def test_a_stale_job_on_a_tls_scheduler_is_not_closed_for_want_of_certificates(tmp_path, certs, tls_scheduler,
+                                                                                tls_flags_undone):
+    """Its driver can only be asked about with certificates: without them one line, and the record stays."""
+    from distml.jobs import JobRecords, new_record
+
+    records = JobRecords(str(tmp_path))
+    job_id = "20260101-000000-abcdef"
+    record = new_record({"name": "ghost"}, job_id, str(tmp_path), {"scheduler": tls_scheduler},
+                        {"kind": "task", "key": f"distml-job-{job_id}", "scheduler": tls_scheduler}, state="running")
+    record["heartbeat"] = time.time() - 600  # stale: a reader asks the scheduler about the driver
+    records.write(record)
+    line = (f"job {job_id}: whether its driver is alive is asked of its scheduler {tls_scheduler}, which needs "
+            "--tls-ca-file and --tls-cert (or distributed.comm.tls.* in Dask's configuration)")
+    status = _cli("jobs", "status", job_id, "--store", tmp_path)
+    assert status.exit_code == 2 and status.stderr == f"Error: {line}\n"
+    listed = _cli("jobs", "list", "--store", tmp_path)
+    assert listed.exit_code == 0 and listed.stderr == f"warning: {line}; listed as recorded\n"
+    assert listed.stdout.startswith(f"{job_id}  ghost") and " running " in listed.stdout
+    assert records.read(job_id)["state"] == "running"
+
+    status = _cli("jobs", "status", job_id, "--store", tmp_path, *_flags(certs))  # asked: the driver task is gone
+    assert status.exit_code == 0 and "state      failed" in status.stdout, status.output
+    assert records.read(job_id)["error"] == (f"the job's driver is gone: its driver task is gone on {tls_scheduler} "
+                                             "(last phase start)")

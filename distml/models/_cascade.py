@@ -24,6 +24,12 @@ when fewer rows than ``feedback_tol`` of the SVs violate the conditions (none:
 the global optimum of the full problem), when fewer than that fraction of the
 SVs changed in a refit, or after ``max_passes``.
 
+Checkpoints. After every layer of pass 1 (the first layer, each merge layer,
+the top) and every feedback refit, the layer's sets are written as the job's
+checkpoint (``distml.models._svsets`` says what one holds and how big it gets);
+a resumed job puts the last one's sets back on the workers and goes on from the
+next layer, so it fits the same sets in the same order: the same model.
+
 Every fit goes through ``distml.kernels.fit_svc``: on a kernel matrix computed
 with BLAS when its ``8 n^2`` bytes fit ``gram_bytes`` (a quarter of a worker
 thread's memory share), else on libsvm's own kernel. Besides that matrix, a task
@@ -47,6 +53,7 @@ import numpy as np
 
 from distml.errors import JobFailed
 from distml.kernels import fit_svc, margins
+from distml.models._svsets import LayerCheckpoints, SVSet, concat
 from distml.tasks import pick
 
 if TYPE_CHECKING:
@@ -56,30 +63,6 @@ if TYPE_CHECKING:
     from distml.models.base import TrainEnv
 
 # --- runs on workers ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SVSet:
-    """Rows (usually support vectors) with their ids; ``model`` is the SVC fitted on them, if any."""
-
-    X: np.ndarray
-    y: np.ndarray
-    ids: np.ndarray  # each row's draw u: unique, and independent of partitioning
-    model: Any = None
-    dropped: int = 0  # rows a first-layer task left out to stay within chunk_rows
-    fitted: np.ndarray | None = None  # ids of every row ``model`` was fitted on (SVs or not)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def _concat(sets: list[SVSet]) -> SVSet:
-    """Union of row sets, deduplicated and ordered by id (so row order never depends on scheduling)."""
-    ids = np.concatenate([s.ids for s in sets])
-    ids, first = np.unique(ids, return_index=True)
-    X = np.concatenate([s.X for s in sets])[first]
-    y = np.concatenate([s.y for s in sets])[first]
-    return SVSet(X, y, ids, dropped=sum(s.dropped for s in sets))
 
 
 def _cut_part(source: Any, n_chunks: int, lo: int, hi: int) -> list[SVSet]:
@@ -108,7 +91,7 @@ def _fit(rows: SVSet, svc_params: dict[str, Any], limit: int | None, gram_bytes:
 
 def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any], gram_bytes: int) -> SVSet:
     """First layer: one chunk (at most ``cap`` rows, lowest ids kept) -> its support vectors."""
-    rows = _concat(pieces)
+    rows = concat(pieces)
     if len(rows) > cap:
         rows = SVSet(rows.X[:cap], rows.y[:cap], rows.ids[:cap], dropped=len(rows) - cap)
     return _fit(rows, svc_params, None, gram_bytes)  # chunk rows, not support vectors: bounded by chunk_rows
@@ -125,7 +108,7 @@ def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
 
 def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int, gram_bytes: int) -> SVSet:
     """A merge layer: refit on the union of a few support-vector sets."""
-    return _fit(_concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _margins_under(block: Any, rows: SVSet) -> np.ndarray | None:
@@ -167,7 +150,7 @@ def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str,
               gram_bytes: int) -> SVSet:
     """Top layer: one SVC on the screened candidates (plus the rows of any set below left unfitted)."""
     unfitted = [SVSet(s.X, s.y, s.ids) for s in below if s.model is None]  # single-class sets: not screened
-    return _fit(_concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
 
 
 def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
@@ -185,7 +168,7 @@ def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
 def _refit_part(final: SVSet, violators: list[SVSet], svc_params: dict[str, Any], limit: int,
                 gram_bytes: int) -> SVSet:
     """Feedback refit: the final support vectors together with every violator, in one SVC."""
-    rows = _concat([SVSet(final.X, final.y, final.ids), *violators])
+    rows = concat([SVSet(final.X, final.y, final.ids), *violators])
     if len(rows) > limit:
         raise JobFailed(f"the cascade SVM found {len(rows):,} support vectors and rows violating their margins, "
                         f"more than model.params.max_support_vectors={limit:,}; use kernel: linear, or a kernel "
@@ -232,6 +215,22 @@ def plan_chunks(train_rows: int, chunk_rows: int) -> int:
     return max(1, math.ceil(train_rows / target))
 
 
+def _merge_bounds(n_sets: int) -> list[np.ndarray]:
+    """Each merge layer above ``n_sets`` sets, as the bounds of the runs of sets one fit merges."""
+    layers = []
+    while n_sets > TOP_SETS:
+        groups = TOP_SETS if n_sets <= TOP_SETS * TOP_FAN_IN else math.ceil(n_sets / FAN_IN)
+        layers.append(np.linspace(0, n_sets, groups + 1).round().astype(int))
+        n_sets = groups
+    return layers
+
+
+def pass_one_steps(n_chunks: int) -> int:
+    """Layers of the first pass over ``n_chunks`` chunks: the first layer, the merge layers and the top."""
+    merges = _merge_bounds(n_chunks)
+    return 1 + len(merges) + ((len(merges[-1]) - 1 if merges else n_chunks) > 1)
+
+
 class Cascade:
     """One cascade run: submits the layers, reports progress, keeps the final SVs on the cluster."""
 
@@ -240,6 +239,9 @@ class Cascade:
         self.parts, self.env, self.plan, self.svc = parts, env, plan, svc_params
         self.client = env.client
         self.probability, self.seed = probability, seed
+        # the kernel matrix budget decides how a fit is solved: a cluster with other worker memory fits otherwise
+        self.checkpoints = LayerCheckpoints(env, {"n_chunks": plan.n_chunks, "gram_bytes": plan.gram_bytes},
+                                            plan.limit)
 
     def _pieces(self) -> Any:
         """Yield each chunk's list of piece futures, one read pass per group of chunks."""
@@ -268,8 +270,8 @@ class Cascade:
                 self._wait(leaves[-self.plan.group:])
         return leaves
 
-    def _tree(self, leaves: list[Any]) -> list[list[Any]]:
-        """Merge sets layer by layer in chunk order until ``TOP_SETS`` remain.
+    def _tree(self, leaves: list[Any], depth: int = 1) -> list[list[Any]]:
+        """Merge sets layer by layer in chunk order until ``TOP_SETS`` remain; ``leaves`` is layer ``depth``.
 
         ``FAN_IN`` sets per fit while there are many, then one last layer into
         ``TOP_SETS`` groups. Merging a few sets at once instead of pairs makes the
@@ -277,13 +279,11 @@ class Cascade:
         support-vector sets, and there are fewer of them.
         """
         layers = [leaves]
-        while len(layers[-1]) > TOP_SETS:
+        for bounds in _merge_bounds(len(leaves)):
             below = layers[-1]
-            groups = TOP_SETS if len(below) <= TOP_SETS * TOP_FAN_IN else math.ceil(len(below) / FAN_IN)
-            bounds = np.linspace(0, len(below), groups + 1).round().astype(int)
             layers.append([self.client.submit(_merge_part, below[lo:hi], self.svc, self.plan.limit,
                                               self.plan.gram_bytes,
-                                              key=self.env.key("layer", 1, len(layers), g))
+                                              key=self.env.key("layer", 1, depth + len(layers) - 1, g))
                            if hi - lo > 1 else below[lo]
                            for g, (lo, hi) in enumerate(itertools.pairwise(bounds))])
         return layers
@@ -329,19 +329,26 @@ class Cascade:
         self.env.log(f"cascade pass {pas} {message}, {time.perf_counter() - started:.2f}s")
         self.env.report("train", min(0.99, (pas - 1 + step / steps) / self.plan.max_passes))
 
-    def _pass_one(self) -> tuple[Any, int]:
-        """First layer, merge layers, then the top layer fitted on the rows the layer below screens in."""
+    def _pass_one(self, resumed: tuple[int, list[Any]] | None = None) -> tuple[Any, int]:
+        """First layer, merge layers, then the top layer fitted on the rows the layer below screens in.
+
+        ``resumed`` is a checkpointed layer, ``(depth, its sets)``: the layers up to it are not fitted again.
+        """
         started = time.perf_counter()
-        layers = self._tree(self._first_layer())
+        start, restored = resumed or (1, [])
+        layers = self._tree(restored or self._first_layer(), start)
         below = layers[-1]
-        steps = len(layers) + (len(below) > 1)
+        steps = pass_one_steps(self.plan.n_chunks)
         # blocks in memory: the screen is submitted at once, to start on each set as soon as it is fitted
         top = self._top(below) if self.parts.persisted and len(below) > 1 else None
-        for depth, layer in enumerate(layers, start=1):
+        for depth, layer in enumerate(layers, start=start):
             total, dropped = self._sizes(f"l{depth}", layer)  # dropped rows are carried up the tree
+            fitted = depth > start or not resumed
             self._progress(1, depth, steps, f"layer {depth}/{steps}: {len(layer)} sets, {total:,} support vectors"
-                           + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else ""),
-                           started)
+                           + (f" ({dropped} rows over chunk_rows left out of the first layer)" if dropped else "")
+                           + ("" if fitted else ", from the checkpoint"), started)
+            if fitted:
+                self.checkpoints.write(depth, {"stage": "tree", "depth": depth}, layer, total)
         if len(below) == 1:
             return below[0], total
         candidates, top = top or self._top(below)
@@ -349,6 +356,7 @@ class Cascade:
         n_sv, _ = self._sizes("top", [top])
         self._progress(1, steps, steps, f"layer {steps}/{steps}: 1 set, {n_sv:,} support vectors from "
                        f"{n_candidates:,} rows inside the margins of the {len(below)} sets below", started)
+        self.checkpoints.write(steps, {"stage": "final", "pass": 1, "n_sv": n_sv, "done": False}, [top], n_sv)
         return top, n_sv
 
     def _top(self, below: list[Any]) -> tuple[list[Any], Any]:
@@ -358,10 +366,19 @@ class Cascade:
                                               self.plan.gram_bytes, key=self.env.key("top", 1))
 
     def run(self) -> SVC:
-        """Pass 1, then feedback passes until converged; returns the fitted ``SVC``."""
+        """Pass 1, then feedback passes until converged (from the job's last checkpoint, if resumed)."""
         plan, env, client = self.plan, self.env, self.client
-        final, n_sv = self._pass_one()
-        for pas in range(2, plan.max_passes + 1):
+        restored = self.checkpoints.restore()
+        if restored is None:
+            (final, n_sv), first = self._pass_one(), 2
+        elif restored[0]["stage"] == "tree":
+            (final, n_sv), first = self._pass_one((restored[0]["depth"], restored[1])), 2
+        else:
+            state, (final,) = restored
+            n_sv, first = state["n_sv"], plan.max_passes + 1 if state["done"] else state["pass"] + 1
+            env.log(f"cascade pass {state['pass']}: {n_sv:,} support vectors from the checkpoint"
+                    + (", converged" if state["done"] else ""))
+        for pas in range(first, plan.max_passes + 1):
             started = time.perf_counter()
             client.replicate([final])  # on every worker: each partition is checked where it is, not all at one
             violators = self._per_partition("kkt", pas, _kkt_part, final, 2.0 * self.svc["tol"])
@@ -377,7 +394,10 @@ class Cascade:
             changed, n_sv = len(np.setxor1d(ids, new_ids)), len(new_ids)
             self._progress(pas, 2, 2, f"layer 2/2: refitted with {n_bad:,} violators: {n_sv:,} SVs, "
                            f"{changed:,} changed", started)
-            if changed <= plan.feedback_tol * n_sv:
+            converged = changed <= plan.feedback_tol * n_sv
+            self.checkpoints.write(pass_one_steps(plan.n_chunks) + pas - 1,
+                                   {"stage": "final", "pass": pas, "n_sv": n_sv, "done": converged}, [final], n_sv)
+            if converged:
                 env.log(f"cascade converged after pass {pas}: {changed:,} of {n_sv:,} SVs changed")
                 break
         env.report("train", 1.0)

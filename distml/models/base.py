@@ -103,6 +103,11 @@ class TrainEnv:
     restore: Callable[[], tuple[int, dict[str, Any]] | None] = field(default=_no_restore)
     record_training: Callable[[dict[str, Any]], None] = field(default=_no_record)
 
+    @property
+    def checkpointing(self) -> bool:
+        """Whether ``checkpoint`` keeps anything: a trainer need not gather state that would be dropped."""
+        return self.checkpoint is not _no_checkpoint
+
     def key(self, phase: str, *index: int | str) -> str:
         """Task key ``distml-<phase>-<job>-<i>…`` (see ``distml.tasks.task_key``)."""
         from distml.tasks import task_key
