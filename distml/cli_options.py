@@ -150,7 +150,7 @@ def apply_tls_flags() -> None:
         return  # before any import: `jobs list` must not pay for dask
     import dask.config
 
-    from distml.cluster import TLS_CONFIG_KEYS
+    from distml.tls import TLS_CONFIG_KEYS
     from distml.spec import ClusterSpec
 
     ClusterSpec(**flags)  # exists and readable, or a SpecError naming the flag

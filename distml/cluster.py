@@ -40,6 +40,7 @@ def connect(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> I
     from distributed import Client
 
     from distml.spec import check_scheduler
+    from distml.tls import client_security
 
     address = spec.scheduler or os.environ.get("DISTML_SCHEDULER") or None
     if address:
@@ -156,6 +157,7 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     from distributed import LocalCluster
 
     from distml.spec import parse_size
+    from distml.tls import embedded_security
 
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
@@ -197,90 +199,6 @@ def _close_quickly(cluster: Any) -> None:
             if process.pid:
                 os.kill(process.pid, signal.SIGKILL)
     cluster.close()
-
-
-# --- TLS ----------------------------------------------------------------------
-
-# ClusterSpec key -> Dask's configuration key for a client
-TLS_CONFIG_KEYS = {"tls_ca_file": "distributed.comm.tls.ca-file", "tls_cert": "distributed.comm.tls.client.cert",
-                   "tls_key": "distributed.comm.tls.client.key"}
-
-
-def tls_files(spec: ClusterSpec) -> dict[str, str]:
-    """The certificate files to use: the spec's (flags or ``cluster.tls_*``), else Dask's ``distributed.comm.tls.*``.
-
-    A file named only in Dask's configuration is checked here, by its configuration key.
-    """
-    import dask.config
-
-    from distml.errors import SpecError
-    from distml.spec import tls_file_problem
-
-    files = {}
-    for field, key in TLS_CONFIG_KEYS.items():
-        given = getattr(spec, field)
-        if given:
-            files[field] = given
-            continue
-        configured = dask.config.get(key, None)
-        if configured:
-            if "-----BEGIN" not in str(configured):  # Dask also takes the PEM text itself
-                problem = tls_file_problem(str(configured))
-                if problem:
-                    raise SpecError(f"{key} (Dask configuration): {str(configured)[:200]!r} {problem}")
-            files[field] = str(configured)
-    return files
-
-
-def client_security(spec: ClusterSpec, address: str) -> Security | None:
-    """The ``Security`` a client of the scheduler at ``address`` uses; ``None`` for a plain address without files.
-
-    A ``tls://`` address needs the CA and a client certificate (Dask clusters check
-    both sides); without them it is one line here rather than a failure deep in Dask.
-    """
-    from distributed import Security
-
-    from distml.errors import SpecError
-
-    files = tls_files(spec)
-    if not address.startswith("tls://"):
-        return None
-    missing = [flag for field, flag in (("tls_ca_file", "--tls-ca-file"), ("tls_cert", "--tls-cert"))
-               if field not in files]
-    if missing:
-        raise SpecError(f"{address}: a tls:// scheduler needs {' and '.join(missing)} (or cluster.tls_ca_file/"
-                        "tls_cert in the job file, or distributed.comm.tls.* in Dask's configuration)")
-    cert = files["tls_cert"]
-    return Security(require_encryption=True, tls_ca_file=files["tls_ca_file"], tls_client_cert=cert,
-                    tls_client_key=files.get("tls_key"))
-
-
-def embedded_security(spec: ClusterSpec) -> Security | None:
-    """TLS for the embedded cluster when ``cluster.tls`` is set or certificate files are given, else ``None``.
-
-    With files, every role (scheduler, workers, client) uses them; with ``tls: true``
-    alone, a temporary self-signed certificate made in memory for this run.
-    """
-    from distributed import Security
-
-    files = {field: getattr(spec, field) for field in TLS_CONFIG_KEYS if getattr(spec, field)}
-    if not (spec.tls or files):
-        return None
-    if "tls_ca_file" not in files or "tls_cert" not in files:
-        if files:
-            from distml.errors import SpecError
-
-            raise SpecError("cluster: TLS for the embedded cluster needs both tls_ca_file and tls_cert "
-                            "(or neither, with tls: true, for a temporary certificate)")
-        try:
-            return Security.temporary()
-        except ImportError:
-            raise ClusterError("cluster.tls: true without certificate files makes a temporary certificate, "
-                               "which needs the cryptography package (pip install cryptography)") from None
-    cert, key = files["tls_cert"], files.get("tls_key")
-    return Security(require_encryption=True, tls_ca_file=files["tls_ca_file"],
-                    tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert, tls_scheduler_key=key,
-                    tls_worker_cert=cert, tls_worker_key=key)
 
 
 def _ignore_busy_port_warning() -> None:

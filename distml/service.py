@@ -269,7 +269,7 @@ def _connect(address: str) -> Client | None:
 def _check_certificates(record: dict[str, Any], address: str) -> None:
     """A ``tls://`` scheduler cannot be asked without certificates: say so in one line, rather than
     take the driver for gone (and close a live job's record) for want of them."""
-    from distml.cluster import client_security
+    from distml.tls import client_security
     from distml.spec import ClusterSpec
 
     try:

@@ -156,7 +156,7 @@ def tls_flags_undone():
     """The jobs commands put their --tls-* files in this process's Dask configuration: undo it afterwards."""
     import dask
 
-    from distml.cluster import TLS_CONFIG_KEYS
+    from distml.tls import TLS_CONFIG_KEYS
 
     with dask.config.set({key: None for key in TLS_CONFIG_KEYS.values()}):
         yield
