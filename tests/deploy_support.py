@@ -293,13 +293,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
-    """Terminate every process, kill whatever has not exited within ``grace``,
-    then kill what is left of each one's process group (e.g. a nanny's worker)."""
-    for proc in procs:
+    """Terminate the processes last started first (workers before the scheduler they report to, which
+    otherwise keeps them retrying), kill whatever has not exited within ``grace``, then kill what is
+    left of each one's process group (e.g. a nanny's worker)."""
+    deadline = time.monotonic() + grace
+    for proc in reversed(procs):
         if proc.poll() is None:
             proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

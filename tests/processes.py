@@ -34,10 +34,13 @@ def dask_processes(folder: Path, *, n_workers: int = 2, nthreads: int = 1,
             address = client.scheduler.address
         yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # Workers first, while their scheduler still answers (a worker whose scheduler is gone first spends
+        # seconds trying to reach it before it exits), then the scheduler.
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()

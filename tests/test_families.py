@@ -54,6 +54,7 @@ def _job(kind, folder, store):
 
 def _run(client, kind, folder, store):
     """Run one job on the cluster; returns the loaded Pipeline and the keys of every task that ran."""
+    client.get_task_stream(start=0, stop=0)  # makes sure the scheduler records a task stream
     started = time.time()
     result = run_job(_job(kind, folder, store), client)
     keys = [record["key"] for record in client.get_task_stream(start=started)]

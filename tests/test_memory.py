@@ -30,6 +30,7 @@ def _write_float32_dataset(folder, rows: int, files: int) -> None:
                        row_group_size=256_000)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_data_three_times_cluster_memory_trains_without_worker_restarts(tmp_path):
     from distributed import Client, LocalCluster

@@ -46,7 +46,7 @@ def reference_accuracy(folder: Path, model, estimator) -> float:
     return float((estimator.predict(features.transform(Xt)) == yt).mean())
 
 
-@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("classes", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3 classes: one-vs-one too
 def test_cascade_is_within_a_third_of_a_point_of_one_svc_on_40k_rows(client, nonlinear, tmp_path, classes):
     from sklearn.svm import SVC
 
