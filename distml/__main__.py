@@ -1,4 +1,4 @@
 """``python -m distml`` runs the command line."""
-from distml.cli import main
+from distml.cli import run
 
-main()
+run()

@@ -36,6 +36,34 @@ def main() -> None:
     """distml: train scikit-learn models on Parquet data across a Dask cluster."""
 
 
+def run() -> None:
+    """The ``distml`` command: ``main``, then an exit that skips tearing down the interpreter's modules.
+
+    Every command has finished its work when ``main`` returns (records and artifacts written and
+    verified, clusters closed), and freeing scikit-learn's, skops' and pandas' modules one by one
+    only delays the shell's prompt. Output is flushed first; if a thread other than a daemon is still
+    running, the ordinary exit waits for it as usual.
+    """
+    import logging
+    import threading
+
+    try:
+        main()
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--scheduler", default=None, metavar="ADDR",
@@ -79,7 +107,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
     console = Console(quiet or as_json)
-    with connect(spec.cluster, meanwhile=_import_job_modules) as client:
+    with connect(spec.cluster) as client:
         if detach:
             return _detached(spec, client, as_json)
         job_id = new_job_id()
@@ -109,15 +137,6 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
         click.echo(line)
     for line in summary_lines(result.summary):
         click.echo(line)
-
-
-def _import_job_modules() -> None:
-    """Import what the job needs on the client (scikit-learn, skops, the runner) while the cluster starts."""
-    import importlib
-
-    for name in ("sklearn.pipeline", "sklearn.metrics", "skops.io", "distml.runner", "distml.features",
-                 "distml.evaluate", "distml.tracking"):
-        importlib.import_module(name)
 
 
 def _detached(spec: Any, client: Any, as_json: bool) -> None:

@@ -31,11 +31,10 @@ def default_workers() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def connect(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> Iterator[Client]:
+def connect(spec: ClusterSpec) -> Iterator[Client]:
     """Yield a client for the cluster the spec names, closing what was started here.
 
-    ``meanwhile`` is client-side work (reading footers, importing) that runs while an embedded
-    cluster starts in the background, so the job does not wait for one and then the other.
+    The job's later imports run meanwhile in a background thread (``distml.warmup``).
     """
     from distributed import Client
 
@@ -56,11 +55,9 @@ def connect(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> I
             raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
                                f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
         with client:
-            if meanwhile:
-                meanwhile()
             yield client
         return
-    with _local_cluster(spec, meanwhile) as cluster, Client(cluster, set_as_default=False) as client:
+    with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
 
 
@@ -128,23 +125,11 @@ async def _identity(address: str, security: Security | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _local_cluster(spec: ClusterSpec, meanwhile: Callable[[], None] | None = None) -> Iterator[Any]:
-    """Start the embedded cluster in a thread while ``meanwhile`` runs here; close it quickly at the end.
-
-    The workers are spawned with SIGINT ignored, as before; only the client handles Ctrl-C.
-    """
+def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
+    """Start the embedded cluster (its workers spawned with SIGINT ignored: only the client handles Ctrl-C); close it quickly at the end."""
     restore = _workers_ignore_sigint()
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="distml-cluster-start") as pool:
-            starting = pool.submit(_start_local_cluster, spec)
-            try:
-                if meanwhile:
-                    meanwhile()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    _close_quickly(starting.result())
-                raise
-            cluster = starting.result()
+        cluster = _start_local_cluster(spec)
     finally:
         restore()
     try:

@@ -18,6 +18,7 @@ from distml.blocks import Partitions, PartSource
 from distml.encoding import build_transformer, output_variance, plan_columns
 from distml.errors import DataError
 from distml.stats import MAX_CLASSES, PartStats, StatsPlan, run_stats
+from distml.warmup import ready, wait_for, warm_workers
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -59,6 +60,10 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
                      dataset.missing == "drop", dataset.max_categories + 1,
                      dataset.missing == "impute" and dataset.impute_strategy == "median")
     stats = run_stats(dataset, client, job_id, plan, report)
+    warming = warm_workers(client, job_id)  # fresh workers import what the next passes need meanwhile
+    waited = ready("features")  # the client's scikit-learn imports, begun when the cluster was up
+    if waited > 0.05 and log is not None:
+        log(f"waited {waited:.2f}s for the client's scikit-learn imports after the statistics pass")
     _check_stats(dataset, stats, regression)
     _check_overflow(dataset, stats, plan)
     columns = plan_columns(dataset, stats, plan, encoding)
@@ -85,6 +90,7 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
                 for p in pieces] for split in ("train", "holdout")]
     parts = Partitions(sources[0], sources[1] if holdout_rows else [], stats.train_rows, holdout_rows)
     train_bytes = stats.train_rows * (n_features + 1) * 8 + stats.target_bytes
+    wait_for(warming)  # the next pass queues behind them anyway; this way no warm-up outlives its job
     return FeaturePlan(transformer, stats, target_kind, classes, counts, n_features, x_var, parts,
                        train_bytes, notes)
 

@@ -100,7 +100,7 @@ def _kind(dtype: Any) -> tuple[str, str]:
     if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype):
         name = str(dtype).lower()
         return NUMERIC, "double" if name == "float64" else "float" if name == "float32" else name
-    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype) or dtype == object:
+    if isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype) or dtype == object:  # noqa: E721 - a dtype, not a type
         return CATEGORICAL, "string"
     return OTHER, str(dtype)
 

@@ -18,18 +18,6 @@ TOP = 20  # bars per chart
 # --- charts ------------------------------------------------------------------------------------
 
 
-def preload() -> None:
-    """Import matplotlib in a background thread, so the save phase does not wait for it (the job's
-    training leaves the client idle); a later import simply finds it loaded, or waits for it."""
-    import threading
-
-    def load() -> None:
-        import matplotlib.backends.backend_svg
-        import matplotlib.figure  # noqa: F401
-
-    threading.Thread(target=load, name="distml-preload-matplotlib", daemon=True).start()
-
-
 def _figure(width: float = 5.0, height: float = 3.6, left: float = 0.14) -> Any:
     from matplotlib.figure import Figure
 

@@ -213,18 +213,17 @@ def _run(spec: JobSpec, client: Client, dataset: Dataset | None, tracker: JobTra
     from distml.perf_report import finish_report, start_report
     from distml.signing import resolve_key
     from distml.store import Store
+    from distml.warmup import ready, start_client_imports
 
     job_id = tracker.job_id
     phases = _Phases(on_phase)
     started = time.time()
+    start_client_imports(report=spec.output.evaluation_report)  # while the workers run the first passes
     report = start_report(client) if spec.output.report else None
-    if spec.output.evaluation_report:
-        from distml.report import preload
-
-        preload()
     try:
         fit = fit_pipeline(spec, client, dataset, job_id, phases, progress, log, checkpoints)
         with phases("save"):
+            ready("save")  # skops, imported in the background since the cluster was up (distml.warmup)
             manifest = fit.manifest(spec, job_id, phases.timings, started)
             files = companion_files(spec, fit.pipeline, manifest, fit.dataset, log)
             html = finish_report(client, report, job_id)

@@ -41,6 +41,7 @@ PHASES: dict[str, str] = {
     "predict": "batch scoring: one input file scored into one output file",
     "cv": "cross-validation and search: draw histograms and each fold's row subsets",
     "search": "the search (or cross-validation) phase of a job",
+    "warm": "each worker imports its later tasks' libraries while the client waits (distml.warmup)",
 }
 
 

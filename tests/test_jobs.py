@@ -130,8 +130,9 @@ def test_cancel_ends_a_running_job_within_10s_and_saves_nothing(dask_processes, 
     assert state_of(store, job_id) == "cancelled"
     assert not (store / "long").exists()
     with Client(dask_processes, set_as_default=False) as client:
-        left = lambda: not [k for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
-                            if job_id in str(k)]
+        def left() -> bool:
+            return not [k for k in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+                        if job_id in str(k)]
         poll(left, 10)
     again = distml("jobs", "cancel", job_id, "--store", store)
     assert again.returncode == 2 and again.stderr.strip() == f"Error: job {job_id} already cancelled; there is nothing to cancel"

@@ -25,6 +25,7 @@ groups and waves, the tree fits and the assembly.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -370,7 +371,7 @@ def _layout(params: Params, ctx: TrainContext, rates: np.ndarray | None) -> Layo
         size = sample_bytes(g)
         n_groups = math.ceil(n_trees / g)
         bounds = np.linspace(0, n_trees, n_groups + 1).round().astype(int)
-        groups = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        groups = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
         per_fit = max(1, math.ceil(len(groups[0]) / FITS_PER_GROUP))
     if size > TASK_BUDGET * per_thread:
         what = "all training rows (bootstrap: false)" if rates is None else "one tree's sample"

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from sklearn.linear_model import SGDClassifier
 
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
@@ -25,8 +24,10 @@ from distml.tasks import map_bounded
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
+    from sklearn.linear_model import SGDClassifier
 
     from distml.blocks import Partitions
+    from distml.models._approx_sgd import _ApproxSGD
 
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
@@ -129,22 +130,6 @@ def _sample_part(source: Any, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     return block.X[keep], block.u[keep]
 
 
-class _ApproxSGD(SGDClassifier):
-    """Training-time only: an SGDClassifier that maps rows through ``approx_`` first.
-
-    It lets the shared SGD engine stream approximate kernel features without
-    holding them anywhere; ``_plain`` turns it into an ordinary SGDClassifier.
-    """
-
-    approx_: Any = None
-
-    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _ApproxSGD:
-        return super().partial_fit(self.approx_.transform(X), y, classes=classes, sample_weight=sample_weight)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        return super().decision_function(self.approx_.transform(X))
-
-
 # --- runs on the client ------------------------------------------------------
 
 
@@ -240,7 +225,10 @@ def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights
     return Cascade(parts, ctx.env, plan, svc, params.probability, ctx.env.child_seeds(1, salt=3)[0]).run()
 
 
-def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type = SGDClassifier) -> SGDClassifier:
+def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None) -> SGDClassifier:
+    from sklearn.linear_model import SGDClassifier
+
+    cls = cls or SGDClassifier
     alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.data.train_rows)
     # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
     return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
@@ -274,6 +262,8 @@ def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> 
 
 def _plain(model: _ApproxSGD) -> SGDClassifier:
     """The training-time subclass as an ordinary, fitted SGDClassifier."""
+    from sklearn.linear_model import SGDClassifier
+
     plain = SGDClassifier(**model.get_params())
     for name, value in vars(model).items():
         if name != "approx_":
@@ -291,6 +281,8 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
         return _train_cascade(parts, params, ctx, weights)
     if params.route == "linear":
         return _train_linear(parts, _sgd_template(params, ctx, weights), params, ctx)
+    from distml.models._approx_sgd import _ApproxSGD
+
     approx = _fit_approximation(parts, params, ctx)
     template = _sgd_template(params, ctx, weights, _ApproxSGD)
     template.approx_ = approx

@@ -1,0 +1,88 @@
+"""Imports a job needs later, done while it waits for its cluster.
+
+Once a job's cluster is up, its client imports scikit-learn (for the feature plan) and then skops
+and matplotlib (for the save) in one background thread, while the workers run the first passes.
+Code that needs a group first calls ``ready(group)``, so no other thread imports those packages at
+the same time (concurrent imports of one package can deadlock). After the statistics pass, fresh
+workers import what their later tasks need while the client waits for its own imports.
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+# what the client needs, in the order it needs it: the feature plan and the model, then the save
+CLIENT_GROUPS: dict[str, tuple[str, ...]] = {
+    "features": ("sklearn.pipeline", "sklearn.compose", "sklearn.preprocessing", "sklearn.impute",
+                 "sklearn.linear_model", "sklearn.metrics", "distml.encoding", "distml.evaluate"),
+    "save": ("skops.io",),
+}
+REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_svg")  # evaluation.html's charts
+# what a worker's tasks import after the statistics pass: the feature transformer and the models
+WORKER_MODULES = ("sklearn.compose", "sklearn.preprocessing", "sklearn.impute", "sklearn.linear_model",
+                  "distml.blocks", "distml.encoding")
+
+_done: dict[str, threading.Event] = {}
+
+
+def start_client_imports(report: bool = True) -> None:
+    """Begin importing ``CLIENT_GROUPS`` in order in a daemon thread (once per process); ``ready`` waits for one.
+
+    ``report``: the save also draws evaluation.html's charts, so matplotlib is part of its group.
+    """
+    if _done:
+        return
+    groups = {**CLIENT_GROUPS, "save": CLIENT_GROUPS["save"] + (REPORT_MODULES if report else ())}
+    _done.update({group: threading.Event() for group in groups})
+    threading.Thread(target=_import_groups, args=(groups,), name="distml-imports", daemon=True).start()
+
+
+def ready(group: str) -> float:
+    """Wait until ``group``'s background imports are done, if they were started; the seconds waited."""
+    event = _done.get(group)
+    if event is None or event.is_set():
+        return 0.0
+    started = time.perf_counter()
+    event.wait()
+    return time.perf_counter() - started
+
+
+def _import_groups(groups: dict[str, tuple[str, ...]]) -> None:
+    try:
+        for group, names in groups.items():
+            _import_all(names)
+            _done[group].set()
+    finally:
+        for event in _done.values():  # a failed import is left for its real use to raise
+            event.set()
+
+
+def _import_all(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the code that uses the module imports it again and says why
+            return
+
+
+def warm_workers(client: Client, job_id: str) -> list[Future]:
+    """Have every worker import ``WORKER_MODULES`` now (a no-op on workers that have them already).
+
+    The caller waits for the futures (``wait_for``) before its next pass, so no warm-up outlives its job.
+    """
+    from distml.tasks import task_key
+
+    return [client.submit(_import_all, WORKER_MODULES, key=task_key("warm", job_id, i), pure=False,
+                          workers=[address], allow_other_workers=False)
+            for i, address in enumerate(client.scheduler_info(n_workers=-1)["workers"])]
+
+
+def wait_for(futures: list[Future]) -> None:
+    """Wait for the warm-ups; one that failed only means a later task imports the module itself."""
+    for future in futures:
+        future.exception()  # waits; never raises the task's error
