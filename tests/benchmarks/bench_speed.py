@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_pipeline: dask-ml's run, the shared split
@@ -108,22 +109,33 @@ def run_distml(folder: Path, model: dict, work: Path, memory_limit: str | None) 
                                "model": model, "output": {"store": str(store), "report": False}}))
     command = [sys.executable, "-m", "distml", "submit", str(job), "--json", "--workers", str(WORKERS),
                "--threads", "1"] + (["--memory-limit", memory_limit] if memory_limit else [])
+    began = time.time()
     started = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - started
+    ended = time.time()
     if out.returncode:
         raise RuntimeError(f"distml submit failed: {out.stderr.strip()[-500:]}")
     summary = json.loads(out.stdout)
     record = json.loads((store / "_jobs" / f"{summary['job_id']}.json").read_text())
-    epochs = sum(1 for _, message in record["events"] if re.match(r"epoch \d+", message))
+    events = record["events"]
+    epochs = sum(1 for _, message in events if re.match(r"epoch \d+", message))
+    solver_passes = [int(m.group(1)) for _, message in events
+                     if (m := re.search(r"(\d+) passes over the data", message))]
+    waited = sum(float(m.group(1)) for _, message in events
+                 if (m := re.match(r"waited ([\d.]+)s for the client's", message)))
     rows = summary["rows"]
     t = summary["timings"]
-    train_passes = max(1, epochs)
-    data = sum(t.get(p, 0.0) for p in ("stats", "train", "eval"))
+    train_passes = solver_passes[-1] if solver_passes else max(1, epochs)
+    # the client's wait for its imports happens inside the stats phase but is no data work
+    data = sum(t.get(p, 0.0) for p in ("stats", "train", "eval")) - waited
+    stamp = lambda at: datetime.fromisoformat(at).timestamp()  # noqa: E731
     return {
         "process": wall, "phases": t, "persisted": summary["persisted"], "outside_phases": wall - data,
+        "outside": {"until_job_started": stamp(events[0][0]) - began, "imports_waited": waited,
+                    "save": t.get("save", 0.0), "after_job_ended": ended - stamp(events[-1][0])},
         "passes": 1 + train_passes + (1 if t.get("eval") else 0),
-        "stats_rows_per_s": rows["total"] / t["stats"] if t.get("stats") else None,
+        "stats_rows_per_s": rows["total"] / (t["stats"] - waited) if t.get("stats") else None,
         "train_rows_per_s_per_pass": rows["train"] * train_passes / t["train"] if t.get("train") else None,
         "eval_rows_per_s": rows["holdout"] / t["eval"] if t.get("eval") else None,
         "metric": {k: v for k, v in summary["metrics"].items() if k in ("accuracy", "r2")},
@@ -170,6 +182,8 @@ def print_case(case: dict) -> None:
             print(f"    dask-ml       read+fit {spread(r['dask_ml']['seconds'])} s")
         phases = ", ".join(f"{p} {med(v):.2f}" for p, v in d["phases"].items())
         print(f"    distml        process {spread(d['process'])} s   outside phases {spread(d['outside_phases'])} s")
+        print("                  outside: " + ", ".join(f"{k.replace('_', ' ')} {med(v):.2f}"
+                                                      for k, v in d["outside"].items()))
         print(f"                  phases: {phases}; passes {med(d['passes']):.0f}, persisted {d['persisted']}")
         rates = [(name, med(d.get(key))) for name, key in (("stats", "stats_rows_per_s"),
                                                             ("train/pass", "train_rows_per_s_per_pass"),
