@@ -249,28 +249,46 @@ def used_rows(frame: pd.DataFrame, target: str, features: list[str], drop_nulls:
 
 
 def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> PartStats:
-    """Statistics of one partition, all from one read."""
+    """Statistics of one partition, all from one read.
+
+    The numeric columns become one float64 matrix once; its NaNs give their null counts and the rows
+    kept, so no column is copied by pandas on the way (only the categorical ones are looked at there).
+    """
     frame, draws = reader.read(piece)
-    features, target = list(reader.columns[:-1]), reader.columns[-1]
+    target, numeric, categorical = reader.columns[-1], list(plan.numeric), list(plan.categorical)
     memory = int(frame.memory_usage(deep=True, index=False).sum())
-    nulls = {c: int(n) for c, n in frame[features].isna().sum().items() if n}
-    keep = used_rows(frame, target, features, plan.drop_nulls)
-    dropped_target = int(frame[target].isna().sum())
-    if not keep.all():
-        frame, draws = frame[keep], draws[keep]
+    values = frame[numeric].to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = bool(np.isfinite(values).all())  # the usual case: no null, NaN or infinity to count
+    missing = np.zeros((0, len(numeric)), dtype=bool) if finite else np.isnan(values)
+    null_counts = dict(zip(numeric, missing.sum(axis=0).tolist()))
+    null_counts.update({c: int(frame[c].isna().sum()) for c in categorical})
+    nulls = {c: int(null_counts[c]) for c in reader.columns[:-1] if null_counts.get(c)}
+    y = frame[target]
+    keep = y.notna().to_numpy()
+    dropped_target = int(len(keep) - keep.sum())
+    if plan.drop_nulls and nulls:
+        if not finite:
+            keep = keep & ~missing.any(axis=1)
+        for c in categorical:
+            keep = keep & frame[c].notna().to_numpy()
+    kept = int(keep.sum())
+    if kept < len(keep):
+        values, draws, y = values[keep], draws[keep], y[keep]
     train = draws >= plan.holdout
-    values = frame[list(plan.numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
-    nonfinite = {c: int(n) for c, n in zip(plan.numeric, np.isinf(values).sum(axis=0)) if n}
+    nonfinite = {} if finite else {c: int(n) for c, n in zip(numeric, np.isinf(values).sum(axis=0)) if n}
     train_values = values[train]  # one copy, shared by the moments and the sketches
-    stats = PartStats(len(frame), int(train.sum()), nulls, nonfinite, Moments.of(train_values), None,
-                      dropped_target=dropped_target, dropped_nulls=len(keep) - len(frame) - dropped_target,
+    moments = Moments._of_finite(train_values) if finite else Moments.of(train_values)
+    stats = PartStats(kept, int(train.sum()), nulls, nonfinite, moments, None,
+                      dropped_target=dropped_target, dropped_nulls=len(keep) - kept - dropped_target,
                       memory_bytes=memory, cap=plan.cap)
-    train_frame = frame[train]
-    for column in plan.categorical:
-        stats.categories[column], stats.distinct[column] = summarize_categories(train_frame[column], plan.cap)
+    if categorical:
+        rows = np.flatnonzero(keep)[train] if kept < len(keep) else np.flatnonzero(train)
+        train_frame = frame[categorical].iloc[rows]
+        for column in categorical:
+            stats.categories[column], stats.distinct[column] = summarize_categories(train_frame[column], plan.cap)
     if plan.sketch:
-        stats.sketches = [QuantileSketch.of(train_values[:, j]) for j in range(len(plan.numeric))]
-    _target_stats(stats, frame[target], train, plan.regression)
+        stats.sketches = [QuantileSketch.of(train_values[:, j]) for j in range(len(numeric))]
+    _target_stats(stats, y, train, plan.regression)
     return stats
 
 
