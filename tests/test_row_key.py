@@ -1,0 +1,136 @@
+"""``data.row_key``: a CLI job keyed by a column draws its rows as an estimator with ``row_key`` does, so
+the models that use the draws (a forest's bootstrap, the SVC's cascade chunks) equal on the same rows
+and seed, however the collection is partitioned; a missing or null key is refused in one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import distml
+from distml import load_model
+from distml.cli import main
+from distml.jobfile import parse_job
+from distml.runner import run_job
+
+ROWS = 1600
+FEATURES = ["a", "b", "cat"]
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    """Two Parquet files (so ``dd.read_parquet``'s index restarts) with a shuffled integer ``id`` column."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(size=ROWS), "b": rng.normal(size=ROWS),
+                          "cat": rng.choice(["x", "y", "z"], size=ROWS), "id": rng.permutation(ROWS) * 3 + 11})
+    score = frame.a - 0.7 * frame.b + 0.8 * (frame.cat == "x") + rng.normal(scale=0.6, size=ROWS)
+    frame["label"] = (score > 0.2).astype(np.int64)
+    folder = tmp_path_factory.mktemp("row-key") / "table"
+    folder.mkdir()
+    frame.iloc[:900].to_parquet(folder / "part-0.parquet", index=False)
+    frame.iloc[900:].to_parquet(folder / "part-1.parquet", index=False)
+    return folder, frame
+
+
+def _cli(client, store, folder, kind, params, **data):
+    """The CLI job's saved Pipeline, as ``Estimator.fit`` trains: every row (holdout 0), seed 0."""
+    spec = parse_job({"name": "keyed", "seed": 0, "model": {"kind": kind, "params": params},
+                      "data": {"path": str(folder), "target": "label", "holdout": 0, **data},
+                      "output": {"store": str(store), "report": False, "evaluation_report": False}}, "test")
+    uri = run_job(spec, client).uri
+    return load_model(uri), json.loads((Path(uri) / "manifest.json").read_text())
+
+
+def _probe():
+    rng = np.random.default_rng(9)
+    return pd.DataFrame({"a": rng.normal(size=400), "b": rng.normal(size=400), "cat": rng.choice(["x", "y", "z"], 400)})
+
+
+@pytest.mark.parametrize("kind, estimator, params, method", [
+    ("forest", distml.RandomForestClassifier, {"n_estimators": 6, "max_depth": 6}, "predict_proba"),
+    ("svm", distml.SVC, {"kernel": "rbf", "chunk_rows": 400}, "decision_function"),
+])
+def test_a_keyed_cli_job_equals_the_keyed_estimator_on_any_partitioning(client, tmp_path, table, kind, estimator,
+                                                                       params, method):
+    folder, frame = table
+    probe = _probe()
+    family = {**params, **({"task": "classification"} if kind == "forest" else {})}
+    expected, manifest = _cli(client, tmp_path, folder, kind, family, row_key="id")
+    assert [str(c) for c in expected.feature_names_in_] == FEATURES  # the key is no input of the saved Pipeline
+    assert manifest["data"]["row_key"] == manifest["job"]["data"]["row_key"] == "id"
+    assert manifest["data"]["features"] == FEATURES
+    ddf = dd.read_parquet(str(folder))
+    fits = [lambda m, layout=layout: m.fit(layout[[*FEATURES, "id"]], layout["label"])
+            for layout in (ddf, ddf.repartition(npartitions=3))]
+    fits.append(lambda m: m.fit(str(folder), target="label"))  # the Parquet URL, keyed by the column too
+    for fit in fits:
+        model = fit(estimator(client=client, row_key="id", **params))
+        assert model.feature_names_in_.tolist() == FEATURES
+        np.testing.assert_array_equal(model.predict(probe), expected.predict(probe))
+        np.testing.assert_allclose(getattr(model, method)(probe), getattr(expected, method)(probe),
+                                   rtol=1e-9, atol=1e-12)
+    unkeyed, _ = _cli(client, tmp_path, folder, kind, family, features=FEATURES)
+    # the draws matter here: keyed by file and row number, the same job gives another model
+    assert not np.allclose(getattr(unkeyed, method)(probe), getattr(expected, method)(probe), rtol=1e-9)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def _submit(cluster, tmp_path, folder, **data):
+    """``distml submit`` of a keyed job on ``folder``: (exit code, stderr), the store and the job file."""
+    doc = {"name": "keyed", "seed": 0, "model": {"kind": "forest", "params": {"n_estimators": 2}},
+           "data": {"path": str(folder), "target": "label", "holdout": 0, **data},
+           "output": {"store": str(tmp_path / "models"), "report": False, "evaluation_report": False}}
+    job = tmp_path / "keyed.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(main, ["submit", str(job), "--quiet", "--scheduler", cluster.scheduler_address])
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "models").glob("keyed/*/manifest.json")), "a refused job saved a model"
+    return result.exit_code, result.stderr
+
+
+def test_a_missing_row_key_column_is_refused_before_the_cluster(cluster, tmp_path, table):
+    folder, _ = table
+    code, err = _submit(cluster, tmp_path, folder, row_key="row")
+    assert (code, err) == (2, f"Error: {folder}: data.row_key column 'row' not found; columns are a, b, cat, id, "
+                              "label\n")
+    assert not (tmp_path / "models").exists()
+    for data, message in ((dict(row_key="label"), "data.row_key: is the target column; expected a column "
+                           "identifying rows; got 'label'"),
+                          (dict(row_key="id", features=["a", "id"]), "data.row_key: is listed in data.features; "
+                           "the row key is not a feature; got 'id'")):
+        code, err = _submit(cluster, tmp_path, folder, **data)
+        assert (code, err) == (2, f"Error: {tmp_path / 'keyed.yaml'}: {message}\n")
+
+
+def test_a_null_row_key_is_refused_by_file_and_the_record_keeps_the_key_for_resume(cluster, client, tmp_path):
+    from distml.jobs import JobRecords
+    from distml.service import resumable
+
+    folder = tmp_path / "nulls"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = pa.array([1, 2, None, 4, None, 6] * 50, type=pa.int64())
+    pq.write_table(pa.table({"a": rng.normal(size=300), "id": ids, "label": rng.integers(0, 2, 300)}),
+                   folder / "part-0.parquet")
+    code, err = _submit(cluster, tmp_path, folder, row_key="id")
+    assert (code, err) == (2, f"Error: {folder / 'part-0.parquet'}: data.row_key column 'id' has 100 null values "
+                              "in row group 0; expected a key for every row\n")
+    (record,) = JobRecords(str(tmp_path / "models")).list()
+    assert record["state"] == "failed"
+    spec, _ = resumable(JobRecords(str(tmp_path / "models")), record["job_id"])
+    assert spec.data.row_key == "id"  # recorded as it is (not redacted as a secret): `jobs resume` can rerun it
+    # an estimator refuses a null key of its collection by name too
+    ddf = dd.from_pandas(pd.DataFrame({"a": rng.normal(size=300), "id": ids.to_pandas(),
+                                       "label": rng.integers(0, 2, 300)}), npartitions=2)
+    with pytest.raises(ValueError, match=r"^partition 0: row_key column 'id' has 50 null values; expected a key for every row$"):
+        distml.LogisticRegression(client=client, row_key="id").fit(ddf[["a", "id"]], ddf["label"])
