@@ -41,12 +41,12 @@ def table(tmp_path_factory):
 
 
 def _cli(client, store, folder, kind, params, **data):
-    """The CLI job's saved Pipeline, as ``Estimator.fit`` trains: every row (holdout 0), seed 0."""
+    """The CLI job's saved Pipeline, manifest and URI, as ``Estimator.fit`` trains: every row (holdout 0), seed 0."""
     spec = parse_job({"name": "keyed", "seed": 0, "model": {"kind": kind, "params": params},
                       "data": {"path": str(folder), "target": "label", "holdout": 0, **data},
                       "output": {"store": str(store), "report": False, "evaluation_report": False}}, "test")
     uri = run_job(spec, client).uri
-    return load_model(uri), json.loads((Path(uri) / "manifest.json").read_text())
+    return load_model(uri), json.loads((Path(uri) / "manifest.json").read_text()), uri
 
 
 def _probe():
@@ -63,7 +63,7 @@ def test_a_keyed_cli_job_equals_the_keyed_estimator_on_any_partitioning(client, 
     folder, frame = table
     probe = _probe()
     family = {**params, **({"task": "classification"} if kind == "forest" else {})}
-    expected, manifest = _cli(client, tmp_path, folder, kind, family, row_key="id")
+    expected, manifest, _ = _cli(client, tmp_path, folder, kind, family, row_key="id")
     assert [str(c) for c in expected.feature_names_in_] == FEATURES  # the key is no input of the saved Pipeline
     assert manifest["data"]["row_key"] == manifest["job"]["data"]["row_key"] == "id"
     assert manifest["data"]["features"] == FEATURES
@@ -77,9 +77,68 @@ def test_a_keyed_cli_job_equals_the_keyed_estimator_on_any_partitioning(client, 
         np.testing.assert_array_equal(model.predict(probe), expected.predict(probe))
         np.testing.assert_allclose(getattr(model, method)(probe), getattr(expected, method)(probe),
                                    rtol=1e-9, atol=1e-12)
-    unkeyed, _ = _cli(client, tmp_path, folder, kind, family, features=FEATURES)
+    unkeyed, _, _ = _cli(client, tmp_path, folder, kind, family, features=FEATURES)
     # the draws matter here: keyed by file and row number, the same job gives another model
     assert not np.allclose(getattr(unkeyed, method)(probe), getattr(expected, method)(probe), rtol=1e-9)
+
+
+def test_a_keyed_job_and_a_keyed_collection_draw_every_row_alike(table):
+    """The holdout, cv folds and validation slices all cut the rows' draws: a job's pieces (files cut into
+    row groups) and a collection's partitions, keyed by an integer or a string column, give each row one draw."""
+    from distml.data import open_dataset
+    from distml.frames import open_collection
+    from distml.spec import DataSpec
+
+    folder, frame = table
+    frame = frame.assign(name=[f"row-{i}" for i in frame["id"]])
+    folder = folder.parent / "named"
+    folder.mkdir()
+    frame.iloc[:700].to_parquet(folder / "part-0.parquet", index=False, row_group_size=300)
+    frame.iloc[700:].to_parquet(folder / "part-1.parquet", index=False, row_group_size=500)
+    for key in ("id", "name"):
+        dataset = open_dataset(DataSpec(path=str(folder), target="label", holdout=0.2, row_key=key), 7)
+        assert key not in dataset.features
+        dataset.pieces = [p for f in dataset.files for p in _groups(f)]  # one piece per row group
+        read = [dataset.reader.read(piece) for piece in dataset.pieces]
+        assert all(key not in part.columns for part, _ in read)
+        job = np.concatenate([draws for _, draws in read])
+        ddf = dd.read_parquet(str(folder))
+        for layout in (ddf, ddf.repartition(npartitions=5)):
+            collection = open_collection(layout.drop(columns="label"), layout["label"], target="label", seed=7,
+                                         row_key=key)
+            keyed = np.concatenate([collection.reader.read(piece)[1] for piece in collection.pieces])
+            np.testing.assert_array_equal(keyed, job)
+        unkeyed = open_dataset(DataSpec(path=str(folder), target="label", row_key=None, features=FEATURES), 7)
+        assert not np.array_equal(np.concatenate([unkeyed.reader.read(p)[1] for p in unkeyed.cut(1 << 20)]), job)
+        assert 0.15 < (job < 0.2).mean() < 0.25
+
+
+def test_a_warm_start_from_a_keyed_parent_continues_keyed_and_says_to_key_an_unkeyed_child(client, tmp_path, table):
+    from distml.errors import DataError
+
+    folder, _ = table
+    model = {"kind": "logistic", "params": {"solver": "softmax", "epochs": 1}}
+    _, _, uri = _cli(client, tmp_path, folder, model["kind"], model["params"], row_key="id")
+
+    def child(**data):
+        return parse_job({"name": "child", "seed": 0, "model": {**model, "warm_start": uri},
+                          "data": {"path": str(folder), "target": "label", "holdout": 0, **data},
+                          "output": {"store": str(tmp_path), "report": False, "evaluation_report": False}}, "test")
+
+    continued = load_model(run_job(child(row_key="id"), client).uri)
+    assert [str(c) for c in continued.feature_names_in_] == FEATURES
+    with pytest.raises(DataError) as caught:
+        run_job(child(), client)
+    assert str(caught.value) == (f"{folder}: has column(s) id the parent was not trained on (set data.row_key: id "
+                                 f"as the parent did); model.warm_start {uri} expects a, b, cat")
+
+
+def _groups(info):
+    """A file's row groups as pieces of their own (``Dataset.cut`` would join these small ones)."""
+    from distml.data import Piece
+
+    starts = np.cumsum([0, *info.row_group_rows])
+    return [Piece(info.path, info.key, (i,), 0, int(starts[i]), n) for i, n in enumerate(info.row_group_rows)]
 
 
 # --- bad input -------------------------------------------------------------------------------------
