@@ -68,9 +68,9 @@ def test_a_keyed_cli_job_equals_the_keyed_estimator_on_any_partitioning(client, 
     assert manifest["data"]["row_key"] == manifest["job"]["data"]["row_key"] == "id"
     assert manifest["data"]["features"] == FEATURES
     ddf = dd.read_parquet(str(folder))
-    fits = [lambda m, layout=layout: m.fit(layout[[*FEATURES, "id"]], layout["label"])
-            for layout in (ddf, ddf.repartition(npartitions=3))]
-    if kind == "forest":  # the Parquet URL, keyed by the column too (the job's reader: one family is enough)
+    layouts = (ddf, ddf.repartition(npartitions=3)) if kind == "forest" else (ddf.repartition(npartitions=3),)
+    fits = [lambda m, layout=layout: m.fit(layout[[*FEATURES, "id"]], layout["label"]) for layout in layouts]
+    if kind == "forest":  # as read, and by the Parquet URL (the job's own reader): one family is enough
         fits.append(lambda m: m.fit(str(folder), target="label"))
     for fit in fits:
         model = fit(estimator(client=client, row_key="id", **params))
