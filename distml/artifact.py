@@ -34,6 +34,7 @@ def build_manifest(spec: JobSpec, dataset: Dataset, job_id: str, plan: Any, metr
             "schema": dataset.schema,
             "target": dataset.target,
             "features": dataset.features,
+            "row_key": dataset.row_key,
             "partitions": plan.parts.n_parts,
             "persisted": persisted,
             "train_bytes": plan.train_bytes,

@@ -1,5 +1,8 @@
 """Opening a Parquet dataset through fsspec: files, schema checks, partitions, the holdout split.
 
+Rows draw their uniform from (seed, file, row number), or from (seed, key) when ``data.row_key`` names
+a column: then exactly as a Dask collection keyed by that column does (``distml.frames``).
+
 Everything on the client here reads Parquet footers only; rows are read inside
 worker tasks by ``Reader.read``.
 """
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distml.draws import row_draws
+from distml.draws import key_draws, row_draws
 from distml.errors import DataError, first_line
 from distml.remote import filesystem, open_url
 
@@ -73,6 +76,7 @@ class Reader:
     A failure to read a file (a damaged page, a file deleted or rewritten since its footer was read)
     is a ``DataError`` naming the file, not a failed task. With ``verify`` (the statistics pass) page
     checksums are checked and values compared with the footer (``distml.integrity.check_footer_bounds``).
+    With ``row_key`` that column is read too, for the draws only: it is not in the frame returned.
     """
 
     protocol: str
@@ -81,6 +85,7 @@ class Reader:
     seed: int
     schema: Any = None  # a pyarrow schema every file is cast to (int/float and all-null columns reconciled)
     verify: bool = False
+    row_key: str | None = None  # data.row_key: the column the draws come from (None: file and row number)
 
     def read(self, piece: Piece | PieceGroup) -> tuple[pd.DataFrame, np.ndarray]:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
@@ -89,15 +94,34 @@ class Reader:
         fs = filesystem(self.protocol, self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)
         tables = [self._checked_table(fs, m) for m in members]
-        draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
-                 for m in members]
+        if self.row_key is None:
+            draws = [row_draws(self.seed, m.key, np.arange(m.first_row, m.first_row + m.num_rows, dtype=np.uint64))
+                     for m in members]
+        else:
+            for member, table in zip(members, tables):
+                self._check_keys(member, table)
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         frame = table.to_pandas()
         del table, tables
         # Arrow's allocator keeps freed pages; Dask counts them as the worker's memory and pauses a
         # small worker that is only holding garbage. Hand them back after every read.
         pa.default_memory_pool().release_unused()
+        if self.row_key is not None:
+            keys = frame.pop(self.row_key)  # out of the frame: the key is never a feature
+            return frame, key_draws(self.seed, keys)
         return frame, np.concatenate(draws)
+
+    def _check_keys(self, piece: Piece, table: pa.Table) -> None:
+        """Every row of a piece needs its ``data.row_key``: a null has no draw (the collection path refuses it too)."""
+        nulls = table.column(self.row_key).null_count
+        if nulls:
+            raise DataError(f"{_url(self.protocol, piece.path)}: data.row_key column '{self.row_key}' has "
+                            f"{nulls:,} null values in {_groups(piece)}; expected a key for every row")
+
+    @property
+    def read_columns(self) -> tuple[str, ...]:
+        """The columns read from each file: the job's, and the row key's."""
+        return self.columns if self.row_key is None else (*self.columns, self.row_key)
 
     def _checked_table(self, fs: Any, piece: Piece) -> pa.Table:
         """``_table``, with any reading error turned into one line naming the file and its row groups."""
@@ -115,7 +139,7 @@ class Reader:
 
         with fs.open(piece.path, "rb") as f:
             parquet = pq.ParquetFile(f, page_checksum_verification=self.verify)
-            table = parquet.read_row_groups(list(piece.row_groups), columns=list(self.columns))
+            table = parquet.read_row_groups(list(piece.row_groups), columns=list(self.read_columns))
             if self.verify:
                 from distml.integrity import check_footer_bounds
 
@@ -129,9 +153,9 @@ class Reader:
         if self.schema is not None:
             import pyarrow as pa
 
-            wanted = pa.schema([self.schema.field(c) for c in self.columns])
+            wanted = pa.schema([self.schema.field(c) for c in self.read_columns])
             if not table.schema.equals(wanted):
-                table = table.select(list(self.columns)).cast(wanted)
+                table = table.select(list(self.read_columns)).cast(wanted)
         return table
 
 
@@ -174,6 +198,7 @@ class Dataset:
     rare_categories: str = "error"  # error | other
     arrow_schema: Any = None  # the reconciled pyarrow schema the reader casts every file to
     target_bytes: int = 0  # the partition size last asked for
+    row_key: str | None = None  # the column row draws come from (data.row_key); None: file and row number
 
     @property
     def num_rows(self) -> int:
@@ -182,12 +207,12 @@ class Dataset:
     @property
     def reader(self) -> Reader:
         return Reader(self.protocol, self.storage_options, (*self.features, self.target), self.seed,
-                      self.arrow_schema)
+                      self.arrow_schema, row_key=self.row_key)
 
     def row_bytes(self, width: int = 0) -> int:
         """Bytes a row takes in memory: the larger of its Parquet (uncompressed) size, 8 bytes a column
         with about 64 for a string, and 8 bytes per value of a transformed row ``width`` values wide."""
-        used = {*self.features, self.target}
+        used = {*self.features, self.target, *([self.row_key] if self.row_key else [])}
         per_column = sum(64 if self.kinds.get(c) == CATEGORICAL else 8 for c in used)
         rows = max(1, self.num_rows)
         parquet = sum(b for f in self.files for c, b in f.column_bytes if c in used) // rows
@@ -373,7 +398,7 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
     return Dataset(spec.path, protocol, dict(spec.storage_options), files, schema, kinds,
                    spec.target, features, spec.holdout, seed, missing=spec.missing,
                    impute_strategy=spec.impute_strategy, max_categories=spec.max_categories,
-                   rare_categories=spec.rare_categories, arrow_schema=arrow_schema)
+                   rare_categories=spec.rare_categories, arrow_schema=arrow_schema, row_key=spec.row_key)
 
 
 def _reconcile(urls: list[str], schemas: list[pa.Schema]) -> pa.Schema:
@@ -423,7 +448,10 @@ def _common_type(types: list[pa.DataType]) -> pa.DataType:
 def _check_columns(spec: DataSpec, kinds: dict[str, str], first_url: str) -> list[str]:
     if spec.target not in kinds:
         raise DataError(f"{spec.path}: target column '{spec.target}' not found; columns are {', '.join(kinds)}")
-    features = spec.features if spec.features is not None else [c for c in kinds if c != spec.target]
+    if spec.row_key is not None and spec.row_key not in kinds:
+        raise DataError(f"{spec.path}: data.row_key column '{spec.row_key}' not found; columns are {', '.join(kinds)}")
+    features = spec.features if spec.features is not None else [c for c in kinds if c not in (spec.target,
+                                                                                               spec.row_key)]
     missing = [c for c in features if c not in kinds]
     if missing:
         raise DataError(f"{spec.path}: feature column '{missing[0]}' not found; columns are {', '.join(kinds)}")

@@ -13,6 +13,8 @@ integer key is used as it is, any other key through pandas' fixed-key hash. The 
 independent of the number and order of the partitions as long as the key identifies rows: the index of
 ``dd.from_pandas``, ``dd.from_dask_array`` and ``set_index`` does; the index ``dd.read_parquet`` gives
 restarts in every file, so name a column that identifies rows there (rows with equal keys get equal draws).
+A job with ``data.row_key`` naming the same column draws through the same ``distml.draws.key_draws``, so
+it holds out, validates, bootstraps and chunks the same rows as the collection.
 """
 from __future__ import annotations
 
@@ -22,14 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.data import BOOLEAN, CATEGORICAL, NUMERIC, OTHER, Dataset
-from distml.draws import row_draws
+from distml.draws import key_draws
 from distml.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-ROW_KEY = "index"  # the file key the draws of a collection's rows are salted with
-
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -75,17 +74,12 @@ class FrameReader:
         """The partition's columns and each row's uniform draw in [0, 1)."""
         frame = piece.frame(self.columns)
         keys = frame.index if self.row_key is None else frame[self.row_key]
-        return frame[list(self.columns)], row_draws(self.seed, ROW_KEY, key_values(keys))
-
-
-def key_values(keys: Any) -> np.ndarray:
-    """Row keys as uint64: integers as they are, anything else by pandas' fixed-key hash."""
-    import pandas as pd
-
-    values = np.asarray(keys)
-    if values.dtype.kind in "iu":
-        return values.astype(np.int64).astype(np.uint64)
-    return pd.util.hash_array(np.asarray(values, dtype=object))
+        nulls = int(keys.isna().sum())
+        if nulls:
+            where = "the index" if self.row_key is None else f"row_key column '{self.row_key}'"
+            raise DataError(f"partition {piece.number}: {where} has {nulls:,} null values; "
+                            "expected a key for every row")
+        return frame[list(self.columns)], key_draws(self.seed, keys)
 
 
 # --- runs on the client ------------------------------------------------------
@@ -109,7 +103,6 @@ def _kind(dtype: Any) -> tuple[str, str]:
 class FrameDataset(Dataset):
     """A ``Dataset`` over a Dask collection's partitions (see the module docstring for the row key)."""
 
-    row_key: str | None = None
     n_columns: int = 0
 
     @property

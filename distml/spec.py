@@ -98,6 +98,8 @@ class DataSpec(Strict):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     target: str = Field(min_length=1)
     features: list[str] | None = None
+    row_key: str | None = Field(None, min_length=1, description="a column identifying rows: draws come from its "
+                                "values, not from file and row number (as an estimator's row_key)")
     holdout: float = Field(0.2, ge=0.0, lt=1.0)
     cv: int | None = Field(None, ge=2, le=20, description="K-fold cross-validation of the training rows")
     partition_size: str | None = None
@@ -123,6 +125,16 @@ class DataSpec(Strict):
             dupes = sorted({v for v in value if value.count(v) > 1})
             if dupes:
                 raise ValueError(f"lists {', '.join(dupes)} more than once")
+        return value
+
+    @field_validator("row_key")
+    @classmethod
+    def _key_not_a_feature(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The row key only keys the draws: it is neither the target nor a feature."""
+        if value is not None and value == info.data.get("target"):
+            raise ValueError("is the target column; expected a column identifying rows")
+        if value is not None and value in (info.data.get("features") or ()):
+            raise ValueError("is listed in data.features; the row key is not a feature")
         return value
 
     @field_validator("partition_size")

@@ -33,13 +33,14 @@ NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 VERSION = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 VALID_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a file inside a version folder, no path
 _SECRET_WORDS = re.compile(r"key|secret|token|password|passwd|credential|session", re.IGNORECASE)
+_NOT_SECRET = {"row_key"}  # data.row_key names a column: a record without it could not be resumed
 
 
 def redact(value: Any) -> Any:
     """Replace every value under a secret-looking key by ``***`` (recursively)."""
     if isinstance(value, dict):
-        return {k: "***" if _SECRET_WORDS.search(str(k)) and v not in (None, "") else redact(v)
-                for k, v in value.items()}
+        return {k: "***" if _SECRET_WORDS.search(str(k)) and k not in _NOT_SECRET and v not in (None, "")
+                else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

@@ -114,8 +114,10 @@ def adopt(parent: Parent, plan: FeaturePlan, dataset: Dataset) -> None:
     missing = [c for c in had if c not in dataset.features]
     extra = [c for c in dataset.features if c not in had]
     if missing or extra:
+        keyed = (parent.manifest.get("data") or {}).get("row_key")
+        hint = f"set data.row_key: {keyed} as the parent did" if keyed in extra else "list data.features"
         problem = (f"lacks the parent's feature column(s) {', '.join(missing)}" if missing
-                   else f"has column(s) {', '.join(extra)} the parent was not trained on (list data.features)")
+                   else f"has column(s) {', '.join(extra)} the parent was not trained on ({hint})")
         raise DataError(f"{dataset.url}: {problem}; {named} expects {', '.join(had)}")
     known = _categories(parent.pipeline[0])
     for column, categories in _categories(plan.transformer).items():

@@ -111,7 +111,7 @@ class DistmlEstimator(BaseEstimator):
 
         return JobSpec(name=name, seed=int(self.random_state or 0),
                        data={"path": dataset.url, "target": dataset.target, "holdout": dataset.holdout,
-                             "features": list(dataset.features),
+                             "features": list(dataset.features), "row_key": dataset.row_key,
                              "missing": dataset.missing},
                        model={"kind": self._kind, "params": params or self._params()})
 
@@ -168,8 +168,12 @@ class DistmlEstimator(BaseEstimator):
 
         if y is not None or not target:
             raise InvalidData(f"{url}: fit on a Parquet URL takes target='column' and no y")
+        if self.row_key is not None and (self.row_key == target or self.row_key in (features or ())):
+            role = "the target column" if self.row_key == target else "listed in features"
+            raise InvalidData(f"row_key: '{self.row_key}' is {role}; expected a column identifying rows, "
+                              "not a feature")
         spec = DataSpec(path=url, target=target, features=features, holdout=0.0, storage_options=storage_options or {},
-                        missing=self.missing)
+                        missing=self.missing, row_key=self.row_key)
         try:
             dataset = open_dataset(spec, int(self.random_state or 0))
         except DataError as exc:
