@@ -83,6 +83,7 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     within 1e-9); a binary one's labels are the sign of the decision values
     computed for the AUC, one pass over the support vectors.
     """
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.svm import SVC
 
     proba = None
@@ -92,7 +93,10 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
         except AttributeError:  # e.g. SVC(probability=False), hinge-loss SGD
             proba = None
     if proba is not None:
-        return model.predict(X), proba, proba[:, 1] if proba.shape[1] == 2 else None
+        # a forest's predict is the argmax of predict_proba: taken from it, not from every tree again
+        labels = (model.classes_.take(np.argmax(proba, axis=1)) if isinstance(model, RandomForestClassifier)
+                  else model.predict(X))
+        return labels, proba, proba[:, 1] if proba.shape[1] == 2 else None
     binary = len(getattr(model, "classes_", ())) == 2 and hasattr(model, "decision_function")
     if type(model) is SVC and isinstance(model.gamma, (int, float)) and isinstance(model.support_vectors_, np.ndarray):
         from distml import kernels

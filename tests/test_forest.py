@@ -183,9 +183,9 @@ def test_bad_data_for_a_forest_fails_before_work_with_one_line_and_no_artifact(c
     assert "\n" not in str(info.value) and info.value.exit_code == 2
     assert not list((tmp_path / "models").rglob("manifest.json"))
     # every task the scheduler ran during the job (whichever client sent it): the statistics pass that found
-    # the problem, and no sampling, tree or out-of-bag work
+    # the problem, and no sampling, tree or out-of-bag work (the workers' warm-up imports read no data)
     groups = {key_split(t["key"]) for t in stream.data}
-    assert groups == {"distml-stats"}, groups
+    assert groups - {"distml-warm"} == {"distml-stats"}, groups
 
 
 @pytest.mark.parametrize("params,field", [
