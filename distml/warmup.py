@@ -34,12 +34,23 @@ def start_client_imports(report: bool = True) -> None:
     """Begin importing ``CLIENT_GROUPS`` in order in a daemon thread (once per process); ``ready`` waits for one.
 
     ``report``: the save also draws evaluation.html's charts, so matplotlib is part of its group.
+    Not in a worker (a detached job's driver): its task threads import the same packages unannounced.
     """
-    if _done:
+    if _done or _in_worker():
         return
     groups = {**CLIENT_GROUPS, "save": CLIENT_GROUPS["save"] + (REPORT_MODULES if report else ())}
     _done.update({group: threading.Event() for group in groups})
     threading.Thread(target=_import_groups, args=(groups,), name="distml-imports", daemon=True).start()
+
+
+def _in_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 def ready(group: str) -> float:
