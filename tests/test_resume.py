@@ -117,6 +117,48 @@ def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(
     assert again.output.strip() == f"Error: job {job_id} already succeeded ({record['model']}); there is nothing to resume"
 
 
+def newton_passes(messages):
+    """The passes over the data the Newton solver reports at its end, and the steps it logged."""
+    (done,) = [m for m in messages if m.startswith("newton: converged after ")]
+    return int(done.split(", ")[1].split()[0]), [m.split(":")[0] for m in messages if m.startswith("newton step ")]
+
+
+@pytest.mark.slow  # three CLI runs of a job; test_newton_resumed_in_process_after_step_2_… covers it by default
+@pytest.mark.timeout(420)
+def test_a_newton_logistic_job_killed_after_step_2_resumes_to_identical_coefficients(scheduler, make_data,
+                                                                                     job_file, tmp_path):
+    """The default logistic solver through the CLI: the resumed job continues after step 2, redoing no pass."""
+    from distml import load_model
+
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
+    store = tmp_path / "models"
+    job = job_file(name="resume-newton", data={"path": str(folder), "target": "target"},
+                   model={"kind": "logistic", "params": {"solver": "newton", "tol": 1e-10}})
+    expected = reference_model(job, scheduler)[-1]
+    uninterrupted = int(expected.n_iter_[0])
+    assert uninterrupted >= 4  # a step 3 and more to redo after the kill
+    job_id, record, resumed = killed_then_resumed(job, store, scheduler, step=2)
+
+    assert f"job {job_id} succeeded (resumed from checkpoint 2)" in resumed.stdout
+    got = load_model(record["model"])[-1]
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert got.n_iter_[0] == uninterrupted
+    assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 2
+    messages = [m for _, m in record["events"]]
+    at = next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 2:"))
+    after = messages[at:]
+    (continuing,) = [m for m in after if m.startswith("newton: continuing after step 2 from its checkpoint (")]
+    passes_before = int(continuing.split("(")[1].split()[0])
+    total, steps = newton_passes(after)
+    assert steps == [f"newton step {s}" for s in range(3, uninterrupted + 1)]
+    # The passes of the killed run up to its checkpoint and of the resumed run add up to the
+    # uninterrupted run's: no pass is redone (a kill before checkpoint 3 would redo step 3's only).
+    (reference,) = [r for r in JobRecords(str(store)).list() if r["job_id"] != job_id]
+    assert newton_passes([m for _, m in reference["events"]])[0] == total
+    assert 3 <= passes_before < total
+
+
 @pytest.mark.timeout(420)
 def test_a_forest_killed_after_its_first_tree_group_resumes_to_identical_predictions(scheduler, make_data, job_file,
                                                                                      tmp_path):
@@ -265,3 +307,74 @@ def test_a_cascade_layer_checkpoint_gives_back_its_sets_and_a_layer_over_the_lim
         assert got.dropped == put.dropped
     np.testing.assert_array_equal(back[0].model.dual_coef_, model.dual_coef_)
     assert back[1].model is None and back[0].fitted is None  # only the one set of a top layer keeps its fitted ids
+
+
+class Killed(Exception):
+    """Raised by ``KilledAt`` where the test hook would end the driver."""
+
+
+def newton_plan(client, folder):
+    """The feature plan of ``folder`` (every row trains), made once for the fits it is given to."""
+    from distml.data import open_dataset
+    from distml.features import plan_features
+    from distml.spec import DataSpec
+
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
+    dataset.partition(100_000)
+    return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
+
+
+def newton_fit(client, plan, checkpoints, job_id):
+    """Fit ``solver: newton`` in this process with ``checkpoints``; returns (estimator, log, passes made)."""
+    import time
+
+    from distml.cluster import worker_resources
+    from distml.models import logistic
+    from distml.models.base import TrainContext
+
+    logs = []
+    ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan, resources=worker_resources(client),
+                              log=logs.append, checkpoints=checkpoints)
+    client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
+    started, estimator = time.time(), None
+    try:
+        estimator = logistic.train(plan.parts, logistic.Params(solver="newton", tol=1e-10), ctx)
+    except Killed:
+        pass
+    prefix = f"distml-train-{job_id}-"
+    passes = {str(r["key"]).removeprefix(prefix).split("-")[0] for r in client.get_task_stream(start=started)
+              if str(r["key"]).startswith(prefix)}
+    return estimator, logs, len(passes)
+
+
+def test_newton_resumed_in_process_after_step_2_gives_identical_coefficients_and_redoes_no_pass(client, make_data,
+                                                                                               tmp_path):
+    """Through a job's real checkpoint files: killed right after step 2's checkpoint, resumed, the same path."""
+    from distml.checkpoints import Checkpoints
+
+    class KilledAt(Checkpoints):
+        def write(self, step, state):
+            super().write(step, state)
+            if step == 2:
+                raise Killed
+
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
+    records = JobRecords(str(tmp_path))
+    job_id, plan = "20260101-000000-0e1070", newton_plan(client, folder)
+    expected, expected_logs, expected_passes = newton_fit(client, plan, None, "20260101-000000-a11a11")
+    assert expected.n_iter_[0] >= 4
+    killed, _, killed_passes = newton_fit(client, plan, KilledAt(records, job_id), job_id)
+    assert killed is None
+    saved = Checkpoints(records, job_id, resume=True)
+    assert saved.latest()["step"] == 2
+    got, logs, resumed_passes = newton_fit(client, plan, saved, job_id)
+
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert got.n_iter_[0] == expected.n_iter_[0]
+    assert logs[0] == f"newton: continuing after step 2 from its checkpoint ({killed_passes} passes made before)"
+    assert [m.split(":")[0] for m in logs if m.startswith("newton step ")] == [
+        f"newton step {s}" for s in range(3, int(expected.n_iter_[0]) + 1)]
+    assert killed_passes + resumed_passes == expected_passes  # no pass redone
+    assert logs[-1] == expected_logs[-1]  # the same "converged after N iterations, P passes" line
+    assert saved.latest()["step"] == expected.n_iter_[0]

@@ -196,12 +196,53 @@ class Solution:
     rows: int
 
 
+@dataclass
+class _NewtonPoint:
+    """The iterate and its pass results, what the next Newton step starts from: a step's checkpoint."""
+
+    theta: np.ndarray
+    value: float
+    grad: np.ndarray
+    hess: np.ndarray
+    rows: int
+    first_gmax: float  # max |gradient| at zero, the progress scale
+
+    def state(self, passes: int) -> dict[str, Any]:
+        return {"newton": {"theta": self.theta, "value": np.float64(self.value), "grad": self.grad,
+                           "hess": self.hess, "rows": self.rows, "first_gmax": np.float64(self.first_gmax),
+                           "passes": passes}}
+
+
+def _newton_restored(objective: Objective, width: int, log: Callable[[str], None]) -> tuple[int, _NewtonPoint]:
+    """(steps done, point): the job's last checkpoint when resuming, else step 0 from one pass at zero.
+
+    The Hessian's subsample is each row's fixed draw ``u`` (read with the data), so nothing random is saved.
+    """
+    restored = objective.ctx.env.restore()
+    state = restored[1].get("newton") if restored else None
+    shape = (objective.outputs, width)
+    if state is None or np.shape(state["theta"]) != shape:
+        theta = np.zeros(shape)
+        value, grad, hess, rows = objective.evaluate(theta, hessian=True)
+        return 0, _NewtonPoint(theta, value, grad, hess, rows, float(np.abs(grad).max()))
+    objective.passes = int(state["passes"])
+    log(f"newton: continuing after step {restored[0]} from its checkpoint ({objective.passes} passes made before)")
+    return restored[0], _NewtonPoint(state["theta"], float(state["value"]), state["grad"], state["hess"],
+                                     int(state["rows"]), float(state["first_gmax"]))
+
+
 def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
                  log: Callable[[str], None]) -> Solution:
-    """Damped Newton with Armijo backtracking; every trial point is one pass (loss, gradient, Hessian)."""
-    theta = np.zeros((objective.outputs, width))
-    value, grad, hess, rows = objective.evaluate(theta, hessian=True)
-    steps, converged = 0, False
+    """Damped Newton with Armijo backtracking; every trial point is one pass (loss, gradient, Hessian).
+
+    After each step the iterate and its pass results are checkpointed (``ctx.env.checkpoint``), so a
+    resumed job continues after the last completed step, redoing at most that step's passes, along the
+    same path to the same coefficients, bit for bit.
+    """
+    env = objective.ctx.env
+    steps, point = _newton_restored(objective, width, log)
+    theta, value, grad, hess, rows = point.theta, point.value, point.grad, point.hess, point.rows
+    converged = False
     while True:
         gmax = float(np.abs(grad).max())
         if gmax <= tol:
@@ -226,11 +267,21 @@ def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
         steps += 1
         log(f"newton step {steps}: objective {value:.8g}, max |gradient| {float(np.abs(grad).max()):.3g}"
             f"{'' if t == 1.0 else f', step {t:g}'}")
+        point = _NewtonPoint(theta, value, grad, hess, rows, point.first_gmax)
+        env.report("train", _newton_progress(point.first_gmax, float(np.abs(grad).max()), tol))
+        env.checkpoint(steps, point.state(objective.passes))
     if converged and steps:
         # One last Newton step from the verified point (its gradient is already under tol): within the
         # quadratic region this squares the remaining error, at no extra pass.
         theta = theta - np.linalg.lstsq(hess, grad.ravel(), rcond=None)[0].reshape(theta.shape)
     return Solution(theta, steps, objective.passes, converged, rows)
+
+
+def _newton_progress(start: float, gmax: float, tol: float) -> float:
+    """Training progress: the share of the way, in orders of magnitude, from the first max |gradient| to ``tol``."""
+    if start <= tol or gmax <= tol:
+        return 0.99
+    return float(min(0.99, max(0.0, np.log(start / gmax) / np.log(start / tol))))
 
 
 def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
