@@ -324,8 +324,8 @@ def newton_plan(client, folder):
     return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
 
 
-def newton_fit(client, plan, checkpoints, job_id):
-    """Fit ``solver: newton`` in this process with ``checkpoints``; returns (estimator, log, passes made)."""
+def exact_fit(client, plan, checkpoints, job_id, solver="newton"):
+    """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made)."""
     import time
 
     from distml.cluster import worker_resources
@@ -338,7 +338,7 @@ def newton_fit(client, plan, checkpoints, job_id):
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
     started, estimator = time.time(), None
     try:
-        estimator = logistic.train(plan.parts, logistic.Params(solver="newton", tol=1e-10), ctx)
+        estimator = logistic.train(plan.parts, logistic.Params(solver=solver, tol=1e-10 if solver == "newton" else 1e-6), ctx)
     except Killed:
         pass
     prefix = f"distml-train-{job_id}-"
@@ -361,13 +361,13 @@ def test_newton_resumed_in_process_after_step_2_gives_identical_coefficients_and
     folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
     records = JobRecords(str(tmp_path))
     job_id, plan = "20260101-000000-0e1070", newton_plan(client, folder)
-    expected, expected_logs, expected_passes = newton_fit(client, plan, None, "20260101-000000-a11a11")
+    expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-a11a11")
     assert expected.n_iter_[0] >= 4
-    killed, _, killed_passes = newton_fit(client, plan, KilledAt(records, job_id), job_id)
+    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id)
     assert killed is None
     saved = Checkpoints(records, job_id, resume=True)
     assert saved.latest()["step"] == 2
-    got, logs, resumed_passes = newton_fit(client, plan, saved, job_id)
+    got, logs, resumed_passes = exact_fit(client, plan, saved, job_id)
 
     np.testing.assert_array_equal(got.coef_, expected.coef_)
     np.testing.assert_array_equal(got.intercept_, expected.intercept_)
@@ -377,4 +377,33 @@ def test_newton_resumed_in_process_after_step_2_gives_identical_coefficients_and
         f"newton step {s}" for s in range(3, int(expected.n_iter_[0]) + 1)]
     assert killed_passes + resumed_passes == expected_passes  # no pass redone
     assert logs[-1] == expected_logs[-1]  # the same "converged after N iterations, P passes" line
+    assert saved.latest()["step"] == expected.n_iter_[0]
+
+
+def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identical_coefficients(client, make_data,
+                                                                                                tmp_path):
+    """scipy's L-BFGS-B runs again from zero; the passes the killed run made are answered from its checkpoint."""
+    from distml.checkpoints import Checkpoints
+
+    class KilledAt(Checkpoints):
+        def write(self, step, state):
+            super().write(step, state)
+            if step == 3:
+                raise Killed
+
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
+    records = JobRecords(str(tmp_path))
+    job_id, plan = "20260101-000000-1bf650", newton_plan(client, folder)
+    expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-b11b11", "lbfgs")
+    assert expected.n_iter_[0] >= 6
+    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id, "lbfgs")
+    assert killed is None
+    saved = Checkpoints(records, job_id, resume=True)
+    got, logs, resumed_passes = exact_fit(client, plan, saved, job_id, "lbfgs")
+
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert logs[0] == f"lbfgs: replaying iterations 1-3 from the checkpoint ({killed_passes} passes made before)"
+    assert killed_passes + resumed_passes == expected_passes  # no pass redone
+    assert logs[-2:] == expected_logs[-2:]  # scipy's message, then "converged after N iterations, P passes"
     assert saved.latest()["step"] == expected.n_iter_[0]

@@ -284,19 +284,82 @@ def _newton_progress(start: float, gmax: float, tol: float) -> float:
     return float(min(0.99, max(0.0, np.log(start / gmax) / np.log(start / tol))))
 
 
+LBFGS_CHECKPOINT_BYTES = 64 * 2**20  # the largest replay log an lbfgs checkpoint holds
+
+
+class _Replay:
+    """The lbfgs passes made so far, by the exact bytes of their point, to replay a killed run without its passes.
+
+    scipy's L-BFGS-B keeps its curvature pairs and line-search state inside ``minimize``: they cannot be
+    saved and handed back. It is deterministic in the values it is given, though, so a resumed job runs it
+    again from zero and answers each point the killed run evaluated from this log (no pass), bit for bit:
+    the path, and so the model, are the uninterrupted run's, and the passes redone are those after the
+    last checkpoint. The log is ``(points, values, gradients)``, 16 bytes a coefficient a pass.
+    """
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        self.points: list[np.ndarray] = [] if state is None else list(state["points"])
+        self.values: list[float] = [] if state is None else [float(v) for v in state["values"]]
+        self.grads: list[np.ndarray] = [] if state is None else list(state["grads"])
+        self.index = {p.tobytes(): i for i, p in enumerate(self.points)}
+        self.replayed = len(self.points)
+
+    def state(self, rows: int) -> dict[str, Any]:
+        return {"lbfgs": {"points": np.array(self.points), "values": np.array(self.values),
+                          "grads": np.array(self.grads), "rows": rows}}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes + g.nbytes + 8 for p, g in zip(self.points, self.grads))
+
+
 def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
                 log: Callable[[str], None]) -> Solution:
-    """scipy's L-BFGS-B with scikit-learn's settings; every evaluation is one pass (loss and gradient)."""
+    """scipy's L-BFGS-B with scikit-learn's settings; every evaluation is one pass (loss and gradient).
+
+    After each iteration the passes made so far are checkpointed (see ``_Replay``), while they fit in
+    ``LBFGS_CHECKPOINT_BYTES``; a resumed job replays them to the same coefficients.
+    """
     from scipy.optimize import minimize
 
+    env = objective.ctx.env
     shape = (objective.outputs, width)
-    rows = [0]
+    restored = env.restore()
+    state = restored[1].get("lbfgs") if restored else None
+    if state is not None and np.shape(state["points"])[1:] != (shape[0] * shape[1],):
+        state = None
+    replay, rows = _Replay(state), [0 if state is None else int(state["rows"])]
+    after = restored[0] if state is not None else 0
+    if after:
+        log(f"lbfgs: replaying iterations 1-{after} from the checkpoint ({replay.replayed} passes made before)")
+        objective.passes = replay.replayed
+    iterations, full = [0], [False]  # full: the log outgrew LBFGS_CHECKPOINT_BYTES, checkpoints stopped
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        i = replay.index.get(x.tobytes())
+        if i is not None:
+            return replay.values[i], replay.grads[i].copy()
         value, grad, _, rows[0] = objective.evaluate(x.reshape(shape), hessian=False)
+        if env.checkpointing and not full[0]:
+            replay.index[x.tobytes()] = len(replay.points)
+            replay.points.append(x.copy())
+            replay.values.append(value)
+            replay.grads.append(grad.ravel().copy())
         return value, grad.ravel()
 
-    result = minimize(fun, np.zeros(shape).ravel(), method="L-BFGS-B", jac=True,
+    def iterated(intermediate_result: Any) -> None:
+        iterations[0] += 1
+        step = iterations[0]
+        if step <= after or not env.checkpointing or full[0]:
+            return
+        if replay.nbytes > LBFGS_CHECKPOINT_BYTES:
+            full[0] = True
+            log(f"lbfgs: no checkpoint after iteration {step - 1}: the log of its passes would exceed "
+                f"{LBFGS_CHECKPOINT_BYTES // 2**20} MiB")
+            return
+        env.checkpoint(step, replay.state(rows[0]))
+
+    result = minimize(fun, np.zeros(shape).ravel(), method="L-BFGS-B", jac=True, callback=iterated,
                       options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
     log(f"lbfgs: {result.message}")
     return Solution(result.x.reshape(shape), int(result.nit), objective.passes, bool(result.success), rows[0])
