@@ -407,3 +407,35 @@ def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identi
     assert killed_passes + resumed_passes == expected_passes  # no pass redone
     assert logs[-2:] == expected_logs[-2:]  # scipy's message, then "converged after N iterations, P passes"
     assert saved.latest()["step"] == expected.n_iter_[0]
+
+
+@pytest.mark.slow  # a cluster of its own, a reference fit and a worker restart; the softmax test covers it by default
+@pytest.mark.timeout(420)
+def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after_layer_2(scheduler, make_data,
+                                                                                         job_file, tmp_path):
+    """As the softmax one, for the cascade: the rerun driver restores layer 2's support-vector sets."""
+    from distml import load_model
+    from distml.service import wait
+
+    folder, _ = make_data(rows=2000, features=4, files=3)
+    store = tmp_path / "models"
+    job = job_file(name="detached-cascade", data={"path": str(folder), "target": "target", "holdout": 0},
+                   model={"kind": "svm", "params": {"chunk_rows": 300, "feedback_tol": 0.0}},
+                   output={"store": str(store), "report": False, "evaluation_report": False})
+    expected = reference_model(job, scheduler)[-1]
+    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
+        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        record = wait(JobRecords(str(store)), job_id, timeout=240)
+    assert record["state"] == "succeeded"
+    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    messages = [m for _, m in record["events"]]
+    after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 2:")):]
+    layers = [m.split(":")[0] + (" (restored)" if "from the checkpoint" in m else "")
+              for m in after if m.startswith("cascade pass 1 layer ")]
+    assert layers == ["cascade pass 1 layer 2/3 (restored)", "cascade pass 1 layer 3/3"]
+    got = load_model(record["model"])[-1]
+    np.testing.assert_array_equal(got.support_vectors_, expected.support_vectors_)
+    np.testing.assert_array_equal(got.dual_coef_, expected.dual_coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
