@@ -6,6 +6,7 @@ ends the submitting process right after it wrote checkpoint N, as a crash there 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -324,8 +325,11 @@ def newton_plan(client, folder):
     return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
 
 
-def exact_fit(client, plan, checkpoints, job_id, solver="newton"):
-    """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made)."""
+def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None):
+    """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made).
+
+    ``die_at``: the fit is killed (``Killed``) when it logs a line starting so.
+    """
     import time
 
     from distml.cluster import worker_resources
@@ -333,8 +337,14 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton"):
     from distml.models.base import TrainContext
 
     logs = []
+
+    def log(message):
+        logs.append(message)
+        if die_at and message.startswith(die_at):
+            raise Killed
+
     ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan, resources=worker_resources(client),
-                              log=logs.append, checkpoints=checkpoints)
+                              log=log, checkpoints=checkpoints)
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
     started, estimator = time.time(), None
     try:
@@ -347,23 +357,17 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton"):
     return estimator, logs, len(passes)
 
 
-def test_newton_resumed_in_process_after_step_2_gives_identical_coefficients_and_redoes_no_pass(client, make_data,
-                                                                                               tmp_path):
-    """Through a job's real checkpoint files: killed right after step 2's checkpoint, resumed, the same path."""
+def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_redoing_only_step_3(
+        client, make_data, tmp_path):
+    """Through a job's real checkpoint files: killed once step 3's passes are made, before its checkpoint."""
     from distml.checkpoints import Checkpoints
-
-    class KilledAt(Checkpoints):
-        def write(self, step, state):
-            super().write(step, state)
-            if step == 2:
-                raise Killed
 
     folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
     records = JobRecords(str(tmp_path))
     job_id, plan = "20260101-000000-0e1070", newton_plan(client, folder)
     expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-a11a11")
     assert expected.n_iter_[0] >= 4
-    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id)
+    killed, _, killed_passes = exact_fit(client, plan, Checkpoints(records, job_id), job_id, die_at="newton step 3:")
     assert killed is None
     saved = Checkpoints(records, job_id, resume=True)
     assert saved.latest()["step"] == 2
@@ -372,10 +376,14 @@ def test_newton_resumed_in_process_after_step_2_gives_identical_coefficients_and
     np.testing.assert_array_equal(got.coef_, expected.coef_)
     np.testing.assert_array_equal(got.intercept_, expected.intercept_)
     assert got.n_iter_[0] == expected.n_iter_[0]
-    assert logs[0] == f"newton: continuing after step 2 from its checkpoint ({killed_passes} passes made before)"
+    continuing = re.fullmatch(r"newton: continuing after step 2 from its checkpoint \((\d+) passes made before\)",
+                              logs[0])
+    assert continuing, logs[0]
     assert [m.split(":")[0] for m in logs if m.startswith("newton step ")] == [
         f"newton step {s}" for s in range(3, int(expected.n_iter_[0]) + 1)]
-    assert killed_passes + resumed_passes == expected_passes  # no pass redone
+    step_3 = killed_passes - int(continuing.group(1))  # the killed run's passes after its last checkpoint
+    assert step_3 >= 1
+    assert killed_passes + resumed_passes - expected_passes == step_3  # redone: step 3's passes, no more
     assert logs[-1] == expected_logs[-1]  # the same "converged after N iterations, P passes" line
     assert saved.latest()["step"] == expected.n_iter_[0]
 

@@ -3,7 +3,8 @@
 Run on demand: ``python tests/benchmarks/bench_resume.py [--rows 40000] [--repeat 3]``. Each family runs
 as a job on one LocalCluster of two single-threaded workers, after one unmeasured job of the same
 family (imports and numba's compile done, as on a running cluster): softmax logistic (6 epochs),
-newton logistic (the default solver; also the passes over the data between checkpoints), forest (32 trees) and the kernel SVM's cascade (``chunk_rows`` 4000). Every checkpoint write is timed
+newton logistic (the default solver; also the passes over the data between checkpoints), lbfgs logistic
+(its checkpoint, the log of every pass, grows each iteration), forest (32 trees) and the kernel SVM's cascade (``chunk_rows`` 4000). Every checkpoint write is timed
 and its size read back from its ``.json``; the intervals are the train-phase seconds from the phase's
 start to the first checkpoint, between checkpoints, and from the last one to the phase's end. A kill
 just before a checkpoint redoes at most the longest interval (plus the read and statistics passes,
@@ -29,6 +30,7 @@ from benchmarks.bench_svm import _warm_up
 MODELS = {
     "logistic softmax": {"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}},
     "logistic newton": {"kind": "logistic", "params": {"solver": "newton"}},
+    "logistic lbfgs": {"kind": "logistic", "params": {"solver": "lbfgs"}},
     "forest": {"kind": "forest", "params": {"n_estimators": 32, "max_depth": 10}},
     "svm cascade": {"kind": "svm", "params": {"chunk_rows": 4000}},
 }
