@@ -314,18 +314,23 @@ class Killed(Exception):
     """Raised by ``KilledAt`` where the test hook would end the driver."""
 
 
-def newton_plan(client, folder):
-    """The feature plan of ``folder`` (every row trains), made once for the fits it is given to."""
+@pytest.fixture(scope="module")
+def exact_plan(cluster, make_data):
+    """The feature plan of a 3-class dataset (every row trains), shared by the in-process exact-solver fits."""
+    from distributed import Client
+
     from distml.data import open_dataset
     from distml.features import plan_features
     from distml.spec import DataSpec
 
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
     dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
     dataset.partition(100_000)
-    return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
+    with Client(cluster, set_as_default=False) as client:
+        return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
 
 
-def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None):
+def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None, max_iter=100):
     """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made).
 
     ``die_at``: the fit is killed (``Killed``) when it logs a line starting so.
@@ -348,7 +353,8 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None):
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
     started, estimator = time.time(), None
     try:
-        estimator = logistic.train(plan.parts, logistic.Params(solver=solver, tol=1e-10 if solver == "newton" else 1e-6), ctx)
+        estimator = logistic.train(plan.parts, logistic.Params(solver=solver, tol=1e-10 if solver == "newton" else 1e-4,
+                                                                max_iter=max_iter), ctx)
     except Killed:
         pass
     prefix = f"distml-train-{job_id}-"
@@ -358,13 +364,12 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None):
 
 
 def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_redoing_only_step_3(
-        client, make_data, tmp_path):
+        client, exact_plan, tmp_path):
     """Through a job's real checkpoint files: killed once step 3's passes are made, before its checkpoint."""
     from distml.checkpoints import Checkpoints
 
-    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
     records = JobRecords(str(tmp_path))
-    job_id, plan = "20260101-000000-0e1070", newton_plan(client, folder)
+    job_id, plan = "20260101-000000-0e1070", exact_plan
     expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-a11a11")
     assert expected.n_iter_[0] >= 4
     killed, _, killed_passes = exact_fit(client, plan, Checkpoints(records, job_id), job_id, die_at="newton step 3:")
@@ -388,8 +393,8 @@ def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_
     assert saved.latest()["step"] == expected.n_iter_[0]
 
 
-def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identical_coefficients(client, make_data,
-                                                                                                tmp_path):
+def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identical_coefficients(client, exact_plan,
+                                                                                                tmp_path, monkeypatch):
     """scipy's L-BFGS-B runs again from zero; the passes the killed run made are answered from its checkpoint."""
     from distml.checkpoints import Checkpoints
 
@@ -399,11 +404,10 @@ def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identi
             if step == 3:
                 raise Killed
 
-    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
     records = JobRecords(str(tmp_path))
-    job_id, plan = "20260101-000000-1bf650", newton_plan(client, folder)
+    job_id, plan = "20260101-000000-1bf650", exact_plan
     expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-b11b11", "lbfgs")
-    assert expected.n_iter_[0] >= 6
+    assert expected.n_iter_[0] >= 6, expected.n_iter_
     killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id, "lbfgs")
     assert killed is None
     saved = Checkpoints(records, job_id, resume=True)
@@ -415,6 +419,14 @@ def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identi
     assert killed_passes + resumed_passes == expected_passes  # no pass redone
     assert logs[-2:] == expected_logs[-2:]  # scipy's message, then "converged after N iterations, P passes"
     assert saved.latest()["step"] == expected.n_iter_[0]
+
+    from distml.models import _fullbatch
+
+    monkeypatch.setattr(_fullbatch, "LBFGS_CHECKPOINT_BYTES", 0)  # no log of passes is small enough
+    capped = Checkpoints(records, "20260101-000000-c0ffee")
+    _, capped_logs, _ = exact_fit(client, plan, capped, capped.job_id, "lbfgs", max_iter=2)
+    assert "lbfgs: no checkpoints from iteration 1 on: the log of its passes would exceed 0 MiB" in capped_logs
+    assert capped.latest() is None
 
 
 @pytest.mark.slow  # a cluster of its own, a reference fit and a worker restart; the softmax test covers it by default

@@ -14,6 +14,9 @@ state is a Hessian of ``((features + 1) * classes)²`` floats, hence the width
 bound in ``logistic.py``. On many rows the Hessian is taken from a fixed
 uniform subsample (every row's draw ``u``), which changes the path but not
 the optimum: the gradient is always the full one.
+
+Both checkpoint after every step or iteration (``solve_newton``, ``_Replay``), so a
+resumed job ends with the coefficients of the uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
@@ -268,7 +271,7 @@ def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
         log(f"newton step {steps}: objective {value:.8g}, max |gradient| {float(np.abs(grad).max()):.3g}"
             f"{'' if t == 1.0 else f', step {t:g}'}")
         point = _NewtonPoint(theta, value, grad, hess, rows, point.first_gmax)
-        env.report("train", _newton_progress(point.first_gmax, float(np.abs(grad).max()), tol))
+        env.report("train", _gradient_progress(point.first_gmax, float(np.abs(grad).max()), tol))
         env.checkpoint(steps, point.state(objective.passes))
     if converged and steps:
         # One last Newton step from the verified point (its gradient is already under tol): within the
@@ -277,7 +280,7 @@ def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
     return Solution(theta, steps, objective.passes, converged, rows)
 
 
-def _newton_progress(start: float, gmax: float, tol: float) -> float:
+def _gradient_progress(start: float, gmax: float, tol: float) -> float:
     """Training progress: the share of the way, in orders of magnitude, from the first max |gradient| to ``tol``."""
     if start <= tol or gmax <= tol:
         return 0.99
@@ -334,12 +337,18 @@ def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
         log(f"lbfgs: replaying iterations 1-{after} from the checkpoint ({replay.replayed} passes made before)")
         objective.passes = replay.replayed
     iterations, full = [0], [False]  # full: the log outgrew LBFGS_CHECKPOINT_BYTES, checkpoints stopped
+    gmax: list[float] = []  # max |gradient| at zero, then at the last point evaluated
+
+    def seen(grad: np.ndarray) -> None:
+        gmax[:] = [gmax[0] if gmax else float(np.abs(grad).max()), float(np.abs(grad).max())]
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         i = replay.index.get(x.tobytes())
         if i is not None:
+            seen(replay.grads[i])
             return replay.values[i], replay.grads[i].copy()
         value, grad, _, rows[0] = objective.evaluate(x.reshape(shape), hessian=False)
+        seen(grad)
         if env.checkpointing and not full[0]:
             replay.index[x.tobytes()] = len(replay.points)
             replay.points.append(x.copy())
@@ -350,11 +359,12 @@ def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
     def iterated(intermediate_result: Any) -> None:
         iterations[0] += 1
         step = iterations[0]
+        env.report("train", _gradient_progress(gmax[0], gmax[-1], tol))
         if step <= after or not env.checkpointing or full[0]:
             return
         if replay.nbytes > LBFGS_CHECKPOINT_BYTES:
             full[0] = True
-            log(f"lbfgs: no checkpoint after iteration {step - 1}: the log of its passes would exceed "
+            log(f"lbfgs: no checkpoints from iteration {step} on: the log of its passes would exceed "
                 f"{LBFGS_CHECKPOINT_BYTES // 2**20} MiB")
             return
         env.checkpoint(step, replay.state(rows[0]))
