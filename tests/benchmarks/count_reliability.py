@@ -1,12 +1,12 @@
 """Issue 16's closing figures: how many bad inputs and injected faults the reliability tests try.
 
-Run: ``python tests/benchmarks/count_reliability.py [--run]``. It collects (``pytest --collect-only``,
+Run: ``python tests/benchmarks/count_reliability.py [--run [bad-inputs|faults]]``. It collects (``pytest --collect-only``,
 slow tests included) the test files issue 16 is checked by and counts their test cases, a parametrized
 case counting once: bad inputs (a job file, parameter, address or data file a command must refuse in one
 line, exit 2) and faults (a worker killed or frozen, a driver killed, a signal, a full disk, a store
 refusing, damaged records). The few tests of those files that try valid input on purpose (controls) are
-listed in ``CONTROLS`` and not counted. ``--run`` also runs the counted cases and prints how many pass
-(clean, or ending in a final record); it takes minutes, so the default only collects.
+listed in ``CONTROLS`` and not counted. ``--run`` also runs the counted cases (of one group, or both) and prints how
+many pass (clean, or ending in a final record); it takes minutes, so the default only collects.
 """
 from __future__ import annotations
 
@@ -37,20 +37,21 @@ def collect(files: list[str]) -> list[str]:
 
 
 def classify(ids: list[str]) -> dict[str, list[str]]:
-    """``{"bad inputs": [...], "faults": [...]}`` of the collected node ids, controls left out."""
-    groups: dict[str, list[str]] = {"bad inputs": [], "faults": []}
+    """``{"bad-inputs": [...], "faults": [...]}`` of the collected node ids, controls left out."""
+    groups: dict[str, list[str]] = {"bad-inputs": [], "faults": []}
     for node in ids:
         file, name = node.split("::", 1)
         if name.split("[")[0] in CONTROLS:
             continue
         bad = Path(file).name in BAD_INPUTS or name.startswith(BAD_INPUT_TESTS)
-        groups["bad inputs" if bad else "faults"].append(node)
+        groups["bad-inputs" if bad else "faults"].append(node)
     return groups
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="store_true", help="also run the counted cases and count those passing")
+    parser.add_argument("--run", nargs="*", choices=["bad-inputs", "faults"], default=None,
+                        help="also run the counted cases of these groups (none named: both), count those passing")
     args = parser.parse_args()
     groups = classify(collect([*BAD_INPUTS, *FAULTS, MIXED]))
     for group, nodes in groups.items():
@@ -58,7 +59,7 @@ def main() -> None:
         for node in nodes:
             per_file[Path(node.split("::")[0]).name] = per_file.get(Path(node.split("::")[0]).name, 0) + 1
         print(f"{group}: {len(nodes)} cases ({', '.join(f'{f} {n}' for f, n in per_file.items())})")
-        if args.run:
+        if args.run is not None and (not args.run or group in args.run):
             out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "slow or not slow", *nodes],
                                  capture_output=True, text=True, check=False, cwd=TESTS.parent)
             print(f"  run: {out.stdout.strip().splitlines()[-1]}")
