@@ -1,4 +1,4 @@
-"""A running job's checkpoints: its trainer's state after each epoch, tree group or cascade layer.
+"""A running job's checkpoints: its trainer's state after each epoch, tree group, cascade layer or exact-solver step.
 
 Layout, beside the job's record: ``<store>/_jobs/<job-id>/checkpoint-<n>.skops``
 (the state: plain values, numpy arrays and fitted scikit-learn trees, never

@@ -102,8 +102,8 @@ def test_a_failed_save_is_recorded_where_the_records_live_even_when_the_store_is
 
 def test_when_the_record_cannot_be_written_either_the_one_line_says_both(client, small, full_disk):
     store = full_disk / "models"
-    # newton writes no checkpoints, whose removal would free the room the record needs
-    spec = _spec(small[0], store, {"kind": "logistic", "params": {"solver": "newton"}})
+    # linear's exact solver (one pass) writes no checkpoints, whose removal would free the room the record needs
+    spec = _spec(small[0], store, {"kind": "linear", "params": {"solver": "exact"}})
     job_id = new_job_id()
 
     def fill_at_save(name, state, seconds):  # the disk fills up just before the save

@@ -6,6 +6,7 @@ ends the submitting process right after it wrote checkpoint N, as a crash there 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,49 @@ def test_a_softmax_job_killed_after_epoch_2_of_6_resumes_to_the_identical_model(
     again = in_process("jobs", "resume", job_id, "--store", store)
     assert again.exit_code == 2
     assert again.output.strip() == f"Error: job {job_id} already succeeded ({record['model']}); there is nothing to resume"
+
+
+def newton_passes(messages):
+    """The passes over the data the Newton solver reports at its end, and the steps it logged."""
+    (done,) = [m for m in messages if m.startswith("newton: converged after ")]
+    return int(done.split(", ")[1].split()[0]), [m.split(":")[0] for m in messages if m.startswith("newton step ")]
+
+
+@pytest.mark.slow  # three runs of a job; test_newton_killed_in_step_3_… covers the resume in process by default
+@pytest.mark.timeout(420)
+def test_a_newton_logistic_job_killed_after_step_2_resumes_to_identical_coefficients(scheduler, make_data,
+                                                                                     job_file, tmp_path):
+    """The default logistic solver through the CLI: the resumed job continues after step 2, redoing no pass."""
+    from distml import load_model
+
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
+    store = tmp_path / "models"
+    job = job_file(name="resume-newton", data={"path": str(folder), "target": "target"},
+                   model={"kind": "logistic", "params": {"solver": "newton", "tol": 1e-10}})
+    expected = reference_model(job, scheduler)[-1]
+    uninterrupted = int(expected.n_iter_[0])
+    assert uninterrupted >= 4  # a step 3 and more to redo after the kill
+    job_id, record, resumed = killed_then_resumed(job, store, scheduler, step=2)
+
+    assert f"job {job_id} succeeded (resumed from checkpoint 2)" in resumed.stdout
+    got = load_model(record["model"])[-1]
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert got.n_iter_[0] == uninterrupted
+    assert record["state"] == "succeeded" and record["resumed"]["checkpoint"] == 2
+    assert 0 < record["resumed"]["train_progress_at_checkpoint"] < 1  # the gradient's way down to tol
+    messages = [m for _, m in record["events"]]
+    at = next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 2:"))
+    after = messages[at:]
+    (continuing,) = [m for m in after if m.startswith("newton: continuing after step 2 from its checkpoint (")]
+    passes_before = int(continuing.split("(")[1].split()[0])
+    total, steps = newton_passes(after)
+    assert steps == [f"newton step {s}" for s in range(3, uninterrupted + 1)]
+    # The resumed job counts the killed run's passes up to checkpoint 2 as made and ends with the
+    # uninterrupted run's total (the in-process test counts the passes each run makes from the task stream).
+    (reference,) = [r for r in JobRecords(str(store)).list() if r["job_id"] != job_id]
+    assert newton_passes([m for _, m in reference["events"]])[0] == total
+    assert 3 <= passes_before < total
 
 
 @pytest.mark.timeout(420)
@@ -265,3 +309,154 @@ def test_a_cascade_layer_checkpoint_gives_back_its_sets_and_a_layer_over_the_lim
         assert got.dropped == put.dropped
     np.testing.assert_array_equal(back[0].model.dual_coef_, model.dual_coef_)
     assert back[1].model is None and back[0].fitted is None  # only the one set of a top layer keeps its fitted ids
+
+
+class Killed(Exception):
+    """Raised by ``KilledAt`` where the test hook would end the driver."""
+
+
+@pytest.fixture(scope="module")
+def exact_plan(cluster, make_data):
+    """The feature plan of a 3-class dataset (every row trains), shared by the in-process exact-solver fits."""
+    from distributed import Client
+
+    from distml.data import open_dataset
+    from distml.features import plan_features
+    from distml.spec import DataSpec
+
+    folder, _ = make_data(rows=3000, features=6, files=3, classes=3)
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
+    dataset.partition(100_000)
+    with Client(cluster, set_as_default=False) as client:
+        return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
+
+
+def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None, max_iter=100):
+    """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made).
+
+    ``die_at``: the fit is killed (``Killed``) when it logs a line starting so.
+    """
+    import time
+
+    from distml.cluster import worker_resources
+    from distml.models import logistic
+    from distml.models.base import TrainContext
+
+    logs = []
+
+    def log(message):
+        logs.append(message)
+        if die_at and message.startswith(die_at):
+            raise Killed
+
+    ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan, resources=worker_resources(client),
+                              log=log, checkpoints=checkpoints)
+    client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
+    started, estimator = time.time(), None
+    try:
+        estimator = logistic.train(plan.parts, logistic.Params(solver=solver, tol=1e-10 if solver == "newton" else 1e-4,
+                                                                max_iter=max_iter), ctx)
+    except Killed:
+        pass
+    prefix = f"distml-train-{job_id}-"
+    passes = {str(r["key"]).removeprefix(prefix).split("-")[0] for r in client.get_task_stream(start=started)
+              if str(r["key"]).startswith(prefix)}
+    return estimator, logs, len(passes)
+
+
+def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_redoing_only_step_3(
+        client, exact_plan, tmp_path):
+    """Through a job's real checkpoint files: killed once step 3's passes are made, before its checkpoint."""
+    from distml.checkpoints import Checkpoints
+
+    records = JobRecords(str(tmp_path))
+    job_id, plan = "20260101-000000-0e1070", exact_plan
+    expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-a11a11")
+    assert expected.n_iter_[0] >= 4
+    killed, _, killed_passes = exact_fit(client, plan, Checkpoints(records, job_id), job_id, die_at="newton step 3:")
+    assert killed is None
+    saved = Checkpoints(records, job_id, resume=True)
+    assert saved.latest()["step"] == 2
+    got, logs, resumed_passes = exact_fit(client, plan, saved, job_id)
+
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert got.n_iter_[0] == expected.n_iter_[0]
+    continuing = re.fullmatch(r"newton: continuing after step 2 from its checkpoint \((\d+) passes made before\)",
+                              logs[0])
+    assert continuing, logs[0]
+    assert [m.split(":")[0] for m in logs if m.startswith("newton step ")] == [
+        f"newton step {s}" for s in range(3, int(expected.n_iter_[0]) + 1)]
+    step_3 = killed_passes - int(continuing.group(1))  # the killed run's passes after its last checkpoint
+    assert step_3 >= 1
+    assert killed_passes + resumed_passes - expected_passes == step_3  # redone: step 3's passes, no more
+    assert logs[-1] == expected_logs[-1]  # the same "converged after N iterations, P passes" line
+    assert saved.latest()["step"] == expected.n_iter_[0]
+
+
+def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identical_coefficients(client, exact_plan,
+                                                                                                tmp_path, monkeypatch):
+    """scipy's L-BFGS-B runs again from zero; the passes the killed run made are answered from its checkpoint."""
+    from distml.checkpoints import Checkpoints
+
+    class KilledAt(Checkpoints):
+        def write(self, step, state):
+            super().write(step, state)
+            if step == 3:
+                raise Killed
+
+    records = JobRecords(str(tmp_path))
+    job_id, plan = "20260101-000000-1bf650", exact_plan
+    expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-b11b11", "lbfgs")
+    assert expected.n_iter_[0] >= 6, expected.n_iter_
+    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id, "lbfgs")
+    assert killed is None
+    saved = Checkpoints(records, job_id, resume=True)
+    got, logs, resumed_passes = exact_fit(client, plan, saved, job_id, "lbfgs")
+
+    np.testing.assert_array_equal(got.coef_, expected.coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+    assert logs[0] == f"lbfgs: replaying iterations 1-3 from the checkpoint ({killed_passes} passes made before)"
+    assert killed_passes + resumed_passes == expected_passes  # no pass redone
+    assert logs[-2:] == expected_logs[-2:]  # scipy's message, then "converged after N iterations, P passes"
+    assert saved.latest()["step"] == expected.n_iter_[0]
+
+    from distml.models import _fullbatch
+
+    monkeypatch.setattr(_fullbatch, "LBFGS_CHECKPOINT_BYTES", 0)  # no log of passes is small enough
+    capped = Checkpoints(records, "20260101-000000-c0ffee")
+    _, capped_logs, _ = exact_fit(client, plan, capped, capped.job_id, "lbfgs", max_iter=2)
+    assert "lbfgs: no checkpoints from iteration 1 on: the log of its passes would exceed 0 MiB" in capped_logs
+    assert capped.latest() is None
+
+
+@pytest.mark.slow  # a cluster of its own, a reference fit and a worker restart; the softmax test covers it by default
+@pytest.mark.timeout(420)
+def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after_layer_2(scheduler, make_data,
+                                                                                         job_file, tmp_path):
+    """As the softmax one, for the cascade: the rerun driver restores layer 2's support-vector sets."""
+    from distml import load_model
+    from distml.service import wait
+
+    folder, _ = make_data(rows=2000, features=4, files=3)
+    store = tmp_path / "models"
+    job = job_file(name="detached-cascade", data={"path": str(folder), "target": "target", "holdout": 0},
+                   model={"kind": "svm", "params": {"chunk_rows": 300, "feedback_tol": 0.0}},
+                   output={"store": str(store), "report": False, "evaluation_report": False})
+    expected = reference_model(job, scheduler)[-1]
+    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
+        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        record = wait(JobRecords(str(store)), job_id, timeout=240)
+    assert record["state"] == "succeeded"
+    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    messages = [m for _, m in record["events"]]
+    after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 2:")):]
+    layers = [m.split(":")[0] + (" (restored)" if "from the checkpoint" in m else "")
+              for m in after if m.startswith("cascade pass 1 layer ")]
+    assert layers == ["cascade pass 1 layer 2/3 (restored)", "cascade pass 1 layer 3/3"]
+    got = load_model(record["model"])[-1]
+    np.testing.assert_array_equal(got.support_vectors_, expected.support_vectors_)
+    np.testing.assert_array_equal(got.dual_coef_, expected.dual_coef_)
+    np.testing.assert_array_equal(got.intercept_, expected.intercept_)

@@ -14,6 +14,9 @@ state is a Hessian of ``((features + 1) * classes)²`` floats, hence the width
 bound in ``logistic.py``. On many rows the Hessian is taken from a fixed
 uniform subsample (every row's draw ``u``), which changes the path but not
 the optimum: the gradient is always the full one.
+
+Both checkpoint after every step or iteration (``solve_newton``, ``_Replay``), so a
+resumed job ends with the coefficients of the uninterrupted run, bit for bit.
 """
 from __future__ import annotations
 
@@ -196,12 +199,53 @@ class Solution:
     rows: int
 
 
+@dataclass
+class _NewtonPoint:
+    """The iterate and its pass results, what the next Newton step starts from: a step's checkpoint."""
+
+    theta: np.ndarray
+    value: float
+    grad: np.ndarray
+    hess: np.ndarray
+    rows: int
+    first_gmax: float  # max |gradient| at zero, the progress scale
+
+    def state(self, passes: int) -> dict[str, Any]:
+        return {"newton": {"theta": self.theta, "value": np.float64(self.value), "grad": self.grad,
+                           "hess": self.hess, "rows": self.rows, "first_gmax": np.float64(self.first_gmax),
+                           "passes": passes}}
+
+
+def _newton_restored(objective: Objective, width: int, log: Callable[[str], None]) -> tuple[int, _NewtonPoint]:
+    """(steps done, point): the job's last checkpoint when resuming, else step 0 from one pass at zero.
+
+    The Hessian's subsample is each row's fixed draw ``u`` (read with the data), so nothing random is saved.
+    """
+    restored = objective.ctx.env.restore()
+    state = restored[1].get("newton") if restored else None
+    shape = (objective.outputs, width)
+    if state is None or np.shape(state["theta"]) != shape:
+        theta = np.zeros(shape)
+        value, grad, hess, rows = objective.evaluate(theta, hessian=True)
+        return 0, _NewtonPoint(theta, value, grad, hess, rows, float(np.abs(grad).max()))
+    objective.passes = int(state["passes"])
+    log(f"newton: continuing after step {restored[0]} from its checkpoint ({objective.passes} passes made before)")
+    return restored[0], _NewtonPoint(state["theta"], float(state["value"]), state["grad"], state["hess"],
+                                     int(state["rows"]), float(state["first_gmax"]))
+
+
 def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
                  log: Callable[[str], None]) -> Solution:
-    """Damped Newton with Armijo backtracking; every trial point is one pass (loss, gradient, Hessian)."""
-    theta = np.zeros((objective.outputs, width))
-    value, grad, hess, rows = objective.evaluate(theta, hessian=True)
-    steps, converged = 0, False
+    """Damped Newton with Armijo backtracking; every trial point is one pass (loss, gradient, Hessian).
+
+    After each step the iterate and its pass results are checkpointed (``ctx.env.checkpoint``), so a
+    resumed job continues after the last completed step, redoing at most that step's passes, along the
+    same path to the same coefficients, bit for bit.
+    """
+    env = objective.ctx.env
+    steps, point = _newton_restored(objective, width, log)
+    theta, value, grad, hess, rows = point.theta, point.value, point.grad, point.hess, point.rows
+    converged = False
     while True:
         gmax = float(np.abs(grad).max())
         if gmax <= tol:
@@ -226,6 +270,9 @@ def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
         steps += 1
         log(f"newton step {steps}: objective {value:.8g}, max |gradient| {float(np.abs(grad).max()):.3g}"
             f"{'' if t == 1.0 else f', step {t:g}'}")
+        point = _NewtonPoint(theta, value, grad, hess, rows, point.first_gmax)
+        env.report("train", _gradient_progress(point.first_gmax, float(np.abs(grad).max()), tol))
+        env.checkpoint(steps, point.state(objective.passes))
     if converged and steps:
         # One last Newton step from the verified point (its gradient is already under tol): within the
         # quadratic region this squares the remaining error, at no extra pass.
@@ -233,19 +280,96 @@ def solve_newton(objective: Objective, width: int, max_iter: int, tol: float,
     return Solution(theta, steps, objective.passes, converged, rows)
 
 
+def _gradient_progress(start: float, gmax: float, tol: float) -> float:
+    """Training progress: the share of the way, in orders of magnitude, from the first max |gradient| to ``tol``."""
+    if start <= tol or gmax <= tol:
+        return 0.99
+    return float(min(0.99, max(0.0, np.log(start / gmax) / np.log(start / tol))))
+
+
+LBFGS_CHECKPOINT_BYTES = 64 * 2**20  # the largest replay log an lbfgs checkpoint holds
+
+
+class _Replay:
+    """The lbfgs passes made so far, by the exact bytes of their point, to replay a killed run without its passes.
+
+    scipy's L-BFGS-B keeps its curvature pairs and line-search state inside ``minimize``: they cannot be
+    saved and handed back. It is deterministic in the values it is given, though, so a resumed job runs it
+    again from zero and answers each point the killed run evaluated from this log (no pass), bit for bit:
+    the path, and so the model, are the uninterrupted run's, and the passes redone are those after the
+    last checkpoint. The log is ``(points, values, gradients)``, 16 bytes a coefficient a pass.
+    """
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        self.points: list[np.ndarray] = [] if state is None else list(state["points"])
+        self.values: list[float] = [] if state is None else [float(v) for v in state["values"]]
+        self.grads: list[np.ndarray] = [] if state is None else list(state["grads"])
+        self.index = {p.tobytes(): i for i, p in enumerate(self.points)}
+        self.replayed = len(self.points)
+
+    def state(self, rows: int) -> dict[str, Any]:
+        return {"lbfgs": {"points": np.array(self.points), "values": np.array(self.values),
+                          "grads": np.array(self.grads), "rows": rows}}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes + g.nbytes + 8 for p, g in zip(self.points, self.grads))
+
+
 def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
                 log: Callable[[str], None]) -> Solution:
-    """scipy's L-BFGS-B with scikit-learn's settings; every evaluation is one pass (loss and gradient)."""
+    """scipy's L-BFGS-B with scikit-learn's settings; every evaluation is one pass (loss and gradient).
+
+    After each iteration the passes made so far are checkpointed (see ``_Replay``), while they fit in
+    ``LBFGS_CHECKPOINT_BYTES``; a resumed job replays them to the same coefficients.
+    """
     from scipy.optimize import minimize
 
+    env = objective.ctx.env
     shape = (objective.outputs, width)
-    rows = [0]
+    restored = env.restore()
+    state = restored[1].get("lbfgs") if restored else None
+    if state is not None and np.shape(state["points"])[1:] != (shape[0] * shape[1],):
+        state = None
+    replay, rows = _Replay(state), [0 if state is None else int(state["rows"])]
+    after = restored[0] if state is not None else 0
+    if after:
+        log(f"lbfgs: replaying iterations 1-{after} from the checkpoint ({replay.replayed} passes made before)")
+        objective.passes = replay.replayed
+    iterations, full = [0], [False]  # full: the log outgrew LBFGS_CHECKPOINT_BYTES, checkpoints stopped
+    gmax: list[float] = []  # max |gradient| at zero, then at the last point evaluated
+
+    def seen(grad: np.ndarray) -> None:
+        gmax[:] = [gmax[0] if gmax else float(np.abs(grad).max()), float(np.abs(grad).max())]
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        i = replay.index.get(x.tobytes())
+        if i is not None:
+            seen(replay.grads[i])
+            return replay.values[i], replay.grads[i].copy()
         value, grad, _, rows[0] = objective.evaluate(x.reshape(shape), hessian=False)
+        seen(grad)
+        if env.checkpointing and not full[0]:
+            replay.index[x.tobytes()] = len(replay.points)
+            replay.points.append(x.copy())
+            replay.values.append(value)
+            replay.grads.append(grad.ravel().copy())
         return value, grad.ravel()
 
-    result = minimize(fun, np.zeros(shape).ravel(), method="L-BFGS-B", jac=True,
+    def iterated(intermediate_result: Any) -> None:
+        iterations[0] += 1
+        step = iterations[0]
+        env.report("train", _gradient_progress(gmax[0], gmax[-1], tol))
+        if step <= after or not env.checkpointing or full[0]:
+            return
+        if replay.nbytes > LBFGS_CHECKPOINT_BYTES:
+            full[0] = True
+            log(f"lbfgs: no checkpoints from iteration {step} on: the log of its passes would exceed "
+                f"{LBFGS_CHECKPOINT_BYTES // 2**20} MiB")
+            return
+        env.checkpoint(step, replay.state(rows[0]))
+
+    result = minimize(fun, np.zeros(shape).ravel(), method="L-BFGS-B", jac=True, callback=iterated,
                       options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
     log(f"lbfgs: {result.message}")
     return Solution(result.x.reshape(shape), int(result.nit), objective.passes, bool(result.success), rows[0])

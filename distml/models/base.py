@@ -84,7 +84,7 @@ class TrainEnv:
     every other callback and method here never raises it.
 
     ``checkpoint(step, state)`` saves a trainer's state after step ``step`` (an epoch, a tree
-    group, a cascade layer; numbered from 1) and ``restore()`` returns the last ``(step, state)``
+    group, a cascade layer, a Newton step or L-BFGS iteration; numbered from 1) and ``restore()`` returns the last ``(step, state)``
     when the job is resumed, else None (see ``distml.checkpoints``); both default to doing nothing.
 
     ``record_training(section)`` hands the manifest its ``training`` section (the early-stopping

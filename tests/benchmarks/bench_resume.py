@@ -3,7 +3,8 @@
 Run on demand: ``python tests/benchmarks/bench_resume.py [--rows 40000] [--repeat 3]``. Each family runs
 as a job on one LocalCluster of two single-threaded workers, after one unmeasured job of the same
 family (imports and numba's compile done, as on a running cluster): softmax logistic (6 epochs),
-forest (32 trees) and the kernel SVM's cascade (``chunk_rows`` 4000). Every checkpoint write is timed
+newton logistic (the default solver; also the passes over the data between checkpoints), lbfgs logistic
+(its checkpoint, the log of every pass, grows each iteration), forest (32 trees) and the kernel SVM's cascade (``chunk_rows`` 4000). Every checkpoint write is timed
 and its size read back from its ``.json``; the intervals are the train-phase seconds from the phase's
 start to the first checkpoint, between checkpoints, and from the last one to the phase's end. A kill
 just before a checkpoint redoes at most the longest interval (plus the read and statistics passes,
@@ -28,6 +29,8 @@ from benchmarks.bench_svm import _warm_up
 
 MODELS = {
     "logistic softmax": {"kind": "logistic", "params": {"solver": "softmax", "epochs": 6}},
+    "logistic newton": {"kind": "logistic", "params": {"solver": "newton"}},
+    "logistic lbfgs": {"kind": "logistic", "params": {"solver": "lbfgs"}},
     "forest": {"kind": "forest", "params": {"n_estimators": 32, "max_depth": 10}},
     "svm cascade": {"kind": "svm", "params": {"chunk_rows": 4000}},
 }
@@ -50,7 +53,8 @@ def run(client, folder: Path, store: Path, model: dict) -> dict:
             started = time.perf_counter()
             super().write(step, state)
             writes.append({"step": step, "at": started - marks["train"], "seconds": time.perf_counter() - started,
-                           "bytes": (self.latest() or {}).get("bytes", 0)})
+                           "bytes": (self.latest() or {}).get("bytes", 0),
+                           "passes": (state.get("newton") or {}).get("passes")})
 
     def phase(name: str, state: str, seconds: float) -> None:
         marks[name if state == "started" else f"{name} end"] = time.perf_counter()
@@ -71,9 +75,16 @@ def run(client, folder: Path, store: Path, model: dict) -> dict:
     edges = [0.0, *(w["at"] + w["seconds"] for w in writes), train]
     intervals = [b - a for a, b in itertools.pairwise(edges)]
     written = spent[0] if model["kind"] == "svm" else sum(w["seconds"] for w in writes)
-    return {"train_seconds": train, "checkpoints": len(writes), "longest_interval": max(intervals),
-            "in_checkpoints": written, "largest_bytes": max((w["bytes"] for w in writes), default=0),
-            "writes": writes}
+    out = {"train_seconds": train, "checkpoints": len(writes), "longest_interval": max(intervals),
+           "in_checkpoints": written, "largest_bytes": max((w["bytes"] for w in writes), default=0),
+           "writes": writes}
+    if writes and writes[0]["passes"] is not None:  # newton: passes over the data between checkpoints
+        (done,) = [m for _, m in JobRecords(str(store)).read(job_id)["events"] if m.startswith("newton: ")
+                   and " passes over the data" in m]
+        total = int(done.split(", ")[1].split()[0])
+        edges = [0, *(w["passes"] for w in writes), total]
+        out.update(passes=total, most_passes_redone=max(b - a for a, b in itertools.pairwise(edges)))
+    return out
 
 
 def main() -> None:
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--families", nargs="*", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     folder = make_nonlinear_dataset(tmp / "data", rows=args.rows, classes=2, files=4)[0]
@@ -97,7 +109,8 @@ def main() -> None:
                            dashboard_address=None, silence_logs=40)
     client = Client(cluster, set_as_default=False)
     client.run(_warm_up)
-    for name, model in MODELS.items():
+    for name in args.families:
+        model = MODELS[name]
         run(client, folder, tmp / "warm-up", model)  # compiled kernels (numba) and imports, as on a running cluster
         runs = [run(client, folder, tmp / f"models-{name.replace(' ', '-')}-{r}", model) for r in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in
@@ -106,6 +119,9 @@ def main() -> None:
         print(f"{name:<18} {med['train_seconds']:>8.2f} {med['checkpoints']:>6.0f} {med['longest_interval']:>19.2f} "
               f"{med['longest_interval'] / med['train_seconds']:>6.0%} {med['in_checkpoints']:>11.2f} "
               f"{med['largest_bytes'] / 2**20:>10.2f} MiB", flush=True)
+        if "passes" in runs[0]:
+            print(f"{'':<18} passes {[r['passes'] for r in runs]}, at most "
+                  f"{max(r['most_passes_redone'] for r in runs)} between checkpoints (a kill redoes at most those)")
     client.close()
     cluster.close()
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
