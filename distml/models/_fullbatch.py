@@ -13,7 +13,8 @@ scikit-learn runs it) needs tens of passes for the same accuracy. Its per-pass
 state is a Hessian of ``((features + 1) * classes)²`` floats, hence the width
 bound in ``logistic.py``. On many rows the Hessian is taken from a fixed
 uniform subsample (every row's draw ``u``), which changes the path but not
-the optimum: the gradient is always the full one.
+the optimum: the gradient is always the full one. A search's candidates share
+these passes (``_fullbatch_many``): one task evaluates a stack of coefficients.
 """
 from __future__ import annotations
 
@@ -290,7 +291,7 @@ def fit_exact(parts: Partitions, ctx: TrainContext, *, method: str, alpha: float
     """Fit by ``method`` (``newton`` or ``lbfgs``); returns a plain fitted ``LogisticRegression``."""
     fit = ExactFit(method, alpha, weights, max_iter, tol)
     classes = np.asarray(ctx.data.classes)
-    objective = Objective(parts, ctx, classes, _class_weight(classes, weights), alpha, _outputs(classes),
+    objective = Objective(parts, ctx, classes, class_weight_vector(classes, weights), alpha, n_outputs(classes),
                           hessian_fraction(ctx))
     solution = SOLVERS[method](objective, ctx.data.n_features + 1, max_iter, tol, ctx.env.log)
     ctx.env.report("train", 1.0)
@@ -307,11 +308,13 @@ def hessian_fraction(ctx: TrainContext) -> float:
     return min(1.0, HESSIAN_ROWS / max(1, ctx.data.train_rows))
 
 
-def _class_weight(classes: np.ndarray, weights: dict[object, float] | None) -> np.ndarray:
+def class_weight_vector(classes: np.ndarray, weights: dict[object, float] | None) -> np.ndarray:
+    """Each class's weight, aligned with ``classes`` (1 where ``weights`` is silent)."""
     return np.array([(weights or {}).get(c, 1.0) for c in classes.tolist()], dtype=np.float64)
 
 
-def _outputs(classes: np.ndarray) -> int:
+def n_outputs(classes: np.ndarray) -> int:
+    """Rows of the coefficients: one logit for two classes (binomial), else one per class."""
     return 1 if len(classes) == 2 else len(classes)
 
 

@@ -24,9 +24,9 @@ from distml.models._fullbatch import (
     ExactFit,
     Solution,
     _add_stack_part,
-    _class_weight,
+    class_weight_vector,
     _logistic_stack_part,
-    _outputs,
+    n_outputs,
     hessian_fraction,
     objective_at,
     reduce_bounded,
@@ -72,8 +72,8 @@ def fit_exact_many(parts: Partitions, ctx: TrainContext, fits: list[ExactFit]) -
     after every pass), is raised once every solver thread has ended.
     """
     classes = np.asarray(ctx.data.classes)
-    width, outputs, fraction = ctx.data.n_features + 1, _outputs(classes), hessian_fraction(ctx)
-    weights = [_class_weight(classes, fit.weights) for fit in fits]
+    width, outputs, fraction = ctx.data.n_features + 1, n_outputs(classes), hessian_fraction(ctx)
+    weights = [class_weight_vector(classes, fit.weights) for fit in fits]
     seats = [_Asking(outputs, fraction) for _ in fits]
 
     def solve(i: int) -> None:
