@@ -9,7 +9,6 @@ own ``train`` would submit, so each candidate's forest is the one its own ``trai
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +34,7 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
         return None
     shares: dict[str, list[int]] = {}
     for i, p in enumerate(params_list):
-        draws = json.dumps([p.n_estimators, p.bootstrap, p.max_samples, p.class_weight], sort_keys=True, default=str)
+        draws = repr((p.n_estimators, p.bootstrap, p.max_samples, p.class_weight))  # 1 (a row) is not 1.0 (all)
         shares.setdefault(draws, []).append(i)
     forests: list[Any] = [None] * len(params_list)
     for s, members in enumerate(shares.values()):
