@@ -152,7 +152,7 @@ def test_max_iter_reached_is_said_in_the_log(client, make_data):
 SHARED = {
     "binary": (2, [{"alpha": a} for a in (1e-5, 1e-3, 1e-1)]),
     "3-class": (3, [{"alpha": a} for a in (1e-5, 1e-3, 1e-1)]
-                + [{"solver": "lbfgs", "alpha": 1e-4, "class_weight": "balanced", "tol": 1e-5, "max_iter": 50}]),
+                + [{"solver": "lbfgs", "alpha": 1e-4, "class_weight": "balanced", "tol": 1e-5, "max_iter": 12}]),
 }
 
 
