@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.models.base import TrainContext, TrainEnv
 from distml.models._fullbatch import (
     SOLVERS,
     ExactFit,
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
 
     from distml.blocks import Partitions
-    from distml.models.base import TrainContext
 
 STACK_HESSIAN_BYTES = 64 << 20  # bound on the stacked Hessians one partial sum holds; more fits make more passes
 
@@ -48,6 +48,7 @@ class _Asking:
 
     outputs: int
     hessian_fraction: float
+    ctx: TrainContext  # the solver's own: no progress, log, checkpoint or restore (one fit of many)
     passes: int = 0
     asks: queue.Queue = field(default_factory=queue.Queue)  # to the driver: ("eval", theta, hessian) | ("done", x)
     answers: queue.Queue = field(default_factory=queue.Queue)  # from the driver: an evaluation or an exception
@@ -74,7 +75,10 @@ def fit_exact_many(parts: Partitions, ctx: TrainContext, fits: list[ExactFit]) -
     classes = np.asarray(ctx.data.classes)
     width, outputs, fraction = ctx.data.n_features + 1, n_outputs(classes), hessian_fraction(ctx)
     weights = [class_weight_vector(classes, fit.weights) for fit in fits]
-    seats = [_Asking(outputs, fraction) for _ in fits]
+    quiet = TrainEnv(client=ctx.env.client, job_id=ctx.env.job_id, seed=ctx.env.seed,
+                     max_in_flight=ctx.env.max_in_flight, n_workers=ctx.env.n_workers,
+                     worker_memory=ctx.env.worker_memory)
+    seats = [_Asking(outputs, fraction, TrainContext(quiet, ctx.data)) for _ in fits]
 
     def solve(i: int) -> None:
         fit, seat = fits[i], seats[i]
