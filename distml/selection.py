@@ -1,8 +1,8 @@
 """Choosing a configuration on the cluster: K-fold cross-validation and grid/random search with halving.
 
 Every candidate trains through its family's own ``train`` (or ``train_many``,
-which shares data passes between candidates, e.g. one Gram matrix for every
-ridge ``alpha``) on a row subset of the job's partitions, and is scored by
+which shares data passes between candidates: one Gram matrix for every ridge
+``alpha``, one task per partition and pass for every exact logistic candidate) on a row subset of the job's partitions, and is scored by
 ``distml.evaluate`` on the rows held out from it. Folds come from each row's
 stable draw (``distml.folds``). Candidates of one fold train concurrently, in
 client threads that each drive their own tasks; the folds run one after the
@@ -161,6 +161,11 @@ def _halving_rounds(n: int, halving: Any, folds: Folds, splits: list[int]) -> li
     return [s for i, s in enumerate(shares) if i == len(shares) - 1 or s < shares[i + 1]] or [1.0]
 
 
+def _error_text(exc: Exception) -> str:
+    """A failed candidate's row: a distml error's message, else the exception's type and first line."""
+    return exc.message if isinstance(exc, DistmlError) else f"{type(exc).__name__}: {first_line(exc, 200)}"
+
+
 class _Runner:
     """Trains trials on one fold's rows, concurrently, and scores each on the fold's held-out rows."""
 
@@ -208,10 +213,8 @@ class _Runner:
             except (JobCancelled, KeyboardInterrupt) as exc:
                 self.stop = self.stop or exc
                 raise
-            except DistmlError as exc:
-                trial.error = exc.message
             except Exception as exc:  # noqa: BLE001 - one candidate's failure is its row in the table
-                trial.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
+                trial.error = _error_text(exc)
             finally:
                 with self.lock:
                     self.done += 1
@@ -221,16 +224,20 @@ class _Runner:
             fitted_all = None
             if shared is not None:
                 started = time.perf_counter()
-                fitted_all = shared(parts, [t.params for t in trials],
-                                    TrainContext(replace(env, job_id=f"{env.job_id}-{name}all", **_NO_CHECKPOINTS),
-                                                 data))
+                shared_env = replace(env, job_id=f"{env.job_id}-{name}all", report=self._report(total),
+                                     **_NO_CHECKPOINTS)
+                fitted_all = shared(parts, [t.params for t in trials], TrainContext(shared_env, data))
             if fitted_all is not None:
                 seconds = (time.perf_counter() - started) / len(trials)
                 for trial, fitted in zip(trials, fitted_all):
                     try:
+                        if isinstance(fitted, BaseException):  # that candidate's own fit failed
+                            raise fitted
                         score(trial, fitted, seconds)
-                    except DistmlError as exc:
-                        trial.error = exc.message
+                    except (JobCancelled, KeyboardInterrupt):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - one candidate's failure is its row in the table
+                        trial.error = _error_text(exc)
                 self.done += len(trials)
                 self._report(total)(self.phase, 0.0)
                 return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,45 @@ def test_same_seed_gives_the_same_forest_whatever_the_grouping_and_partitioning(
     assert _same_forest(first, again)
     assert {"distml-sample", "distml-merge", "distml-tree"} <= keys
     assert not _same_forest(first, _fit(client, folder, params, seed=1))
+
+
+def test_candidates_with_the_same_draws_share_samples_and_each_gets_its_own_forest(client, make_data):
+    """``train_many``: per-tree settings share each sampling pass; each forest equals its own ``train``'s."""
+    folder, test = make_data("classification", rows=4000, features=5, files=2, classes=3)
+    dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
+    dataset.partition(100_000)
+    plan = plan_features(dataset, client, "20260101-000000-m", None)
+    grid = [{"n_estimators": 4, "max_samples": 0.3, **tree} for tree in (
+        {"max_depth": 3}, {"min_samples_leaf": 5, "max_features": 1.0, "criterion": "entropy"},
+        {"max_features": 99})] + [{"n_estimators": 3, "max_depth": 4, "class_weight": "balanced", "oob_score": True}]
+    params = [forest.Params(**g) for g in grid]
+    X = plan.transformer.transform(pd.read_parquet(test).drop(columns=["target"]))
+
+    client.get_task_stream(start=0, stop=0)
+    started = time.time()
+    shared = forest.train_many(plan.parts, params, _context(client, plan, job_id="20260101-000000-all"))
+    sampled = {str(t["key"]) for t in client.get_task_stream(start=started)
+               if str(t["key"]).startswith("distml-sample-20260101-000000-all-")}
+    for i, (p, ours) in enumerate(zip(params, shared)):
+        if p.max_features == 99:  # refused for this candidate alone, as its own train refuses it
+            assert isinstance(ours, DataError) and str(ours).startswith("model.params.max_features: 99 is more")
+            continue
+        theirs = forest.train(plan.parts, p, _context(client, plan, job_id=f"20260101-000000-c{i}"))
+        assert ours.get_params() == theirs.get_params() and len(ours.estimators_) == p.n_estimators
+        np.testing.assert_array_equal(ours.predict_proba(X), theirs.predict_proba(X))
+        assert all(np.array_equal(a.tree_.threshold, b.tree_.threshold)
+                   for a, b in zip(ours.estimators_, theirs.estimators_, strict=True))
+        if p.oob_score:
+            assert ours.oob_score_ == theirs.oob_score_
+    # the two draws (4 trees, and 3 balanced) each sampled the partitions once, not once per candidate
+    assert {k.split("-")[5] for k in sampled} == {"s0", "s1"}
+    assert len({k for k in sampled if k.split("-")[5] == "s0"}) == len(
+        {k for k in sampled if k.split("-")[5] == "s1"})
+
+
+def test_a_forest_search_with_early_stopping_does_not_share():
+    params = [forest.Params(early_stopping=True), forest.Params()]
+    assert forest.train_many(None, params, None) is None  # decided before any pass: no cluster needed
 
 
 def test_layout_bounds_a_groups_sample_by_worker_memory(client, data):

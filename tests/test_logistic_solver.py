@@ -6,7 +6,9 @@ the optimum on these rows), so both sides are the optimum of the same objective:
 """
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,39 +19,55 @@ from sklearn.linear_model import LogisticRegression
 from distml.blocks import persist
 from distml.cluster import worker_resources
 from distml.data import open_dataset
-from distml.errors import SpecError
+from distml.errors import JobCancelled, SpecError
 from distml.features import plan_features
 from distml.jobfile import parse_job
 from distml.models import logistic
-from distml.models.base import TrainContext
+from distml.models.base import DataSummary, TrainContext
 from distml.spec import DataSpec
 from distml.synth import _write, make_rows
 
 JOB = "20260101-000000-lr"
 
 
-def _fit(client, folder, params, *, keep=False, job_id=JOB, partition_bytes=100_000):
-    """Plan features over ``folder`` (every row trains) and fit; returns (estimator, plan, log, passes)."""
+def _prepare(client, folder, job_id=JOB, partition_bytes=100_000, log=None):
+    """Plan features over ``folder`` (every row trains); returns (plan, context)."""
     dataset = open_dataset(DataSpec(path=str(folder), target="target", holdout=0.0), 0)
     dataset.partition(partition_bytes)
     plan = plan_features(dataset, client, f"{job_id}-plan", "classification")
-    parts = persist(plan.parts, client, f"{job_id}-keep") if keep else plan.parts
-    logs: list[str] = []
     ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan,
-                              resources=worker_resources(client), log=logs.append)
+                              resources=worker_resources(client), log=log or (lambda message: None))
+    return plan, ctx
+
+
+def _counted(client, job_id, n_parts, fit):
+    """``fit()``'s result and how many passes over the data its training tasks made (the scheduler's task stream).
+
+    Exact solvers make one task per partition per pass, whatever the number of fits sharing the pass.
+    """
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
     started = time.time()
-    estimator = logistic.train(parts, logistic.Params(**params), ctx)
+    result = fit()
     prefix = f"distml-train-{job_id}-"
     tasks = [str(r["key"]).removeprefix(prefix).split("-") for r in client.get_task_stream(start=started)
              if str(r["key"]).startswith(prefix)]
     passes = {int(t[0]) for t in tasks}
     assert passes, "no training task was recorded"
-    if params.get("solver", "auto") in ("auto", "newton", "lbfgs"):  # exact: one task per partition per pass
-        assert len(tasks) == len(passes) * parts.n_parts
+    assert n_parts is None or len(tasks) == len(passes) * n_parts
+    return result, len(passes)
+
+
+def _fit(client, folder, params, *, keep=False, job_id=JOB, partition_bytes=100_000):
+    """Plan features over ``folder`` (every row trains) and fit; returns (estimator, plan, log, passes)."""
+    logs: list[str] = []
+    plan, ctx = _prepare(client, folder, job_id, partition_bytes, logs.append)
+    parts = persist(plan.parts, client, f"{job_id}-keep") if keep else plan.parts
+    exact = params.get("solver", "auto") in ("auto", "newton", "lbfgs")  # exact: one task per partition per pass
+    estimator, passes = _counted(client, job_id, parts.n_parts if exact else None,
+                                 lambda: logistic.train(parts, logistic.Params(**params), ctx))
     if keep:
         client.cancel(parts.train + parts.holdout)
-    return estimator, plan, logs, len(passes)
+    return estimator, plan, logs, passes
 
 
 def _rows(folder: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -129,6 +147,64 @@ def test_max_iter_reached_is_said_in_the_log(client, make_data):
     assert estimator.n_iter_[0] == 1 and passes == 2
     assert ("warning: newton did not converge within max_iter=1 (tol 1e-06); "
             "the model is the last iterate: raise model.params.max_iter") in logs
+
+
+SHARED = {
+    "binary": (2, [{"alpha": a} for a in (1e-5, 1e-3, 1e-1)]),
+    "3-class": (3, [{"alpha": a} for a in (1e-5, 1e-3, 1e-1)]
+                + [{"solver": "lbfgs", "alpha": 1e-4, "class_weight": "balanced", "tol": 1e-5, "max_iter": 12}]),
+}
+
+
+@pytest.mark.parametrize("case", list(SHARED))
+def test_candidates_sharing_passes_get_the_coefficients_of_their_own_fits(client, make_data, case):
+    """``train_many`` stacks every running candidate into each pass: each ends bitwise where its own ``train`` does,
+    in as many passes as the longest of them alone."""
+    classes, grid = SHARED[case]
+    folder, _ = make_data("classification", rows=4000, features=5, files=2, classes=classes)
+    plan, ctx = _prepare(client, folder)
+    params = [logistic.Params(**p) for p in grid]
+    alone = [_counted(client, JOB, plan.parts.n_parts, lambda p=p: logistic.train(plan.parts, p, ctx))
+             for p in params]
+    logs: list[str] = []
+    shared_ctx = TrainContext(replace(ctx.env, job_id=f"{JOB}-all", log=logs.append), ctx.data)
+    shared, passes = _counted(client, f"{JOB}-all", plan.parts.n_parts,
+                              lambda: logistic.train_many(plan.parts, params, shared_ctx))
+
+    for ours, (theirs, _) in zip(shared, alone):
+        assert type(ours) is LogisticRegression and ours.get_params() == theirs.get_params()
+        np.testing.assert_array_equal(ours.coef_, theirs.coef_)
+        np.testing.assert_array_equal(ours.intercept_, theirs.intercept_)
+        np.testing.assert_array_equal(ours.n_iter_, theirs.n_iter_)
+    alone_passes = [n for _, n in alone]
+    assert passes == max(alone_passes) < sum(alone_passes), (passes, alone_passes)
+    assert logs == [f"{len(grid)} exact logistic fits from {passes} shared passes over the data "
+                    f"(alone: {sum(alone_passes)})"]
+
+
+def test_a_cancel_between_shared_passes_ends_every_candidates_solver(client, make_data):
+    folder, _ = make_data("classification", rows=4000, features=5, files=2, classes=3)
+    plan, ctx = _prepare(client, folder)
+    reports: list[float] = []
+
+    def report(phase: str, fraction: float) -> None:
+        reports.append(fraction)
+        if len(reports) == 2:
+            raise JobCancelled("cancelled")
+
+    cancelling = TrainContext(replace(ctx.env, job_id=f"{JOB}-cancel", report=report), ctx.data)
+    params = [logistic.Params(alpha=a) for a in (1e-5, 1e-3)] + [logistic.Params(solver="lbfgs")]
+    with pytest.raises(JobCancelled):
+        logistic.train_many(plan.parts, params, cancelling)
+    assert reports == [0.0, 0.0]
+    assert not [t for t in threading.enumerate() if t.name.startswith("distml-fit-")]
+
+
+def test_a_search_with_an_sgd_candidate_does_not_share():
+    data = DataSummary("binary", np.array([0, 1]), np.array([5, 5]), n_features=6, x_var=1.0, y_mean=0.0,
+                       y_scale=1.0, train_rows=10)
+    ctx = TrainContext(None, data)  # decided before any pass: no cluster needed
+    assert logistic.train_many(None, [logistic.Params(), logistic.Params(solver="softmax")], ctx) is None
 
 
 def _job(params):

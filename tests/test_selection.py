@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,11 @@ from distml.runner import run_job
 from distml.search_space import SearchSpec, candidates
 
 
-def _job(client, tmp_path, folder, model, seed=0, holdout=0.2, **sections):
+def _job(client, tmp_path, folder, model, seed=0, holdout=0.2, log=None, **sections):
     data = {"path": str(folder), "target": "target", "holdout": holdout, **sections.pop("data", {})}
     spec = parse_job({"name": "select", "seed": seed, "data": data, "model": model,
                       "output": {"store": str(tmp_path / "models")}, **sections}, "test")
-    result = run_job(spec, client)
+    result = run_job(spec, client, log=log)
     manifest = json.loads((Path(result.uri) / "manifest.json").read_text())
     return result, manifest, load_model(result.uri)
 
@@ -139,6 +141,24 @@ def test_logistic_cv_mean_within_half_a_point_of_cross_val_score(client, tmp_pat
     assert result.summary["cv"]["mean"] == cv["mean"]
 
 
+def _assert_candidates_shared_passes(client, started, job_id, logs, candidates, folds):
+    """Each fold's exact logistic candidates made one task per partition and pass between them, in the passes
+    of the longest fit alone rather than the sum of all (counted from the scheduler's task stream)."""
+    prefix = f"distml-train-{job_id}-"
+    train = [str(r["key"]).removeprefix(prefix) for r in client.get_task_stream(start=started)
+             if str(r["key"]).startswith(prefix)]
+    assert not [k for k in train if re.match(r"r\d+f\d+c\d+-", k)]  # no candidate made a pass of its own
+    shared = [m for m in logs if "shared passes" in m]
+    assert len(shared) == folds
+    for fold, message in enumerate(shared):
+        tasks = [k.removeprefix(f"r0f{fold}all-").split("-") for k in train if k.startswith(f"r0f{fold}all-")]
+        passes = len({t[0] for t in tasks})
+        assert len(tasks) == passes * len({t[1] for t in tasks})  # one task per partition and pass, for all
+        alone = int(message.split("alone: ")[1].rstrip(")"))
+        assert message == f"{candidates} exact logistic fits from {passes} shared passes over the data (alone: {alone})"
+        assert 2 * passes <= alone, (passes, alone)
+
+
 def _sklearn_grid(estimator, grid, X, y):
     search = GridSearchCV(estimator, grid, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
     return dict(zip(map(str, search.cv_results_["params"]), search.cv_results_["mean_test_score"]))
@@ -151,8 +171,12 @@ def test_search_picks_what_grid_search_cv_picks(client, tmp_path, make_data):
     fold_rows = len(train) * 2 / 3
 
     alphas = [1e-4, 1e-2, 1e-1, 1.0]
-    _, manifest, _ = _job(client, tmp_path, folder, {"kind": "logistic"},
-                          search={"params": {"alpha": alphas}, "cv": 3})
+    logs: list[str] = []
+    client.get_task_stream(start=0, stop=0)  # makes sure the scheduler records a task stream
+    started = time.time()
+    result, manifest, _ = _job(client, tmp_path, folder, {"kind": "logistic"}, log=logs.append,
+                               search={"params": {"alpha": alphas}, "cv": 3})
+    _assert_candidates_shared_passes(client, started, result.job_id, logs, len(alphas), folds=3)
     theirs = _sklearn_grid(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
                            {"logisticregression__C": [1 / (a * fold_rows) for a in alphas]}, X, y)
     by_alpha = dict(zip(alphas, theirs.values()))

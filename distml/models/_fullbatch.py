@@ -13,7 +13,8 @@ scikit-learn runs it) needs tens of passes for the same accuracy. Its per-pass
 state is a Hessian of ``((features + 1) * classes)²`` floats, hence the width
 bound in ``logistic.py``. On many rows the Hessian is taken from a fixed
 uniform subsample (every row's draw ``u``), which changes the path but not
-the optimum: the gradient is always the full one.
+the optimum: the gradient is always the full one. A search's candidates share
+these passes (``_fullbatch_many``): one task evaluates a stack of coefficients.
 
 Both checkpoint after every step or iteration (``solve_newton``, ``_Replay``), so a
 resumed job ends with the coefficients of the uninterrupted run, bit for bit.
@@ -57,7 +58,22 @@ def _add_sums_part(a: PassSums, b: PassSums) -> PassSums:
 def _logistic_pass_part(source: Any, theta: np.ndarray, classes: np.ndarray, class_weight: np.ndarray,
                         hessian_fraction: float | None) -> PassSums:
     """Log loss, gradient and optionally Hessian of one block at ``theta`` ((outputs, features + 1))."""
+    return _block_sums(source.load(), theta, classes, class_weight, hessian_fraction)
+
+
+def _logistic_stack_part(source: Any, asks: list[tuple[np.ndarray, np.ndarray, float | None]],
+                         classes: np.ndarray) -> list[PassSums]:
+    """``_logistic_pass_part`` for a stack of (theta, class weights, Hessian fraction), reading the block once."""
     block = source.load()
+    return [_block_sums(block, theta, classes, class_weight, fraction) for theta, class_weight, fraction in asks]
+
+
+def _add_stack_part(a: list[PassSums], b: list[PassSums]) -> list[PassSums]:
+    return [_add_sums_part(x, y) for x, y in zip(a, b)]
+
+
+def _block_sums(block: Any, theta: np.ndarray, classes: np.ndarray, class_weight: np.ndarray,
+                hessian_fraction: float | None) -> PassSums:
     X, n = block.X, len(block.y)
     index = np.searchsorted(classes, block.y)
     s = class_weight[index]
@@ -174,20 +190,25 @@ class Objective:
             _add_sums_part, key=lambda level, j: env.key("merge", index, level, j),
             max_in_flight=env.max_in_flight,
         ).result()
-        lam = self.alpha * total.rows
-        coef = theta[:, :-1]
-        value = (total.loss + 0.5 * lam * float(np.sum(coef * coef))) / total.weight
-        grad = total.grad.copy()
-        grad[:, :-1] += lam * coef
-        hess = None
-        if total.hess is not None:
-            hess = total.hess.copy()
-            width = theta.shape[1]
-            diagonal = np.arange(hess.shape[0])
-            penalised = diagonal[diagonal % width != width - 1]
-            hess[penalised, penalised] += lam
-            hess /= total.weight
-        return value, grad / total.weight, hess, total.rows
+        return objective_at(total, theta, self.alpha)
+
+
+def objective_at(total: PassSums, theta: np.ndarray, alpha: float) -> tuple[float, np.ndarray, np.ndarray | None, int]:
+    """The scaled objective, gradient and Hessian at ``theta`` from a pass's summed ``total`` (see ``Objective``)."""
+    lam = alpha * total.rows
+    coef = theta[:, :-1]
+    value = (total.loss + 0.5 * lam * float(np.sum(coef * coef))) / total.weight
+    grad = total.grad.copy()
+    grad[:, :-1] += lam * coef
+    hess = None
+    if total.hess is not None:
+        hess = total.hess.copy()
+        width = theta.shape[1]
+        diagonal = np.arange(hess.shape[0])
+        penalised = diagonal[diagonal % width != width - 1]
+        hess[penalised, penalised] += lam
+        hess /= total.weight
+    return value, grad / total.weight, hess, total.rows
 
 
 @dataclass(frozen=True)
@@ -375,32 +396,63 @@ def solve_lbfgs(objective: Objective, width: int, max_iter: int, tol: float,
     return Solution(result.x.reshape(shape), int(result.nit), objective.passes, bool(result.success), rows[0])
 
 
+@dataclass(frozen=True)
+class ExactFit:
+    """One exact fit's settings: what ``fit_exact`` takes besides the data, and what ``fit_exact_many`` stacks."""
+
+    method: str  # newton or lbfgs
+    alpha: float
+    weights: dict[object, float] | None
+    max_iter: int
+    tol: float
+
+
+SOLVERS = {"newton": solve_newton, "lbfgs": solve_lbfgs}
+
+
 def fit_exact(parts: Partitions, ctx: TrainContext, *, method: str, alpha: float,
               weights: dict[object, float] | None, max_iter: int, tol: float) -> LogisticRegression:
     """Fit by ``method`` (``newton`` or ``lbfgs``); returns a plain fitted ``LogisticRegression``."""
-    from sklearn.linear_model import LogisticRegression
-
+    fit = ExactFit(method, alpha, weights, max_iter, tol)
     classes = np.asarray(ctx.data.classes)
-    class_weight = np.array([(weights or {}).get(c, 1.0) for c in classes.tolist()], dtype=np.float64)
-    outputs = 1 if len(classes) == 2 else len(classes)
-    fraction = min(1.0, HESSIAN_ROWS / max(1, ctx.data.train_rows))
-    objective = Objective(parts, ctx, classes, class_weight, alpha, outputs, fraction)
-    width = ctx.data.n_features + 1
-    solve = solve_newton if method == "newton" else solve_lbfgs
-    solution = solve(objective, width, max_iter, tol, ctx.env.log)
+    objective = Objective(parts, ctx, classes, class_weight_vector(classes, weights), alpha, n_outputs(classes),
+                          hessian_fraction(ctx))
+    solution = SOLVERS[method](objective, ctx.data.n_features + 1, max_iter, tol, ctx.env.log)
     ctx.env.report("train", 1.0)
     ctx.env.log(f"{method}: {'converged' if solution.converged else 'NOT converged'} after "
                 f"{solution.n_iter} iterations, {solution.passes} passes over the data")
     if not solution.converged:
         ctx.env.log(f"warning: {method} did not converge within max_iter={max_iter} (tol {tol:g}); "
                     f"the model is the last iterate: raise model.params.max_iter")
+    return to_estimator(solution, fit, classes, ctx.data.n_features)
+
+
+def hessian_fraction(ctx: TrainContext) -> float:
+    """Share of the rows (by their draw) the Hessian is taken from: the same for every fit on these rows."""
+    return min(1.0, HESSIAN_ROWS / max(1, ctx.data.train_rows))
+
+
+def class_weight_vector(classes: np.ndarray, weights: dict[object, float] | None) -> np.ndarray:
+    """Each class's weight, aligned with ``classes`` (1 where ``weights`` is silent)."""
+    return np.array([(weights or {}).get(c, 1.0) for c in classes.tolist()], dtype=np.float64)
+
+
+def n_outputs(classes: np.ndarray) -> int:
+    """Rows of the coefficients: one logit for two classes (binomial), else one per class."""
+    return 1 if len(classes) == 2 else len(classes)
+
+
+def to_estimator(solution: Solution, fit: ExactFit, classes: np.ndarray, n_features: int) -> LogisticRegression:
+    """The plain ``LogisticRegression`` whose coefficients are ``solution``'s."""
+    from sklearn.linear_model import LogisticRegression
+
     theta = solution.theta
-    if outputs > 1:
+    if len(classes) > 2:
         theta[:, -1] -= theta[:, -1].mean()  # the intercepts' free common shift, as scikit-learn leaves it
-    C = 1.0 / (alpha * solution.rows) if alpha > 0 else np.inf
-    est = LogisticRegression(C=C, max_iter=max_iter, tol=tol, class_weight=weights)
+    C = 1.0 / (fit.alpha * solution.rows) if fit.alpha > 0 else np.inf
+    est = LogisticRegression(C=C, max_iter=fit.max_iter, tol=fit.tol, class_weight=fit.weights)
     est.coef_, est.intercept_ = theta[:, :-1].copy(), theta[:, -1].copy()
     est.classes_ = classes
-    est.n_features_in_ = ctx.data.n_features
+    est.n_features_in_ = n_features
     est.n_iter_ = np.array([solution.n_iter], dtype=np.int32)
     return est

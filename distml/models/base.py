@@ -6,7 +6,8 @@ default for every field), ``ENCODING`` (how its categories are encoded),
 ``train(parts, params, ctx) -> fitted sklearn estimator``. The runner knows
 nothing else about it. A family may also define ``train_many(parts,
 params_list, ctx)``, fitting several configurations from shared data passes
-(a search uses it; it returns None when these configurations cannot share).
+(a search uses it; it returns None when these configurations cannot share, and
+may put a candidate's exception in place of its model).
 """
 from __future__ import annotations
 

@@ -249,6 +249,14 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RandomForestC
     return forest
 
 
+def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
+    """A search's forests, candidates with the same draws (seed, n_estimators, bootstrap, max_samples,
+    class_weight) sharing every sampling pass and sample (``_forest_many``); None with early stopping."""
+    from distml.models._forest_many import train_many as grow_many
+
+    return grow_many(parts, params_list, ctx)
+
+
 def _checkpointed(layout: Layout, ctx: TrainContext) -> tuple[dict[int, list[Any]], Callable[..., None],
                                                               dict[str, Any]]:
     """The trees of a resumed job's last checkpoint (by first tree index), what to call as trees arrive (it

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from distml.models._fullbatch import fit_exact
+from distml.models._fullbatch import ExactFit, fit_exact
+from distml.models._fullbatch_many import fit_exact_many
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models._softmax import SoftmaxSGD, to_estimator
 from distml.models._weights import class_weights
@@ -124,3 +125,22 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegre
     fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes},
                        metric="validation log loss")
     return to_estimator(fitted, ctx.data.n_features, ctx.data.train_rows, fitted.n_iter_)
+
+
+def train_many(parts: Partitions, params_list: list[Params],
+               ctx: TrainContext) -> list[LogisticRegression | Exception] | None:
+    """Every candidate of a search from shared passes when all are exact (newton or lbfgs, any alpha, tol,
+    max_iter and class_weight): each pass evaluates every still-running candidate in one task per partition.
+
+    Each candidate's coefficients are those its own ``train`` gives (``_fullbatch_many``); a candidate whose
+    solver failed gets its exception in its place. None when any candidate streams SGD.
+    """
+    fits = []
+    for params in params_list:
+        solver = params.pick_solver(ctx.data.n_features, len(ctx.data.classes))
+        if solver not in EXACT:
+            return None
+        weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
+        tol = DEFAULT_TOL[solver] if params.tol is None else params.tol
+        fits.append(ExactFit(solver, params.alpha, weights, params.max_iter, tol))
+    return fit_exact_many(parts, ctx, fits)
