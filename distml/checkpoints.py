@@ -158,13 +158,13 @@ class Checkpoints:
 
         The state file is verified (sha256, then the trust list) before it is loaded.
         """
-        import skops.io as sio
-
-        from distml.trust import check_model_file
-
         meta = self.latest() if self.resume else None
         if meta is None:
             return None if self.initial is None else (0, self.initial)
+        import skops.io as sio  # only now: a new job does not wait for skops to load
+
+        from distml.trust import check_model_file
+
         step = meta["step"]
         fs, folder = self._folder()
         where = self.uri(f"checkpoint-{step}.skops")
