@@ -122,7 +122,8 @@ def test_when_the_record_cannot_be_written_either_the_one_line_says_both(client,
 
 # --- 2. signals ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("signame, to_group", [("SIGTERM", False), ("SIGINT", False), ("SIGINT", True)],
+@pytest.mark.parametrize("signame, to_group", [("SIGTERM", False), pytest.param("SIGINT", False, marks=pytest.mark.slow),
+                                                ("SIGINT", True)],
                          ids=["sigterm", "sigint", "ctrl-c-to-the-process-group"])
 def test_a_signal_to_submit_records_cancelled_closes_the_cluster_and_prints_one_line(
         small, job_file, tmp_path, signame, to_group):

@@ -249,22 +249,28 @@ def test_resume_refuses_a_missing_job_and_changed_data_in_one_line(scheduler, ma
         "submit it as a new job instead")
 
 
+def _detached_until_resumed_after_checkpoint_2(job, store, tmp_path):
+    """Submit ``job`` detached to a cluster whose drivers exit after checkpoint 2; its final record, once it
+    succeeded after the driver resumed by itself from that checkpoint."""
+    from distml.service import wait
+
+    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
+        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
+        assert submitted.returncode == 0, submitted.stderr
+        record = wait(JobRecords(str(store)), submitted.stdout.strip(), timeout=240)
+    assert record["state"] == "succeeded"
+    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    return record
+
+
 @pytest.mark.timeout(420)  # a cluster of its own, and a worker restart
 def test_a_detached_job_whose_driver_worker_dies_resumes_by_itself_once_to_the_identical_model(softmax_job, tmp_path):
     """The hook is in the workers' environment: the detached driver's worker dies after checkpoint 2 and
     its nanny restarts it; the scheduler reruns the driver, which resumes from the checkpoint (and its lanes)."""
     from distml import load_model
-    from distml.service import wait
 
     job, expected = softmax_job
-    store = tmp_path / "models"
-    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
-        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
-        assert submitted.returncode == 0, submitted.stderr
-        job_id = submitted.stdout.strip()
-        record = wait(JobRecords(str(store)), job_id, timeout=240)
-    assert record["state"] == "succeeded"
-    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    record = _detached_until_resumed_after_checkpoint_2(job, tmp_path / "models", tmp_path)
     got = load_model(record["model"])
     np.testing.assert_array_equal(got[-1].coef_, expected[-1].coef_)
 
@@ -436,7 +442,6 @@ def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after
                                                                                          job_file, tmp_path):
     """As the softmax one, for the cascade: the rerun driver restores layer 2's support-vector sets."""
     from distml import load_model
-    from distml.service import wait
 
     folder, _ = make_data(rows=2000, features=4, files=3)
     store = tmp_path / "models"
@@ -444,13 +449,7 @@ def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after
                    model={"kind": "svm", "params": {"chunk_rows": 300, "feedback_tol": 0.0}},
                    output={"store": str(store), "report": False, "evaluation_report": False})
     expected = reference_model(job, scheduler)[-1]
-    with processes.dask_processes(tmp_path, env={**os.environ, EXIT_HOOK: "2"}) as address:
-        submitted = distml("submit", job, "--scheduler", address, "--store", store, "--detach")
-        assert submitted.returncode == 0, submitted.stderr
-        job_id = submitted.stdout.strip()
-        record = wait(JobRecords(str(store)), job_id, timeout=240)
-    assert record["state"] == "succeeded"
-    assert record["resumed"]["by"] == "driver" and record["resumed"]["checkpoint"] == 2
+    record = _detached_until_resumed_after_checkpoint_2(job, store, tmp_path)
     messages = [m for _, m in record["events"]]
     after = messages[next(i for i, m in enumerate(messages) if m.startswith("resumed from checkpoint 2:")):]
     layers = [m.split(":")[0] + (" (restored)" if "from the checkpoint" in m else "")

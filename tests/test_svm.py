@@ -46,7 +46,10 @@ def reference_accuracy(folder: Path, model, estimator) -> float:
     return float((estimator.predict(features.transform(Xt)) == yt).mean())
 
 
-@pytest.mark.parametrize("classes", [pytest.param(2, marks=pytest.mark.slow), 3])  # 3 classes: one-vs-one too
+# both in the slow tier: the default run compares a binary cascade with one SVC on 4,000 rows
+# (test_svm_job_saves_a_model_that_predicts_probabilities_on_raw_rows)
+@pytest.mark.parametrize("classes", [pytest.param(2, marks=pytest.mark.slow),
+                                     pytest.param(3, marks=pytest.mark.slow)])  # 3 classes: one-vs-one too
 def test_cascade_is_within_a_third_of_a_point_of_one_svc_on_40k_rows(client, nonlinear, tmp_path, classes):
     from sklearn.svm import SVC
 
