@@ -21,7 +21,7 @@ from distml.data import open_dataset
 from distml.errors import DataError, SpecError
 from distml.features import plan_features
 from distml.jobfile import parse_job
-from distml.models import forest
+from distml.models import _forest_trees, forest
 from distml.models.base import TrainContext
 from distml.runner import run_job
 from distml.spec import DataSpec
@@ -178,14 +178,14 @@ def test_layout_bounds_a_groups_sample_by_worker_memory(client, data):
     plan = plan_features(dataset, client, "20260101-000000-l", None)
     params = forest.Params(n_estimators=20, max_samples=0.3)
     ctx = _context(client, plan, worker_memory=4 * 2**20)
-    rates, _, _ = forest._draw_rates(params, ctx, False)
-    layout = forest._layout(params, ctx, rates)
+    rates, _, _ = _forest_trees._draw_rates(params, ctx, False)
+    layout = _forest_trees._layout(params, ctx, rates)
     assert sorted(t for g in layout.groups for t in g) == list(range(20))
-    assert layout.group_bytes <= forest.TASK_BUDGET * 4 * 2**20 and len(layout.waves) > 1
+    assert layout.group_bytes <= _forest_trees.TASK_BUDGET * 4 * 2**20 and len(layout.waves) > 1
     whole = forest.Params(max_samples=1.0)
     tiny = _context(client, plan, worker_memory=2 * 2**20)
     with pytest.raises(DataError, match=r"^model\.params\.max_samples: one tree's sample takes about \d+ MiB"):
-        forest._layout(whole, tiny, forest._draw_rates(whole, tiny, False)[0])
+        _forest_trees._layout(whole, tiny, _forest_trees._draw_rates(whole, tiny, False)[0])
 
 
 def _job(tmp_path, folder, params, target="target"):

@@ -1,7 +1,7 @@
 """Several forests from shared samples: candidates that draw the same rows grow tree i on one gathered sample.
 
 Which rows a forest's tree i learns from depends only on the job's seed, the draw settings (``bootstrap``,
-``max_samples``, ``class_weight``) and ``n_estimators`` (which sets the groups and waves, ``forest._layout``),
+``max_samples``, ``class_weight``) and ``n_estimators`` (which sets the groups and waves, ``_forest_trees._layout``),
 never on the per-tree settings (``max_depth``, ``min_samples_leaf``, ``max_features``, ``criterion``, ...).
 Candidates that agree on the former therefore share every sampling pass and merged sample: each group's
 sample gets one tree task per candidate and chunk, with that candidate's tree parameters, exactly the task its
@@ -16,17 +16,17 @@ import numpy as np
 
 from distml.errors import DataError
 from distml.models._bootstrap import SamplePlan, sample_wave
+from distml.models._forest_trees import TreeSpec, _assemble, _draw_rates, _fit_trees_part, _layout, _tree_params
 from distml.models._oob import oob_score
 
 if TYPE_CHECKING:
     from distributed import Future
 
     from distml.blocks import Partitions
-    from distml.models.base import TrainContext
-    from distml.models.forest import Params
+    from distml.models.base import FamilyParams, TrainContext
 
 
-def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
+def train_many(parts: Partitions, params_list: list[FamilyParams], ctx: TrainContext) -> list[Any] | None:
     """Every candidate's forest, candidates with the same draws sharing their samples; None with early stopping
     (its waves are grown and scored one at a time). A candidate whose parameters do not suit the data gets its
     ``DataError`` in place of its forest."""
@@ -44,10 +44,8 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
     return forests
 
 
-def _grow_together(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any]:
+def _grow_together(parts: Partitions, params_list: list[FamilyParams], ctx: TrainContext) -> list[Any]:
     """``forest.train`` (without early stopping) for candidates with the same draws, one sample per group."""
-    from distml.models.forest import TreeSpec, _assemble, _draw_rates, _fit_trees_part, _layout, _tree_params
-
     regression = ctx.data.target_kind == "regression"
     first = params_list[0]
     rates, per_class, subsample = _draw_rates(first, ctx, regression)
