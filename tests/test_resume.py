@@ -5,6 +5,7 @@ ends the submitting process right after it wrote checkpoint N, as a crash there 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -337,12 +338,14 @@ def exact_plan(cluster, make_data):
         return plan_features(dataset, client, "20260101-000000-0e1070-plan", "classification")
 
 
+_FIT_CALLS = itertools.count()
+
+
 def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None, max_iter=100):
     """Fit ``solver`` (newton, lbfgs) in this process with ``checkpoints``; returns (estimator, log, passes made).
 
     ``die_at``: the fit is killed (``Killed``) when it logs a line starting so.
     """
-    import time
 
     from distml.cluster import worker_resources
     from distml.models import logistic
@@ -355,17 +358,20 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None, m
         if die_at and message.startswith(die_at):
             raise Killed
 
-    ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan, resources=worker_resources(client),
+    # The checkpoints carry the job's id; the tasks get one of their own per call, so that this call's passes are
+    # counted by key and not by a time cut in the task stream (records arrive there out of stop order).
+    keys_id = f"{job_id}_{next(_FIT_CALLS)}"
+    ctx = TrainContext.create(client=client, job_id=keys_id, seed=0, plan=plan, resources=worker_resources(client),
                               log=log, checkpoints=checkpoints)
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
-    started, estimator = time.time(), None
+    estimator = None
     try:
         estimator = logistic.train(plan.parts, logistic.Params(solver=solver, tol=1e-10 if solver == "newton" else 1e-4,
                                                                 max_iter=max_iter), ctx)
     except Killed:
         pass
-    prefix = f"distml-train-{job_id}-"
-    passes = {str(r["key"]).removeprefix(prefix).split("-")[0] for r in client.get_task_stream(start=started)
+    prefix = f"distml-train-{keys_id}-"
+    passes = {str(r["key"]).removeprefix(prefix).split("-")[0] for r in client.get_task_stream()
               if str(r["key"]).startswith(prefix)}
     return estimator, logs, len(passes)
 
