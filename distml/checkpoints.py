@@ -89,9 +89,10 @@ class Checkpoints:
 
     def write(self, step: int, state: dict[str, Any]) -> None:
         """Save checkpoint ``step`` (state file, then its meta create-only), then drop older ones."""
-        import skops.io as sio
-
+        from distml.skops_io import skops_io
         from distml.store import _create, _is_object_store
+
+        sio = skops_io()
 
         payload = sio.dumps(state)
         meta = {"job_id": self.job_id, "step": step, "sha256": hashlib.sha256(payload).hexdigest(),
@@ -161,9 +162,10 @@ class Checkpoints:
         meta = self.latest() if self.resume else None
         if meta is None:
             return None if self.initial is None else (0, self.initial)
-        import skops.io as sio  # only now: a new job does not wait for skops to load
-
+        from distml.skops_io import skops_io  # only now: a new job does not wait for skops to load
         from distml.trust import check_model_file
+
+        sio = skops_io()
 
         step = meta["step"]
         fs, folder = self._folder()

@@ -94,7 +94,9 @@ class Store:
         without a manifest, which no listing shows. With a signing ``key`` the manifest carries an
         HMAC-SHA256 of its canonical bytes.
         """
-        import skops.io as sio
+        from distml.skops_io import skops_io
+
+        sio = skops_io()
 
         _check_name(name)
         version = new_version()
@@ -267,7 +269,9 @@ def open_model(uri: str, storage_options: dict[str, Any] | None = None, *,
                signing_key: str | bytes | None = None,
                signing_key_file: str | None = None) -> tuple[Pipeline, dict[str, Any], str]:
     """``load_model``'s work, also returning the version's manifest and its full URI."""
-    import skops.io as sio
+    from distml.skops_io import skops_io
+
+    sio = skops_io()
 
     key = resolve_key(signing_key, signing_key_file)
     store, name, version = split_uri(uri, storage_options)

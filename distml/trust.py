@@ -93,7 +93,9 @@ def check_model_file(payload: bytes, where: str) -> list[str]:
     Nothing is imported or constructed: the schema is read as JSON, then skops'
     own audit (``get_untrusted_types``) must agree that only allowed types remain.
     """
-    import skops.io as sio
+    from distml.skops_io import skops_io
+
+    sio = skops_io()
 
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:

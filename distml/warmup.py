@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 CLIENT_GROUPS: dict[str, tuple[str, ...]] = {
     "features": ("sklearn.pipeline", "sklearn.compose", "sklearn.preprocessing", "sklearn.impute",
                  "sklearn.linear_model", "sklearn.metrics", "distml.encoding", "distml.evaluate"),
-    "save": ("skops.io",),
+    "save": ("distml.skops_io:skops_io",),  # module:function, called (skops without its scikit-learn scan)
 }
 REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_svg")  # evaluation.html's charts
 # what a worker's tasks import after the statistics pass: the feature transformer and the models
@@ -75,8 +75,11 @@ def _import_groups(groups: dict[str, tuple[str, ...]]) -> None:
 
 def _import_all(names: tuple[str, ...]) -> None:
     for name in names:
+        module, _, function = name.partition(":")
         try:
-            importlib.import_module(name)
+            imported = importlib.import_module(module)
+            if function:
+                getattr(imported, function)()
         except Exception:  # noqa: BLE001 - the code that uses the module imports it again and says why
             return
 

@@ -6,6 +6,7 @@ import io
 import json
 import pickle
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import skops.io as sio
 from click.testing import CliRunner
 
 from distml import load_model
@@ -21,10 +21,12 @@ from distml.cli import main
 from distml.errors import SpecError, StoreError
 from distml.runner import run_job
 from distml.jobfile import parse_job
+from distml.skops_io import skops_io
 from distml.synth import make_dataset, make_table
 from distml.trust import ALLOWED_TYPES, SAVED_ESTIMATORS, schema_nodes
 
 KEY = "a-test-signing-key-0123456789"
+sio = skops_io()  # the first import of skops in this process, as distml imports it (distml.skops_io)
 
 
 def _spec(data, store, model=None, target="target", name="trust-test", **extra):
@@ -137,6 +139,26 @@ def test_the_runstring_payload_is_real_under_a_prefix_rule(saved, tmp_path):
     untrusted = sio.get_untrusted_types(data=payload)
     sio.loads(payload, trusted=[t for t in untrusted if t.startswith(("sklearn.", "numpy."))])
     assert sentinel.read_text() == "ran"
+
+
+def test_skops_is_imported_without_all_of_scikit_learn_and_still_trusts_only_the_allow_list(saved):
+    """In a fresh process: skops' default trust list stays empty, so its audit names every scikit-learn type
+    of the model file, each of which distml's allow-list must then accept; the model loads and predicts."""
+    script = f"""
+import sys
+from distml.skops_io import skops_io
+sio = skops_io()
+from distml import load_model
+from distml.trust import ALLOWED_TYPES
+payload = open({str(saved / "model.skops")!r}, "rb").read()
+untrusted = set(sio.get_untrusted_types(data=payload))
+assert "sklearn.pipeline.Pipeline" in untrusted and untrusted <= ALLOWED_TYPES, untrusted
+model = load_model({str(saved)!r})
+print(type(model).__name__, [m for m in ("sklearn.gaussian_process", "sklearn.neural_network") if m in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Pipeline []\n"  # modules that only skops' scan of all estimators would import
 
 
 def test_a_pickle_renamed_model_skops_is_refused_unread(saved, tmp_path):
