@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.stats import SKETCH_ACCURACY, QuantileSketch
-from distml.tasks import task_key, tree_reduce
+from distml.tasks import MERGE_FAN_IN, task_key, tree_reduce
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -331,7 +331,8 @@ def evaluate(model: Any, sources: list[BlockSource | Future], client: Client, jo
                              key=task_key("eval", job_id, i))
                for i, s in enumerate(sources)]
     sums = tree_reduce(client, futures, _add_metrics_part,
-                       key=lambda level, j: task_key("merge", job_id, "eval", level, j)).result()
+                       key=lambda level, j: task_key("merge", job_id, "eval", level, j),
+                       fan_in=MERGE_FAN_IN).result()
     if classes is None:
         metrics, details = regression_metrics(sums), regression_details(sums)
     else:

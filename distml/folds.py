@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.blocks import Block
-from distml.tasks import task_key, tree_reduce
+from distml.tasks import MERGE_FAN_IN, task_key, tree_reduce
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -130,7 +130,7 @@ def draw_histogram(parts: Partitions, classes: np.ndarray | None, client: Client
         lambda i, s: client.submit(_draw_histogram_part, s, classes, key=task_key("cv", job_id, "draws", i)),
         max_in_flight=max_in_flight)
     return tree_reduce(client, futures, _add_part,
-                       key=lambda level, j: task_key("merge", job_id, "cv", level, j)).result()
+                       key=lambda level, j: task_key("merge", job_id, "cv", level, j), fan_in=MERGE_FAN_IN).result()
 
 
 def folds_from_histogram(hist: np.ndarray, shares: np.ndarray, classes: np.ndarray | None) -> Folds:

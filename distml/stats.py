@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distml.tasks import task_key, tree_reduce
+from distml.tasks import MERGE_FAN_IN, task_key, tree_reduce
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -355,7 +355,7 @@ def run_stats(dataset: Dataset, client: Client, job_id: str, plan: StatsPlan, re
     if report is not None:
         _report_progress(client, futures, lambda f: report("stats", f))
     total = tree_reduce(client, futures, _merge_stats_part,
-                        key=lambda level, j: task_key("merge", job_id, "stats", level, j))
+                        key=lambda level, j: task_key("merge", job_id, "stats", level, j), fan_in=MERGE_FAN_IN)
     return total.result()
 
 

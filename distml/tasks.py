@@ -135,25 +135,75 @@ def pick(client: Client, future: Future, index: int, *, key: str) -> Future:
     return client.submit(_pick_part, future, index, key=key)
 
 
+MERGE_FAN_IN = 8  # the most partial results one merge task combines: fewer scheduler round trips per pass
+MERGE_BYTES = 64 * 2**20  # ... and at most about this many bytes of them
+
+
+def fan_in(value_bytes: int) -> int:
+    """How many partial results of ``value_bytes`` each one merge task combines (2 to ``MERGE_FAN_IN``)."""
+    return max(2, min(MERGE_FAN_IN, MERGE_BYTES // max(1, value_bytes)))
+
+
+def _combine_part(combine: Callable[[Any, Any], Any], *values: Any) -> Any:
+    """``combine`` folded over ``values`` from left to right."""
+    total = values[0]
+    for value in values[1:]:
+        total = combine(total, value)
+    return total
+
+
+class TreeSum:
+    """Partial results combined on the workers as they are pushed, ``fan_in`` at a time.
+
+    The groups depend only on each result's position (a base-``fan_in`` counter: results 0..k-1,
+    then k..2k-1, …, then those groups' totals), so the sum is the same float whatever the
+    scheduling, and a reduction holds at most ``fan_in - 1`` unmerged results per level.
+    """
+
+    def __init__(self, client: Client, combine: Callable[[Any, Any], Any], *, key: Callable[[int, int], str],
+                 fan_in: int = 2) -> None:
+        self.client, self.combine, self.key, self.fan_in = client, combine, key, max(2, fan_in)
+        self.stack: list[tuple[int, Future]] = []  # (level, future), levels never increasing
+        self.merges: dict[int, int] = {}
+
+    def push(self, future: Future) -> None:
+        """Add the next result; full groups are merged at once."""
+        k, level = self.fan_in, 0
+        self.stack.append((0, future))
+        while len(self.stack) >= k and all(entry[0] == level for entry in self.stack[-k:]):
+            self._merge_last(k, level + 1)
+            level += 1
+
+    def total(self) -> Future:
+        """The future of the sum of everything pushed (at least one result): the leftovers merged, smallest last."""
+        while len(self.stack) > 1:
+            self._merge_last(min(self.fan_in, len(self.stack)), None)
+        return self.stack[0][1]
+
+    def _merge_last(self, count: int, level: int | None) -> None:
+        group = self.stack[-count:]
+        del self.stack[-count:]
+        at = group[0][0] if level is None else level - 1  # the key's level: the group's largest
+        index = self.merges.get(at, 0)
+        self.merges[at] = index + 1
+        future = self.client.submit(_combine_part, self.combine, *(f for _, f in group), key=self.key(at, index))
+        self.stack.append((group[0][0] + 1 if level is None else level, future))
+
+
 def tree_reduce(
     client: Client,
     futures: list[Future],
     combine: Callable[[Any, Any], Any],
     *,
     key: Callable[[int, int], str],
+    fan_in: int = 2,
 ) -> Future:
-    """Combine futures pairwise on the workers, ``log2(n)`` levels deep.
+    """Combine futures on the workers, ``fan_in`` at a time, ``log_fan_in(n)`` levels deep (see ``TreeSum``).
 
     Only the final value needs to travel to the client; intermediate values
     move between workers.
     """
-    level = 0
-    while len(futures) > 1:
-        nxt = []
-        for j in range(0, len(futures) - 1, 2):
-            nxt.append(client.submit(combine, futures[j], futures[j + 1], key=key(level, j // 2)))
-        if len(futures) % 2:
-            nxt.append(futures[-1])
-        futures = nxt
-        level += 1
-    return futures[0]
+    reduction = TreeSum(client, combine, key=key, fan_in=fan_in)
+    for future in futures:
+        reduction.push(future)
+    return reduction.total()

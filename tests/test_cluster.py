@@ -126,3 +126,51 @@ def test_a_cluster_without_workers_is_waited_for_a_bounded_time_then_named(monke
                                    "start at least one `dask worker`")
         empty.scale(1)
         assert cluster_module.worker_resources(client)[0] == 1
+
+
+def _after(value: str, delay: float) -> str:
+    import time
+
+    time.sleep(delay)
+    return value
+
+
+def _concat(a: str, b: str) -> str:
+    return a + b
+
+
+class _CountingClient:
+    """Passes ``submit`` through, noting how many futures each merge combines."""
+
+    def __init__(self, client):
+        self.client, self.sizes = client, []
+
+    def submit(self, fn, *args, **kwargs):
+        self.sizes.append(len(args) - 1)  # the first argument is the combine function
+        return self.client.submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("fan_in", [2, 3, 8])
+def test_tree_sums_combine_by_position_whatever_order_the_parts_finish_in(client, fan_in):
+    """A sum that is not commutative (strings) comes out in position order although the parts finish in
+    reverse order; every merge combines 2 to ``fan_in`` parts, ``ceil(log_fan_in(n))`` levels deep."""
+    from distml.tasks import TreeSum
+
+    for n in (1, 2, 7, 8, 9, 17, 64):
+        values = [chr(ord("A") + i % 26) + str(i) for i in range(n)]
+        counting, levels = _CountingClient(client), set()
+
+        def key(level, j):
+            levels.add(level)
+            return f"distml-merge-treesum{fan_in}x{n}-{level}-{j}"
+
+        reduction = TreeSum(counting, _concat, key=key, fan_in=fan_in)
+        for i, value in enumerate(values):
+            reduction.push(client.submit(_after, value, 0.002 * (n - i), key=f"distml-train-treesum-{fan_in}-{n}-{i}"))
+        assert reduction.total().result() == "".join(values)
+        assert all(2 <= size <= fan_in for size in counting.sizes), counting.sizes
+        assert sum(size - 1 for size in counting.sizes) == n - 1  # every merge of s parts leaves s - 1 fewer
+        depth, reach = 0, 1
+        while reach < n:
+            depth, reach = depth + 1, reach * fan_in
+        assert len(levels) == depth and levels == set(range(depth)), (levels, n)

@@ -50,6 +50,11 @@ class PassSums:
     weight: float  # sum of the rows' class weights
 
 
+def sums_bytes(size: int, hessian: bool) -> int:
+    """The bytes of one ``PassSums`` for ``size`` coefficients: the gradient, and the Hessian if asked."""
+    return 8 * (size + (size * size if hessian else 0))
+
+
 def _add_sums_part(a: PassSums, b: PassSums) -> PassSums:
     hess = None if a.hess is None else a.hess + b.hess
     return PassSums(a.loss + b.loss, a.grad + b.grad, hess, a.rows + b.rows, a.weight + b.weight)
@@ -123,40 +128,24 @@ def _hessian(X: np.ndarray, P: np.ndarray, s: np.ndarray, rows: np.ndarray, frac
 
 def reduce_bounded(client: Client, items: list[Any], submit: Callable[[int, Any], Future],
                    combine: Callable[[Any, Any], Any], *, key: Callable[[int, int], str],
-                   max_in_flight: int) -> Future:
-    """``submit`` every item (at most ``max_in_flight`` unfinished) and sum the results pairwise on the workers.
+                   max_in_flight: int, value_bytes: int) -> Future:
+    """``submit`` every item (at most ``max_in_flight`` unfinished) and sum the results on the workers.
 
-    The pairing depends only on the item's position (a binary counter: items
-    0+1, 2+3, then (0+1)+(2+3), …), so the sum is the same float whatever the
-    scheduling; partial sums are combined as soon as both exist, so a pass
-    holds ``max_in_flight + log2(n)`` partial results, not one per partition.
+    Results of about ``value_bytes`` are merged a group at a time as soon as a group exists
+    (``distml.tasks.TreeSum``: by position, so the sum is the same float whatever the scheduling),
+    so a pass holds ``max_in_flight`` plus a few partial results per level, not one per partition.
     """
-    from distml.tasks import submit_bounded
+    from distml.tasks import TreeSum, fan_in, submit_bounded
 
-    stack: list[tuple[int, Future]] = []  # (level, future), levels strictly decreasing
-    merges = [0] * 64
-
-    def push(future: Future) -> None:
-        level = 0
-        while stack and stack[-1][0] == level:
-            _, left = stack.pop()
-            future = client.submit(combine, left, future, key=key(level, merges[level]))
-            merges[level] += 1
-            level += 1
-        stack.append((level, future))
+    reduction = TreeSum(client, combine, key=key, fan_in=fan_in(value_bytes))
 
     def submit_and_push(i: int, item: Any) -> Future:
         future = submit(i, item)
-        push(future)
+        reduction.push(future)
         return future
 
     submit_bounded(client, items, submit_and_push, max_in_flight=max_in_flight)
-    total = stack.pop()[1]
-    while stack:  # the leftover carries, smallest first
-        level, left = stack.pop()
-        total = client.submit(combine, left, total, key=key(level, merges[level]))
-        merges[level] += 1
-    return total
+    return reduction.total()
 
 
 @dataclass
@@ -188,7 +177,7 @@ class Objective:
             lambda i, source: env.client.submit(_logistic_pass_part, source, theta, self.classes,
                                                 self.class_weight, fraction, key=env.key("train", index, i)),
             _add_sums_part, key=lambda level, j: env.key("merge", index, level, j),
-            max_in_flight=env.max_in_flight,
+            max_in_flight=env.max_in_flight, value_bytes=sums_bytes(theta.size, hessian),
         ).result()
         return objective_at(total, theta, self.alpha)
 

@@ -31,6 +31,7 @@ from distml.models._fullbatch import (
     hessian_fraction,
     objective_at,
     reduce_bounded,
+    sums_bytes,
     to_estimator,
 )
 
@@ -135,4 +136,5 @@ def _stack_pass(parts: Partitions, ctx: TrainContext, stack: list[tuple[Any, ...
                                             key=env.key("train", index, i)),
         _add_stack_part, key=lambda level, j: env.key("merge", index, level, j),
         max_in_flight=env.max_in_flight,
+        value_bytes=sum(sums_bytes(np.size(theta), fraction is not None) for theta, _, fraction in stack),
     ).result()

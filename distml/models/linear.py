@@ -15,7 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
-from distml.tasks import tree_reduce
+from distml.tasks import fan_in, tree_reduce
 
 if TYPE_CHECKING:
     from sklearn.base import RegressorMixin
@@ -120,7 +120,9 @@ def _gram(parts: Partitions, ctx: TrainContext) -> np.ndarray:
     """The training rows' augmented Gram matrix, summed in a tree on the workers."""
     client = ctx.env.client
     grams = [client.submit(_gram_part, s, key=ctx.env.key("train", i)) for i, s in enumerate(parts.train)]
-    total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.env.key("merge", level, j)).result()
+    width = ctx.data.n_features + 2  # the augmented Gram matrix: features, intercept and target
+    total = tree_reduce(client, grams, _add_part, key=lambda level, j: ctx.env.key("merge", level, j),
+                        fan_in=fan_in(8 * width * width)).result()
     ctx.env.report("train", 1.0)
     return total
 
