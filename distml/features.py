@@ -45,11 +45,13 @@ class FeaturePlan:
 
 
 def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | None,
-                  report: Any = None, *, encoding: str = "onehot", log: Any = None) -> FeaturePlan:
+                  report: Any = None, *, encoding: str = "onehot", log: Any = None,
+                  cross_products: bool = False) -> FeaturePlan:
     """Run the one statistics pass on the cluster and build the feature transformer.
 
     ``encoding`` is the family's choice for categorical columns (``onehot`` or
-    ``ordinal``); ``log`` receives warnings (dropped rows, constant features).
+    ``ordinal``); ``log`` receives warnings (dropped rows, constant features);
+    ``cross_products`` also measures the least-squares Gram matrix (``distml.gram``) where it can.
     """
     kinds = dataset.kinds
     regression = task == "regression" or (task is None and kinds[dataset.target] == "numeric"
@@ -58,7 +60,8 @@ def plan_features(dataset: Dataset, client: Client, job_id: str, task: str | Non
                      tuple(c for c in dataset.features if kinds[c] == "numeric"),
                      tuple(c for c in dataset.features if kinds[c] != "numeric"),
                      dataset.missing == "drop", dataset.max_categories + 1,
-                     dataset.missing == "impute" and dataset.impute_strategy == "median")
+                     dataset.missing == "impute" and dataset.impute_strategy == "median",
+                     cross_products and all(kinds[c] == "numeric" for c in dataset.features))
     stats = run_stats(dataset, client, job_id, plan, report)
     warming = warm_workers(client, job_id)  # fresh workers import what the next passes need meanwhile
     waited = ready("features")  # the client's scikit-learn imports, begun when the cluster was up

@@ -344,25 +344,31 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
 
     n_workers, _threads, memory = resources
     params = spec.model.params
+    # A search or cross-validation trains on subsets of the rows, each needing its own passes anyway.
+    cross = getattr(family, "wants_cross_products", _no)(params) and not (spec.search or spec.data.cv)
     with phases("stats"):
         plan = plan_features(dataset, client, job_id, family.task(params), progress,
-                             encoding=family.ENCODING, log=log)
+                             encoding=family.ENCODING, log=log, cross_products=cross)
     if parent is not None:  # warm start: the parent's transformer and classes, once the data fits them
         from distml.warm import adopt
 
         adopt(parent, plan, dataset)
+        plan.stats.cross = None  # moments of this job's columns, not necessarily in the parent transformer's order
     parts = plan.parts
     # Measured by the statistics pass (rows kept x transformed width + targets); persisting holds the
     # holdout blocks too, so evaluation needs no further read.
     block_bytes = int(plan.train_bytes * (1 + parts.holdout_rows / max(1, parts.train_rows)))
     share = f"{block_bytes / 2**20:.0f} MiB of {memory * n_workers / 2**20:.0f} MiB cluster memory"
-    if memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
+    ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
+                              report=progress, log=log, checkpoints=checkpoints)
+    if ctx.data.gram is not None:
+        log(f"training and holdout blocks take {share} (measured): the statistics pass measured what training "
+            "needs, so only the evaluation reads Parquet again")
+    elif memory and block_bytes < PERSIST_FRACTION * memory * n_workers:
         log(f"training and holdout blocks take {share} (measured): persisting them in cluster memory")
         parts = persist(parts, client, job_id)
     else:
         log(f"training and holdout blocks take {share} (measured): re-reading Parquet at every pass")
-    ctx = TrainContext.create(client=client, job_id=job_id, seed=spec.seed, plan=plan, resources=resources,
-                              report=progress, log=log, checkpoints=checkpoints)
     if parent is not None and checkpoints is not None:
         from distml.warm import initial_state
 
@@ -385,6 +391,10 @@ def _train(spec: JobSpec, client: Client, dataset: Dataset, family: Any, job_id:
     if parts.persisted:
         client.cancel(parts.train)  # free cluster memory before evaluation
     return fitted, plan, parts, selection, training
+
+
+def _no(params: Any) -> bool:
+    return False
 
 
 def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from distml.gram import CrossMoments
 from distml.tasks import MERGE_FAN_IN, task_key, tree_reduce
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class StatsPlan:
     drop_nulls: bool  # missing: drop
     cap: int  # category counts kept per column while merging: max_categories + 1
     sketch: bool  # median imputation needs quantile sketches
+    cross: bool = False  # the features' and target's cross moments (``distml.gram``: linear exact needs no pass)
 
 
 @dataclass
@@ -238,6 +240,7 @@ class PartStats:
     memory_bytes: int = 0  # measured: the rows read, as pandas holds them
     target_bytes: int = 0  # measured: the training targets, as numpy holds them in a block
     cap: int = MAX_CLASSES + 1
+    cross: CrossMoments | None = None  # asked by ``StatsPlan.cross``; None where a partition had non-finite values
 
 
 def used_rows(frame: pd.DataFrame, target: str, features: list[str], drop_nulls: bool) -> np.ndarray:
@@ -289,6 +292,10 @@ def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> P
     if plan.sketch:
         stats.sketches = [QuantileSketch.of(train_values[:, j]) for j in range(len(numeric))]
     _target_stats(stats, y, train, plan.regression)
+    if plan.cross and finite and not categorical and y.dtype.kind in "fiu":
+        target = y.to_numpy(dtype=np.float64)[train]
+        if np.isfinite(target).all():
+            stats.cross = CrossMoments.of(np.column_stack([train_values, target]))
     return stats
 
 
@@ -337,6 +344,7 @@ def _merge_stats_part(a: PartStats, b: PartStats) -> PartStats:
         {c: np.maximum(a.distinct[c], b.distinct[c]) for c in a.distinct}, sketches,
         a.dropped_target + b.dropped_target, a.dropped_nulls + b.dropped_nulls,
         a.memory_bytes + b.memory_bytes, a.target_bytes + b.target_bytes, a.cap,
+        cross=a.cross.merge(b.cross) if a.cross is not None and b.cross is not None else None,
     )
 
 

@@ -39,7 +39,7 @@ def test_data_three_times_cluster_memory_trains_without_worker_restarts(tmp_path
     rows = int(3 * WORKERS * WORKER_MEMORY / (8 * (FEATURES + 1))) + 1
     folder = tmp_path / "big"
     _write_float32_dataset(folder, rows, files=8)
-    # linear exact: the fewest passes (statistics, one Gram pass, evaluation), each re-reading Parquet
+    # linear exact: the fewest passes (statistics with the Gram matrix, evaluation), each re-reading Parquet
     spec = parse_job({"name": "big", "data": {"path": str(folder), "target": "target", "holdout": 0.1},
                       "model": {"kind": "linear"},
                       "output": {"store": str(tmp_path / "models")}}, "test")

@@ -7,7 +7,9 @@ default for every field), ``ENCODING`` (how its categories are encoded),
 nothing else about it. A family may also define ``train_many(parts,
 params_list, ctx)``, fitting several configurations from shared data passes
 (a search uses it; it returns None when these configurations cannot share, and
-may put a candidate's exception in place of its model).
+may put a candidate's exception in place of its model), and
+``wants_cross_products(params)``, asking the statistics pass for the Gram matrix
+its training would otherwise sum in a pass (``distml.gram``, ``DataSummary.gram``).
 """
 from __future__ import annotations
 
@@ -133,17 +135,23 @@ class DataSummary:
     y_mean: float  # regression target's mean over training rows (0 for classification)
     y_scale: float  # regression target's standard deviation (1 for classification)
     train_rows: int
+    gram: np.ndarray | None = None  # [X 1 y]ᵀ[X 1 y] of the training rows, when the statistics pass measured it
+    gram_sources: Any = None  # the training sources (``Partitions.train``) ``gram`` is for; no others
 
     @classmethod
     def from_plan(cls, plan: FeaturePlan) -> DataSummary:
         """The summary of a feature plan's training rows."""
+        from distml.gram import transformed_gram
+
         y_moments = plan.stats.target_moments
+        gram = transformed_gram(plan.stats.cross, plan.transformer)
         return cls(
             target_kind=plan.target_kind, classes=plan.classes, class_counts=plan.class_counts,
             n_features=plan.n_features, x_var=plan.x_var,
             y_mean=float(y_moments.mean[0]) if y_moments else 0.0,
             y_scale=float(max(y_moments.var[0], 1e-12) ** 0.5) if y_moments else 1.0,
             train_rows=plan.parts.train_rows,
+            gram=gram, gram_sources=None if gram is None else plan.parts.train,
         )
 
 

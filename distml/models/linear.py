@@ -57,6 +57,11 @@ def task(params: Params) -> Task:
     return "regression"
 
 
+def wants_cross_products(params: Params) -> bool:
+    """The exact solver takes its Gram matrix from the statistics pass where it can (``distml.gram``)."""
+    return params.solver == "exact"
+
+
 # --- runs on workers ---------------------------------------------------------
 
 
@@ -117,7 +122,11 @@ def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> Regres
 
 
 def _gram(parts: Partitions, ctx: TrainContext) -> np.ndarray:
-    """The training rows' augmented Gram matrix, summed in a tree on the workers."""
+    """The training rows' augmented Gram matrix: the statistics pass's, or summed in a tree on the workers."""
+    if ctx.data.gram is not None and ctx.data.gram_sources is parts.train:
+        ctx.env.log("exact: the Gram matrix came with the statistics pass; no training pass")
+        ctx.env.report("train", 1.0)
+        return ctx.data.gram
     client = ctx.env.client
     grams = [client.submit(_gram_part, s, key=ctx.env.key("train", i)) for i, s in enumerate(parts.train)]
     width = ctx.data.n_features + 2  # the augmented Gram matrix: features, intercept and target
