@@ -193,6 +193,8 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
                   f"{ref['support_vectors']:>9} {ref['predict_10k']:>10.2f}  one SVC in this process "
                   f"(distml/SVC time {row['ratio']:.2f}, accuracy {row['accuracy_gap']:+.4f})", flush=True)
         out.append(row)
+        Path(args.out).mkdir(exist_ok=True)  # each size as it finishes: a long run that is stopped keeps its rows
+        (Path(args.out) / "svm-noisy-latest.json").write_text(json.dumps(out, indent=2))
     return out
 
 
