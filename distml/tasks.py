@@ -31,6 +31,7 @@ PHASES: dict[str, str] = {
     "cut": "cascade SVM: partitions cut into chunk pieces",
     "pick": "cascade SVM: one chunk's piece of a cut",
     "svm": "cascade SVM: first-layer fits",
+    "map": "kernel approximation: training rows mapped once to the features every epoch reads",
     "probe": "kernel SVM: the probe SVC and the learning curve that choose its route",
     "layer": "cascade SVM: merge layers",
     "screen": "cascade SVM: candidates screened by margin",

@@ -81,7 +81,8 @@ def _curve_part(samples: list[SVSet], rows: int, components: list[int], nystroem
         started = time.perf_counter()
         approx = Nystroem(n_components=n, **nystroem).fit(X)
         model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(approx.transform(X), y)
-        points.append({"n_components": n, "accuracy": round(float((model.predict(approx.transform(Xv)) == yv).mean()), 5),
+        accuracy = float((model.predict(approx.transform(Xv)) == yv).mean())
+        points.append({"n_components": n, "accuracy": round(accuracy, 5),
                        "seconds": round(time.perf_counter() - started, 3)})
     return points
 
@@ -110,8 +111,8 @@ class Route:
         """The manifest's section: the route, the measured fraction against its threshold, and the costs."""
         return {"route": {"taken": self.name, "reason": self.reason, "sv_fraction": self.sv_fraction,
                           "threshold": self.threshold, "probe": self.probe, "curve": self.curve,
-                          "n_components": self.n_components, "epochs": self.epochs, "choice_seconds": round(self.seconds, 3),
-                          "train_seconds": round(train_seconds, 3)}}
+                          "n_components": self.n_components, "epochs": self.epochs,
+                          "choice_seconds": round(self.seconds, 3), "train_seconds": round(train_seconds, 3)}}
 
 
 def route_epochs(train_rows: int) -> int:

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
 SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
-NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits: kernel matrix, SVD U and V, normalisation
-NYSTROEM_WORKER_COPIES = 2  # the fitted normalisation on a worker, and its copy while it is unpickled
+NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits (on a worker): kernel matrix, SVD U and V, normalisation
+NYSTROEM_ARRIVED_COPIES = 2  # the fitted normalisation where it arrives (client, workers), and its copy while unpickled
 WORKER_SHARE = 0.6  # of a worker's memory limit; Dask pauses a worker past it
+MAPPED_SHARE = 0.25  # of the cluster's memory: kernel features held for the epochs of an approximation
 DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
 _CASCADE_ONLY = {"probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol",
                  "switch_sv_fraction"}
@@ -176,16 +177,16 @@ def _check_data(params: Params, ctx: TrainContext) -> None:
 def _check_nystroem_memory(params: Params, ctx: TrainContext) -> None:
     """Refuse a Nystroem map whose n×n matrices cannot fit, before any sampling: one line with the sizes.
 
-    Fitting on the client holds the sample's kernel matrix, its SVD factors and the normalisation
+    Fitting on a worker holds the sample's kernel matrix, its SVD factors and the normalisation
     (``NYSTROEM_FIT_COPIES`` n×n float64 arrays); the fitted map's n×n normalisation then travels
-    to every worker, which also holds a copy while unpickling (``NYSTROEM_WORKER_COPIES``).
+    to the client and every worker, each holding a copy while unpickling (``NYSTROEM_ARRIVED_COPIES``).
     """
     import psutil
 
     n = min(params.n_components, ctx.data.train_rows)  # Nystroem takes at most one component per sampled row
-    limits = [("each worker", NYSTROEM_WORKER_COPIES, int(WORKER_SHARE * ctx.env.worker_memory))] \
+    limits = [("each worker", NYSTROEM_FIT_COPIES, int(WORKER_SHARE * ctx.env.worker_memory))] \
         if ctx.env.worker_memory else []
-    limits.append(("the submitting process", NYSTROEM_FIT_COPIES, psutil.virtual_memory().available))
+    limits.append(("the submitting process", NYSTROEM_ARRIVED_COPIES, psutil.virtual_memory().available))
     for where, copies, available in limits:
         need = copies * 8 * n * n
         if need > available:
@@ -335,11 +336,37 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``."""
     from sklearn.pipeline import Pipeline
 
-    from distml.models._approx_sgd import _ApproxSGD
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
     approx = _fit_approximation(parts, params, ctx)
-    template = _sgd_template(params, ctx, weights, _ApproxSGD, loss)
-    template.approx_ = approx
-    model = _train_linear(parts, template, params, ctx)
+    mapped = _mapped(parts, approx, ctx)
+    if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
+        template = _sgd_template(params, ctx, weights, _ApproxSGD, loss)
+        template.approx_ = approx
+        model = _train_linear(parts, template, params, ctx)
+    else:
+        model = _train_linear(mapped, _sgd_template(params, ctx, weights, _MappedSGD, loss), params, ctx)
+        ctx.env.client.cancel(mapped.train)
     return Pipeline([("approx", approx), ("svm", _plain(model))])
+
+
+def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | None:
+    """The training blocks mapped once to float32 kernel features and held on the workers, when those take at
+    most ``MAPPED_SHARE`` of the cluster's memory (measured limits; unknown limits: never): every epoch then
+    reads features instead of recomputing the map's ``n_components^2`` product per row."""
+    from dataclasses import replace
+
+    from distml.models._approx_sgd import _map_part
+
+    need = 4 * ctx.data.train_rows * int(approx.n_components)
+    budget = MAPPED_SHARE * ctx.env.worker_memory * ctx.env.n_workers
+    if need > budget:
+        ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB, more than {MAPPED_SHARE:.0%} of the cluster's memory: "
+                    "mapping the rows again at every epoch")
+        return None
+    client = ctx.env.client
+    shared = client.scatter(approx, broadcast=True)  # one copy per worker, not one per task
+    train = [client.submit(_map_part, source, shared, key=ctx.env.key("map", i)) for i, source in enumerate(parts.train)]
+    ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB held on the workers for the epochs")
+    return replace(parts, train=train, holdout=[], persisted=True)
 
