@@ -8,9 +8,9 @@ training rows (the rows with the lowest draws ``u``, the same on every run); whe
 more than ``switch_sv_fraction`` of them are support vectors, the family trains a
 linear SVM on Nyström features instead, whose cost grows with the rows, not with
 the square of the support vectors. The number of components comes from a small
-learning curve on a larger sample (``CURVE_ROWS``): the fewest of
+learning curve on a larger sample (``CURVE_ROWS``): the most of
 ``CURVE_COMPONENTS`` whose validation accuracy is within ``CURVE_TOL`` of the
-curve's best. Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
+curve's best (``pick_components`` says why the most). Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
 The sample stays on the workers: one task per partition keeps its rows below the
@@ -37,7 +37,7 @@ PROBE_ROWS = 4000  # rows of the probe SVC: large enough that its fraction is ne
 CURVE_ROWS = 24_000  # rows of the learning curve: its first 80% (by draw) train, the rest validate
 CURVE_COMPONENTS = (250, 500, 1000, 2000)  # Nyström sizes tried
 CURVE_ROWS_PER_COMPONENT = 8  # curve training rows per component: fewer, and the curve measures overfitting
-CURVE_TOL = 0.002  # accuracy given up for fewer components (each doubling costs 4x per row)
+CURVE_TOL = 0.002  # validation accuracy below the curve's best that still counts as no worse
 EPOCHS = 10  # SGD epochs of the curve, and most of the route's (5 end ~0.4 points short of 15 on noisy data)
 MIN_EPOCHS = 3
 SGD_ROW_STEPS = 400_000  # row updates the route's averaged SGD makes: more rows, fewer epochs
@@ -129,9 +129,14 @@ def _curve_components(curve_rows: int, n_features: int, worker_memory: int) -> l
 
 
 def pick_components(curve: list[dict[str, Any]]) -> int:
-    """The fewest components whose validation accuracy is within ``CURVE_TOL`` of the curve's best."""
+    """The most components whose validation accuracy is within ``CURVE_TOL`` of the curve's best.
+
+    The curve's few thousand rows understate what more components give on all the rows (there each
+    component is fitted on many more of them), so a size is given up only where the curve shows it
+    does worse: a map too large for its rows, overfitting.
+    """
     best = max(p["accuracy"] for p in curve)
-    return min(p["n_components"] for p in curve if p["accuracy"] >= best - CURVE_TOL)
+    return max(p["n_components"] for p in curve if p["accuracy"] >= best - CURVE_TOL)
 
 
 def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: dict[str, Any], gram_bytes: int,
@@ -165,7 +170,7 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         route.epochs = route_epochs(rows)
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
-                        f"top fit cost about one SVC; Nyström features ({route.n_components} components, the fewest "
+                        f"top fit cost about one SVC; Nyström features ({route.n_components} components, the most "
                         f"within {CURVE_TOL:.1%} of the best of {components} on a {want:,}-row learning curve) "
                         f"with a linear SVM instead, {route.epochs} epochs")
     client.cancel(samples)
