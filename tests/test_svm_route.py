@@ -127,9 +127,24 @@ def test_probabilities_on_the_nystroem_route_come_from_a_logistic_model_on_raw_r
     np.testing.assert_array_equal(chosen.predict(raw), chosen.classes_[proba.argmax(axis=1)])
 
 
-def test_an_explicit_approximation_wins_over_the_measured_route(client, noisy, tmp_path):
+def test_an_explicit_approximation_wins_and_streamed_features_give_the_model_held_ones_do(client, noisy, tmp_path,
+                                                                                          monkeypatch):
     from distml import load_model
+    from distml.models import svm
 
-    result = run_job(svm_job(noisy, tmp_path, approximation="rbf_sampler", n_components=100), client)
-    assert type(load_model(result.uri)[-1][0]).__name__ == "RBFSampler"
-    assert "training" not in json.loads((Path(result.uri) / "manifest.json").read_text())
+    params = {"approximation": "nystroem", "n_components": 100}
+    events: list[str] = []
+    held = run_job(svm_job(noisy, tmp_path / "held", **params), client, log=events.append)
+    assert "training" not in json.loads((Path(held.uri) / "manifest.json").read_text())  # no probe, no route
+    assert not any(e.startswith("svm route") for e in events)
+    assert any(e.startswith("kernel features: ") and "held on the workers" in e for e in events), events
+    monkeypatch.setattr(svm, "MAPPED_SHARE", 0.0)  # as when the features would not fit: mapped at every epoch
+    events.clear()
+    streamed = run_job(svm_job(noisy, tmp_path / "streamed", **params), client, log=events.append)
+    assert any("mapping the rows again at every epoch" in e for e in events), events
+    one, two = load_model(held.uri)[-1], load_model(streamed.uri)[-1]
+    assert type(one[0]).__name__ == "Nystroem" and one[0].n_components == 100
+    # the same SGD steps on the same float32 features, up to BLAS rounding (its blocks follow the batch shapes)
+    np.testing.assert_allclose(one[-1].coef_, two[-1].coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(one[-1].intercept_, two[-1].intercept_, rtol=0, atol=1e-4)
+    assert abs(held.metrics["accuracy"] - streamed.metrics["accuracy"]) <= 0.001

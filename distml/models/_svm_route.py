@@ -10,7 +10,8 @@ linear SVM on Nyström features instead, whose cost grows with the rows, not wit
 the square of the support vectors. The number of components comes from a small
 learning curve on a larger sample (``CURVE_ROWS``): the most of
 ``CURVE_COMPONENTS`` whose validation accuracy is within ``CURVE_TOL`` of the
-curve's best (``pick_components`` says why the most). Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
+curve's best beyond its noise (``pick_components`` says why the most); the
+route keeps that size's map. Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
 The sample stays on the workers: one task per partition keeps its rows below the
@@ -20,6 +21,7 @@ their counts, accuracies and timings only.
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,7 +42,7 @@ CURVE_ROWS_PER_COMPONENT = 8  # curve training rows per component: fewer, and th
 CURVE_TOL = 0.002  # validation accuracy below the curve's best that still counts as no worse
 EPOCHS = 10  # SGD epochs of the curve, and most of the route's (5 end ~0.4 points short of 15 on noisy data)
 MIN_EPOCHS = 3
-SGD_ROW_STEPS = 400_000  # row updates the route's averaged SGD makes: more rows, fewer epochs
+SGD_ROW_STEPS = 2_000_000  # row updates the route's averaged SGD makes: more rows, fewer epochs
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -67,24 +69,25 @@ def _probe_part(samples: list[SVSet], rows: int, svc_params: dict[str, Any], gra
             "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _curve_part(samples: list[SVSet], rows: int, components: list[int], nystroem: dict[str, Any],
-                sgd: dict[str, Any]) -> list[dict[str, Any]]:
-    """Validation accuracy of the Nyström route for each number of components, on the sample's first rows."""
+def _curve_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any],
+                sgd: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """One point of the learning curve: the Nyström route with ``n`` components fitted on the sample's first
+    rows and scored on the rest; (the point, the fitted map, which the route reuses if it picks ``n``)."""
     from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import SGDClassifier
 
+    from distml.models._approx_sgd import features
+
+    started = time.perf_counter()
     curve = _first(samples, rows)
     cut = int(0.8 * len(curve))
     X, y, Xv, yv = curve.X[:cut], curve.y[:cut], curve.X[cut:], curve.y[cut:]
-    points = []
-    for n in components:
-        started = time.perf_counter()
-        approx = Nystroem(n_components=n, **nystroem).fit(X)
-        model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(approx.transform(X), y)
-        accuracy = float((model.predict(approx.transform(Xv)) == yv).mean())
-        points.append({"n_components": n, "accuracy": round(accuracy, 5),
-                       "seconds": round(time.perf_counter() - started, 3)})
-    return points
+    approx = Nystroem(n_components=n, **nystroem).fit(X)
+    model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(features(approx, X), y)
+    accuracy = float((model.predict(features(approx, Xv)) == yv).mean())
+    point = {"n_components": n, "accuracy": round(accuracy, 5), "validation_rows": len(yv),
+             "seconds": round(time.perf_counter() - started, 3)}
+    return point, approx
 
 
 # --- runs on the client ------------------------------------------------------
@@ -101,6 +104,7 @@ class Route:
     curve: list[dict[str, Any]] = field(default_factory=list)
     n_components: int | None = None
     epochs: int | None = None  # the Nystroem route's SGD epochs
+    approx: Any = None  # the fitted Nystroem map of the chosen size (from the curve)
     seconds: float = 0.0  # probe and curve, as the client waited for them
 
     @property
@@ -128,15 +132,18 @@ def _curve_components(curve_rows: int, n_features: int, worker_memory: int) -> l
     return fits or [CURVE_COMPONENTS[0]]
 
 
-def pick_components(curve: list[dict[str, Any]]) -> int:
-    """The most components whose validation accuracy is within ``CURVE_TOL`` of the curve's best.
+def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
+    """The most components whose validation accuracy is no worse than the curve's best beyond its noise:
+    ``CURVE_TOL``, or two standard errors of the best accuracy on the curve's validation rows if more.
 
     The curve's few thousand rows understate what more components give on all the rows (there each
     component is fitted on many more of them), so a size is given up only where the curve shows it
-    does worse: a map too large for its rows, overfitting.
+    does worse: a map too large for its rows, overfitting. Returns (components, the tolerance used).
     """
-    best = max(p["accuracy"] for p in curve)
-    return max(p["n_components"] for p in curve if p["accuracy"] >= best - CURVE_TOL)
+    top = max(curve, key=lambda p: p["accuracy"])
+    best = top["accuracy"]
+    tol = max(CURVE_TOL, 2.0 * math.sqrt(best * (1.0 - best) / max(1, top["validation_rows"])))
+    return max(p["n_components"] for p in curve if p["accuracy"] >= best - tol), tol
 
 
 def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: dict[str, Any], gram_bytes: int,
@@ -164,14 +171,19 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         nystroem = {"kernel": svc_params["kernel"], "gamma": svc_params["gamma"], "degree": svc_params["degree"],
                     "coef0": svc_params["coef0"], "random_state": ctx.env.child_seeds(1, salt=5)[0]}
         components = _curve_components(want, ctx.data.n_features, ctx.env.worker_memory)
-        route.curve = client.submit(_curve_part, samples, want, components, nystroem, sgd,
-                                    key=key("probe", 2)).result()
-        route.name, route.n_components = "nystroem", pick_components(route.curve)
-        route.epochs = route_epochs(rows)
+        # one task per size, largest first: the sizes' fits run side by side on the workers
+        points = {n: client.submit(_curve_part, samples, want, n, nystroem, sgd, key=key("probe", 2, n))
+                  for n in sorted(components, reverse=True)}
+        route.curve = [client.submit(operator.itemgetter(0), points[n], key=key("probe", 3, n)).result()
+                       for n in components]
+        route.n_components, tol = pick_components(route.curve)
+        route.name, route.epochs = "nystroem", route_epochs(rows)
+        route.approx = client.submit(operator.itemgetter(1), points[route.n_components], key=key("probe", 4)).result()
+        client.cancel(list(points.values()))
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
                         f"top fit cost about one SVC; Nyström features ({route.n_components} components, the most "
-                        f"within {CURVE_TOL:.1%} of the best of {components} on a {want:,}-row learning curve) "
+                        f"within {tol:.1%} of the best of {components} on a {want:,}-row learning curve) "
                         f"with a linear SVM instead, {route.epochs} epochs")
     client.cancel(samples)
     route.seconds = time.perf_counter() - started

@@ -321,7 +321,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
         switched = params.model_copy(update={"approximation": "nystroem", "n_components": route.n_components,
                                              "epochs": route.epochs})
         _check_nystroem_memory(switched, ctx)
-        model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params))
+        model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params), approx=route.approx)
     ctx.env.record_training(route.record(time.perf_counter() - started))
     return model
 
@@ -332,13 +332,14 @@ def _route_loss(params: Params) -> str:
 
 
 def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, weights: Any,
-                         loss: str | None = None) -> BaseEstimator:
-    """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``."""
+                         loss: str | None = None, approx: Any = None) -> BaseEstimator:
+    """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``
+    (``approx``: a map already fitted, else one fitted on a sample)."""
     from sklearn.pipeline import Pipeline
 
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
-    approx = _fit_approximation(parts, params, ctx)
+    approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
     mapped = _mapped(parts, approx, ctx)
     if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
         template = _sgd_template(params, ctx, weights, _ApproxSGD, loss)
