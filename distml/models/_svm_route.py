@@ -157,12 +157,18 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         return Route("cascade", f"{rows:,} training rows, at most {2 * PROBE_ROWS:,}: one SVC's worth, kept exact",
                      threshold)
     started = time.perf_counter()
-    want = min(rows, CURVE_ROWS)
-    fraction = min(1.0, (want + 4 * math.sqrt(want)) / rows)  # 4 standard deviations: nearly always enough rows
     client, key = ctx.env.client, ctx.env.key
-    samples = submit_bounded(client, parts.train, lambda i, source: client.submit(
-        _draw_part, source, fraction, key=key("sample", "route", i)), max_in_flight=ctx.env.max_in_flight)
+
+    def draw(want: int, name: str) -> list[Any]:
+        """Futures of every partition's rows below the draw that yields about ``want`` rows (4 standard
+        deviations more: nearly always enough)."""
+        fraction = min(1.0, (want + 4 * math.sqrt(want)) / rows)
+        return submit_bounded(client, parts.train, lambda i, source: client.submit(
+            _draw_part, source, fraction, key=key("sample", name, i)), max_in_flight=ctx.env.max_in_flight)
+
+    samples = draw(PROBE_ROWS, "probe")  # the curve's larger sample only if the route needs it
     probe = client.submit(_probe_part, samples, PROBE_ROWS, svc_params, gram_bytes, key=key("probe", 1)).result()
+    client.cancel(samples)
     route = Route("cascade", "", threshold, probe)
     if route.sv_fraction <= threshold:
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
@@ -170,6 +176,8 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
     else:
         nystroem = {"kernel": svc_params["kernel"], "gamma": svc_params["gamma"], "degree": svc_params["degree"],
                     "coef0": svc_params["coef0"], "random_state": ctx.env.child_seeds(1, salt=5)[0]}
+        want = min(rows, CURVE_ROWS)
+        samples = draw(want, "curve")
         components = _curve_components(want, ctx.data.n_features, ctx.env.worker_memory)
         # one task per size, largest first: the sizes' fits run side by side on the workers
         points = {n: client.submit(_curve_part, samples, want, n, nystroem, sgd, key=key("probe", 2, n))
@@ -179,12 +187,11 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         route.n_components, tol = pick_components(route.curve)
         route.name, route.epochs = "nystroem", route_epochs(rows)
         route.approx = client.submit(operator.itemgetter(1), points[route.n_components], key=key("probe", 4)).result()
-        client.cancel(list(points.values()))
+        client.cancel([*points.values(), *samples])
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
                         f"top fit cost about one SVC; Nyström features ({route.n_components} components, the most "
                         f"within {tol:.1%} of the best of {components} on a {want:,}-row learning curve) "
                         f"with a linear SVM instead, {route.epochs} epochs")
-    client.cancel(samples)
     route.seconds = time.perf_counter() - started
     return route
