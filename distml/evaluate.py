@@ -84,6 +84,7 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     computed for the AUC, one pass over the support vectors.
     """
     from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import SGDClassifier
     from sklearn.svm import SVC
 
     proba = None
@@ -106,7 +107,12 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
         decision = kernels.binary_decision(model, X)
         pred = model.classes_[(decision > 0).astype(np.int64)]
     elif binary:
-        decision, pred = model.decision_function(X), model.predict(X)
+        decision = model.decision_function(X)
+        # a linear SGD classifier (alone, or last after a kernel map) predicts the sign of its decision values:
+        # taken from them, not from a second pass through the kernel map
+        final = model.steps[-1][1] if hasattr(model, "steps") else model
+        pred = (model.classes_[(decision > 0).astype(np.int64)] if isinstance(final, SGDClassifier)
+                else model.predict(X))
     else:
         return model.predict(X), None, None  # no binary score: the AUC needs one
     return pred, None, 1.0 / (1.0 + np.exp(-np.clip(decision, -500, 500)))

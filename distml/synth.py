@@ -5,6 +5,7 @@ than memory can be written and the same arguments always give the same bytes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -138,13 +139,40 @@ def make_nonlinear_dataset(out: str | Path, rows: int = 100_000, features: int =
                            classes: int = 2, seed: int = 0, noise: float = 0.3,
                            test_rows: int | None = None) -> tuple[Path, Path]:
     """Like ``make_dataset`` (same layout), with nonlinear class boundaries."""
+    return _write_streams(out, rows, files, test_rows,
+                          lambda n, stream: make_nonlinear_rows(n, features, classes, seed, stream, noise=noise))
+
+
+def _write_streams(out: str | Path, rows: int, files: int, test_rows: int | None,
+                   make: Callable[[int, int], tuple[np.ndarray, np.ndarray]]) -> tuple[Path, Path]:
+    """``files`` Parquet files of ``make(rows, stream)`` under ``out/`` (stream i for file i), and the test file."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_file = np.diff(np.linspace(0, rows, files + 1).astype(np.int64))
     for i, n in enumerate(per_file):
-        X, y = make_nonlinear_rows(int(n), features, classes, seed, stream=i, noise=noise)
-        _write(out / f"part-{i:05d}.parquet", X, y, None)
+        _write(out / f"part-{i:05d}.parquet", *make(int(n), i), None)
     test_path = out.with_name(out.name + "-test.parquet")
-    X, y = make_nonlinear_rows(test_rows or max(1000, rows // 5), features, classes, seed, stream=10**6, noise=noise)
-    _write(test_path, X, y, None)
+    _write(test_path, *make(test_rows or max(1000, rows // 5), 10**6), None)
     return out, test_path
+
+
+NOISY_FLIPS = 0.1  # labels flipped at random in ``make_noisy_rows``
+NOISY_SCALE = 2.0  # logit scale: with the flips, the best possible accuracy is about 0.80
+
+
+def make_noisy_rows(rows: int, n_features: int = 24, seed: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Binary rows where most training rows end as support vectors: standard-normal features, a logit of a
+    linear part, an interaction, a sine and a square, labels drawn from it and ``NOISY_FLIPS`` of them flipped."""
+    weights = np.random.default_rng([seed, 9]).normal(size=n_features)
+    weights /= np.linalg.norm(weights)
+    rng = np.random.default_rng([seed, 10, stream])
+    z = rng.normal(size=(rows, n_features))
+    logit = NOISY_SCALE * (z @ weights + z[:, 0] * z[:, 1] + 1.5 * np.sin(2.0 * z[:, 2]) + 0.5 * (z[:, 3] ** 2 - 1.0))
+    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+    return z, np.where(rng.random(rows) < NOISY_FLIPS, 1 - y, y)
+
+
+def make_noisy_dataset(out: str | Path, rows: int = 50_000, features: int = 24, files: int = 4, seed: int = 0,
+                       test_rows: int | None = None) -> tuple[Path, Path]:
+    """Like ``make_dataset`` (same layout), with ``make_noisy_rows``'s labels."""
+    return _write_streams(out, rows, files, test_rows, lambda n, stream: make_noisy_rows(n, features, seed, stream))

@@ -54,6 +54,6 @@ def test_a_nystroem_map_too_large_for_the_workers_is_refused_before_sampling(cli
     n = 10_000  # training rows: Nystroem takes at most one component per row
     message = caught.value.message
     assert message.startswith(f"model.params.n_components=20000 with approximation: nystroem needs about "
-                              f"{2 * 8 * n * n / 2**30:.1f} GiB in each worker (2 {n}x{n} matrices); "), message
+                              f"{4 * 8 * n * n / 2**30:.1f} GiB in each worker (4 {n}x{n} matrices); "), message
     assert message.endswith(" GiB is available there; use n_components <= "
-                            f"{int((0.6 * 2**30 / 16) ** 0.5)} or approximation: rbf_sampler"), message
+                            f"{int((0.6 * 2**30 / 32) ** 0.5)} or approximation: rbf_sampler"), message

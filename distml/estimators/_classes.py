@@ -181,7 +181,8 @@ class LinearSVC(_Margins, _ContinuedClassifier, _Classifier):
         return True  # always averaged SGD (the CLI's model.warm_start does not take svm)
 
     _excluded = ("approximation", "n_components", "gamma", "degree", "coef0", "tol", "probability",
-                 "chunk_rows", "max_passes", "feedback_tol", "max_support_vectors")  # the cascade's and kernels'
+                 "chunk_rows", "max_passes", "feedback_tol", "max_support_vectors",
+                 "switch_sv_fraction")  # the cascade's and kernels'
 
 
 @_estimator

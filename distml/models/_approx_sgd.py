@@ -4,20 +4,85 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import SGDClassifier
+
+FEATURE_BATCH_BYTES = 32 * 2**20  # approximate features held at once by a training task
 
 
 class _ApproxSGD(SGDClassifier):
     """Training-time only: an SGDClassifier that maps rows through ``approx_`` first.
 
     It lets the shared SGD engine stream approximate kernel features without
-    holding them anywhere; ``_plain`` turns it into an ordinary SGDClassifier.
+    holding them anywhere (a batch of rows at a time); ``_plain`` turns it into an ordinary SGDClassifier.
     """
 
     approx_: Any = None
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _ApproxSGD:
-        return super().partial_fit(self.approx_.transform(X), y, classes=classes, sample_weight=sample_weight)
+        """SGD over ``X`` in order, mapped a batch of rows at a time: a task holds one batch's features."""
+        step = _batch_rows(self.approx_)
+        for lo in range(0, max(1, len(X)), step):
+            weight = None if sample_weight is None else sample_weight[lo:lo + step]
+            super().partial_fit(features(self.approx_, X[lo:lo + step]), y[lo:lo + step], classes=classes,
+                                sample_weight=weight)
+        return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        return super().decision_function(self.approx_.transform(X))
+        step = _batch_rows(self.approx_)
+        parts = [super(_ApproxSGD, self).decision_function(features(self.approx_, X[lo:lo + step]))
+                 for lo in range(0, len(X), step)]
+        return np.concatenate(parts) if parts else super().decision_function(self.approx_.transform(X))
+
+
+def _batch_rows(approx: Any) -> int:
+    """Rows mapped at once: about ``FEATURE_BATCH_BYTES`` of float64 features."""
+    return max(256, FEATURE_BATCH_BYTES // (8 * int(getattr(approx, "n_components", 1))))
+
+
+def features32(approx: Any, X: np.ndarray) -> np.ndarray:
+    """``approx.transform(X)`` in float32 for training; an rbf Nystroem map in float32 BLAS
+    (``K(X, landmarks) @ normalization``).
+
+    Its cost per row is the ``n_components^2`` product, which float32 halves; the entries stay within
+    ~1e-5 of the saved map's float64 ``transform``, far below what moves an SGD step.
+    """
+    if not isinstance(approx, Nystroem) or approx.kernel != "rbf" or approx.gamma is None:
+        return approx.transform(X).astype(np.float32)
+    from distml.kernels import KernelBlocks
+
+    kernel = KernelBlocks(approx.components_, approx, np.float32, len(X))
+    return kernel(np.asarray(X, dtype=np.float32)) @ approx.normalization_.T.astype(np.float32)
+
+
+def features(approx: Any, X: np.ndarray) -> np.ndarray:
+    """``features32`` as float64: SGDClassifier's float64 coefficients take float64 rows."""
+    return features32(approx, X).astype(np.float64)
+
+
+class _MappedSGD(SGDClassifier):
+    """Training-time only: an SGDClassifier on blocks already mapped to float32 features (``_map_part``),
+    fed to SGD a float64 batch at a time."""
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _MappedSGD:
+        step = max(256, FEATURE_BATCH_BYTES // (8 * max(1, X.shape[1])))
+        for lo in range(0, max(1, len(X)), step):
+            weight = None if sample_weight is None else sample_weight[lo:lo + step]
+            super().partial_fit(np.asarray(X[lo:lo + step], dtype=np.float64), y[lo:lo + step], classes=classes,
+                                sample_weight=weight)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return super().decision_function(np.asarray(X, dtype=np.float64))
+
+
+def _map_part(source: Any, approx: Any) -> Any:
+    """One partition's training block with its rows mapped to float32 features, a batch at a time."""
+    from distml.blocks import Block
+
+    block = source.load()
+    out = np.empty((len(block.X), int(approx.n_components)), dtype=np.float32)
+    step = _batch_rows(approx)
+    for lo in range(0, len(block.X), step):
+        out[lo:lo + step] = features32(approx, block.X[lo:lo + step])
+    return Block(out, block.y, block.u)

@@ -6,10 +6,13 @@ averaged-SGD engine (``alpha = 1 / (C * n)`` is the SVM's ``C``).
 returns a plain ``SVC``. ``approximation: nystroem | rbf_sampler`` maps rows
 to approximate kernel features and trains the linear SVM on them; the result
 is ``Pipeline([approx, SGDClassifier])``, the route for data whose support
-vectors would not fit a worker.
+vectors would not fit a worker. Without an explicit ``approximation`` the
+kernel routes measure first (``_svm_route``): when most rows of a probe SVC are
+support vectors, Nyström features sized by a learning curve replace the cascade.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -20,7 +23,7 @@ from distml.models._cascade import Cascade, CascadePlan, plan_chunks
 from distml.models._sgd import SGDSchedule, train_sgd
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
-from distml.tasks import map_bounded
+from distml.tasks import submit_bounded
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -32,11 +35,13 @@ if TYPE_CHECKING:
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
 SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
-NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits: kernel matrix, SVD U and V, normalisation
-NYSTROEM_WORKER_COPIES = 2  # the fitted normalisation on a worker, and its copy while it is unpickled
+NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits (on a worker): kernel matrix, SVD U and V, normalisation
+NYSTROEM_ARRIVED_COPIES = 2  # the fitted normalisation where it arrives (client, workers), and its copy while unpickled
 WORKER_SHARE = 0.6  # of a worker's memory limit; Dask pauses a worker past it
+MAPPED_SHARE = 0.25  # of the cluster's memory: kernel features held for the epochs of an approximation
 DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
-_CASCADE_ONLY = {"probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol"}
+_CASCADE_ONLY = {"probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol",
+                 "switch_sv_fraction"}
 _SGD_ONLY = {"alpha", "loss", "epochs", "early_stopping", "validation_fraction", "n_iter_no_change"}
 _KERNEL_ONLY = {"gamma", "degree", "coef0"}
 
@@ -58,6 +63,8 @@ class Params(FamilyParams):
     feedback_tol: float = Field(0.01, ge=0.0, le=1.0, description="stop once fewer rows than this fraction of "
                                 "the SVs violate their margins, or change in a refit")
     max_support_vectors: int | None = Field(None, ge=1, description="default: sized from worker memory")
+    switch_sv_fraction: float = Field(0.6, ge=0.0, le=1.0, description="support-vector share of a probe SVC above "
+                                      "which Nystroem features replace the cascade; 1 keeps the cascade")
     approximation: Literal["nystroem", "rbf_sampler"] | None = None
     n_components: int = Field(300, ge=1, le=20_000, description="kernel approximation features")
     alpha: float | None = Field(None, gt=0.0, description="SGD's alpha (linear routes); default 1/(C * rows)")
@@ -130,6 +137,16 @@ def _sample_part(source: Any, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     return block.X[keep], block.u[keep]
 
 
+def _fit_approx_part(samples: list[tuple[np.ndarray, np.ndarray]], approx: Any) -> tuple[Any, int]:
+    """Fit the kernel approximation on the sampled rows in draw order; (fitted, rows used)."""
+    from sklearn.kernel_approximation import Nystroem
+
+    X = np.concatenate([x for x, _ in samples])[np.argsort(np.concatenate([u for _, u in samples]), kind="stable")]
+    if isinstance(approx, Nystroem):  # one component per sampled row at most
+        approx = approx.set_params(n_components=min(approx.n_components, len(X)))
+    return approx.fit(X), len(X)
+
+
 # --- runs on the client ------------------------------------------------------
 
 
@@ -160,16 +177,16 @@ def _check_data(params: Params, ctx: TrainContext) -> None:
 def _check_nystroem_memory(params: Params, ctx: TrainContext) -> None:
     """Refuse a Nystroem map whose n×n matrices cannot fit, before any sampling: one line with the sizes.
 
-    Fitting on the client holds the sample's kernel matrix, its SVD factors and the normalisation
+    Fitting on a worker holds the sample's kernel matrix, its SVD factors and the normalisation
     (``NYSTROEM_FIT_COPIES`` n×n float64 arrays); the fitted map's n×n normalisation then travels
-    to every worker, which also holds a copy while unpickling (``NYSTROEM_WORKER_COPIES``).
+    to the client and every worker, each holding a copy while unpickling (``NYSTROEM_ARRIVED_COPIES``).
     """
     import psutil
 
     n = min(params.n_components, ctx.data.train_rows)  # Nystroem takes at most one component per sampled row
-    limits = [("each worker", NYSTROEM_WORKER_COPIES, int(WORKER_SHARE * ctx.env.worker_memory))] \
+    limits = [("each worker", NYSTROEM_FIT_COPIES, int(WORKER_SHARE * ctx.env.worker_memory))] \
         if ctx.env.worker_memory else []
-    limits.append(("the submitting process", NYSTROEM_FIT_COPIES, psutil.virtual_memory().available))
+    limits.append(("the submitting process", NYSTROEM_ARRIVED_COPIES, psutil.virtual_memory().available))
     for where, copies, available in limits:
         need = copies * 8 * n * n
         if need > available:
@@ -213,25 +230,30 @@ def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
     return max(1, min(n_chunks, max(ctx.env.max_in_flight, budget // params.chunk_rows)))
 
 
-def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights: Any) -> BaseEstimator:
+def _svc_params(params: Params, ctx: TrainContext, weights: Any) -> dict[str, Any]:
+    """The SVC every cascade fit (and the route's probe) uses: one kernel for every chunk."""
+    return {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
+            "coef0": params.coef0, "tol": params.tol, "class_weight": weights}
+
+
+def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, svc: dict[str, Any]) -> BaseEstimator:
     n_chunks = plan_chunks(ctx.data.train_rows, params.chunk_rows)
     group = _chunks_per_read(n_chunks, params, ctx)
     plan = CascadePlan(n_chunks, params.chunk_rows, group, _max_support_vectors(params, ctx), _gram_bytes(ctx),
                        params.max_passes, params.feedback_tol)
-    svc = {"kernel": params.kernel, "C": params.C, "gamma": _gamma(params, ctx), "degree": params.degree,
-           "coef0": params.coef0, "tol": params.tol, "class_weight": weights}
     ctx.env.log(f"cascade SVM: {n_chunks} chunks of at most {params.chunk_rows:,} rows ({group} per read pass), "
             f"gamma {svc['gamma']:.4g}, at most {plan.limit:,} support vectors")
     return Cascade(parts, ctx.env, plan, svc, params.probability, ctx.env.child_seeds(1, salt=3)[0]).run()
 
 
-def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None) -> SGDClassifier:
+def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None,
+                  loss: str | None = None) -> SGDClassifier:
     from sklearn.linear_model import SGDClassifier
 
     cls = cls or SGDClassifier
     alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.data.train_rows)
     # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
-    return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
+    return cls(loss=loss or params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
 
 
 def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
@@ -242,22 +264,28 @@ def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ct
 
 
 def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
-    """Fit Nystroem / RBFSampler on a bounded sample drawn on the workers by the rows' draws."""
+    """Fit Nystroem / RBFSampler on a worker, on a bounded sample drawn on the workers by the rows' draws.
+
+    On a worker rather than the client: workers run BLAS on one thread, and a many-threaded SVD on a
+    busy machine's client process can take many times longer.
+    """
     from sklearn.kernel_approximation import Nystroem, RBFSampler
 
     fraction = min(1.0, SAMPLE_ROWS_PER_COMPONENT * params.n_components / max(1, ctx.data.train_rows))
-    samples = map_bounded(ctx.env.client, _sample_part, parts.train, key=lambda i: ctx.env.key("sample", i),
-                          max_in_flight=ctx.env.max_in_flight, fraction=fraction)
-    X = np.concatenate([x for x, _ in samples])[np.argsort(np.concatenate([u for _, u in samples]), kind="stable")]
+    client = ctx.env.client
+    samples = submit_bounded(client, parts.train, lambda i, source: client.submit(
+        _sample_part, source, fraction, key=ctx.env.key("sample", i)), max_in_flight=ctx.env.max_in_flight)
     seed = ctx.env.child_seeds(1, salt=4)[0]
     gamma = _gamma(params, ctx)
     if params.approximation == "rbf_sampler":
         approx = RBFSampler(gamma=gamma, n_components=params.n_components, random_state=seed)
     else:
         approx = Nystroem(kernel=params.kernel, gamma=gamma, degree=params.degree, coef0=params.coef0,
-                          n_components=min(params.n_components, len(X)), random_state=seed)
-    ctx.env.log(f"{params.approximation}: {params.n_components} components fitted on a sample of {len(X):,} rows")
-    return approx.fit(X)
+                          n_components=params.n_components, random_state=seed)
+    fitted, rows = client.submit(_fit_approx_part, samples, approx, key=ctx.env.key("sample", "fit")).result()
+    client.cancel(samples)
+    ctx.env.log(f"{params.approximation}: {fitted.n_components} components fitted on a sample of {rows:,} rows")
+    return fitted
 
 
 def _plain(model: _ApproxSGD) -> SGDClassifier:
@@ -273,19 +301,73 @@ def _plain(model: _ApproxSGD) -> SGDClassifier:
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator:
     """Fit an SVM on the cluster: SGDClassifier (linear), SVC (cascade) or Pipeline(approx, SGDClassifier)."""
-    from sklearn.pipeline import Pipeline
-
     _check_data(params, ctx)
     weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
-    if params.route == "cascade":
-        return _train_cascade(parts, params, ctx, weights)
     if params.route == "linear":
         return _train_linear(parts, _sgd_template(params, ctx, weights), params, ctx)
-    from distml.models._approx_sgd import _ApproxSGD
+    if params.route == "approximation":
+        return _train_approximation(parts, params, ctx, weights)
+    from distml.models import _svm_route
 
-    approx = _fit_approximation(parts, params, ctx)
-    template = _sgd_template(params, ctx, weights, _ApproxSGD)
-    template.approx_ = approx
-    model = _train_linear(parts, template, params, ctx)
+    svc = _svc_params(params, ctx, weights)
+    sgd = {"loss": _route_loss(params), "alpha": 1.0 / params.C, "class_weight": weights, "average": True,
+           "max_iter": _svm_route.EPOCHS, "tol": None, "random_state": ctx.env.seed}
+    route = _svm_route.choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd)
+    ctx.env.log(f"svm route: {route.name}: {route.reason} ({route.seconds:.2f}s)")
+    started = time.perf_counter()
+    if route.name == "cascade":
+        model = _train_cascade(parts, params, ctx, svc)
+    else:
+        switched = params.model_copy(update={"approximation": "nystroem", "n_components": route.n_components,
+                                             "epochs": route.epochs})
+        _check_nystroem_memory(switched, ctx)
+        model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params), approx=route.approx)
+    ctx.env.record_training(route.record(time.perf_counter() - started))
+    return model
+
+
+def _route_loss(params: Params) -> str:
+    """The Nystroem route's loss in place of the cascade: logistic when probabilities are asked (hinge has none)."""
+    return "log_loss" if params.probability else params.loss
+
+
+def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, weights: Any,
+                         loss: str | None = None, approx: Any = None) -> BaseEstimator:
+    """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``
+    (``approx``: a map already fitted, else one fitted on a sample)."""
+    from sklearn.pipeline import Pipeline
+
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
+
+    approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
+    mapped = _mapped(parts, approx, ctx)
+    if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
+        template = _sgd_template(params, ctx, weights, _ApproxSGD, loss)
+        template.approx_ = approx
+        model = _train_linear(parts, template, params, ctx)
+    else:
+        model = _train_linear(mapped, _sgd_template(params, ctx, weights, _MappedSGD, loss), params, ctx)
+        ctx.env.client.cancel(mapped.train)
     return Pipeline([("approx", approx), ("svm", _plain(model))])
+
+
+def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | None:
+    """The training blocks mapped once to float32 kernel features and held on the workers, when those take at
+    most ``MAPPED_SHARE`` of the cluster's memory (measured limits; unknown limits: never): every epoch then
+    reads features instead of recomputing the map's ``n_components^2`` product per row."""
+    from dataclasses import replace
+
+    from distml.models._approx_sgd import _map_part
+
+    need = 4 * ctx.data.train_rows * int(approx.n_components)
+    budget = MAPPED_SHARE * ctx.env.worker_memory * ctx.env.n_workers
+    if need > budget:
+        ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB, more than {MAPPED_SHARE:.0%} of the cluster's memory: "
+                    "mapping the rows again at every epoch")
+        return None
+    client = ctx.env.client
+    shared = client.scatter(approx, broadcast=True)  # one copy per worker, not one per task
+    train = [client.submit(_map_part, source, shared, key=ctx.env.key("map", i)) for i, source in enumerate(parts.train)]
+    ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB held on the workers for the epochs")
+    return replace(parts, train=train, holdout=[], persisted=True)
 

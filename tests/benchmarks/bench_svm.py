@@ -1,6 +1,10 @@
 """Cascade SVM against one in-memory SVC on the same rows, and first-layer scaling from 1 to 2 workers.
 
 Run on demand: ``python tests/benchmarks/bench_svm.py [--sizes 20000,50000,100000] [--repeat 3]``.
+``--noisy-sizes 20000,50000`` adds the noisy dataset (``distml.synth.make_noisy_rows``: most rows end as
+support vectors, best accuracy about 0.80): one SVC and distml side by side at those sizes, and distml
+alone at ``--noisy-alone 200000,500000``, with the route distml took and the prediction time per 10k rows
+(``--sizes ''`` and ``--scaling-size 0`` skip the first dataset).
 Each size runs ``--repeat`` times, cascade and reference side by side each time; a summary gives the
 median ratio. Prints a table and writes JSON to ``bench-results/svm-<time>.json``. The cascade runs as
 a ``kind: svm`` job on a LocalCluster of two single-threaded workers, each with LocalCluster's share of
@@ -20,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared reference split
@@ -114,6 +119,85 @@ def run_reference(folder: Path, model) -> dict:
             "support_vectors": int(reference.n_support_.sum())}
 
 
+def _predict_seconds(predict, X, rows: int = 10_000) -> float:
+    """Seconds ``predict`` takes on ``rows`` rows (the first ``rows`` of ``X``, repeated if fewer), in this process."""
+    X = pd.concat([X] * -(-rows // len(X)), ignore_index=True).iloc[:rows] if isinstance(X, pd.DataFrame) \
+        else np.resize(X, (rows, X.shape[1]))
+    started = time.perf_counter()
+    predict(X)
+    return round(time.perf_counter() - started, 3)
+
+
+def run_noisy(folder: Path, store: Path, workers: int, memory: str) -> dict:
+    """distml on the noisy data with the family's defaults (``kind: svm``, kernel rbf, C 1): the route it measured."""
+    from distributed import Client, LocalCluster
+
+    from distml import load_model
+    from distml.jobfile import parse_job
+    from distml.runner import run_job
+
+    spec = parse_job({"name": "bench-svm-noisy", "seed": SEED,
+                      "data": {"path": str(folder), "target": "target", "holdout": HOLDOUT},
+                      "model": {"kind": "svm", "params": {"kernel": "rbf"}}, "output": {"store": str(store)}}, "bench")
+    events: list[str] = []
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit=memory, silence_logs=40) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        client.run(_warm_up)
+        started = time.perf_counter()
+        result = run_job(spec, client, log=events.append)
+        whole = time.perf_counter() - started
+    model = load_model(result.uri)
+    route = json.loads((Path(result.uri) / "manifest.json").read_text()).get("training", {}).get("route", {})
+    estimator = model[-1]
+    size = len(estimator.support_) if hasattr(estimator, "support_") else estimator[0].n_components
+    test = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
+    return {"seconds": result.timings["train"], "job_seconds": round(whole, 3), "accuracy": result.metrics["accuracy"],
+            "route": route.get("taken", "cascade"), "sv_fraction": route.get("sv_fraction"),
+            "size": size, "predict_10k": _predict_seconds(model.predict, test), "record": route,
+            "gamma": float(estimator.gamma if hasattr(estimator, "gamma") else estimator[0].gamma), "model": model}
+
+
+def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """The noisy dataset: one SVC and distml side by side at ``--noisy-sizes``, distml alone at ``--noisy-alone``."""
+    from sklearn.svm import SVC
+
+    from distml.synth import make_noisy_dataset
+
+    sizes = [(int(s), True) for s in args.noisy_sizes.split(",") if s] + \
+        [(int(s), False) for s in args.noisy_alone.split(",") if s]
+    if not sizes:
+        return []
+    print(f"\nnoisy data ({args.noisy_features} features, 10% flips), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'rows':>8} {'who':>7} {'train s':>8} {'job s':>7} {'accuracy':>9} {'SVs/comp':>9} {'pred 10k s':>10}  route")
+    out = []
+    for size, with_svc in sizes:
+        folder = make_noisy_dataset(tmp / f"noisy-{size}", rows=size, features=args.noisy_features)[0]
+        ours = run_noisy(folder, tmp / "models", 2, args.worker_memory)
+        model = ours.pop("model")
+        row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "distml": ours, "load": os.getloadavg()[0]}
+        print(f"{size:>8} {'distml':>7} {ours['seconds']:>8.1f} {ours['job_seconds']:>7.1f} {ours['accuracy']:>9.4f} "
+              f"{ours['size']:>9} {ours['predict_10k']:>10.2f}  {ours['route']} (probe SV fraction "
+              f"{ours['sv_fraction']})", flush=True)
+        if with_svc:
+            train, test = split(folder)
+            X, y = model[0].transform(train.drop(columns=["target"])), train["target"].to_numpy()
+            Xt, yt = model[0].transform(test.drop(columns=["target"])), test["target"].to_numpy()
+            started = time.perf_counter()
+            svc = SVC(C=1.0, kernel="rbf", gamma=ours["gamma"]).fit(X, y)
+            ref = {"seconds": round(time.perf_counter() - started, 3), "accuracy": float((svc.predict(Xt) == yt).mean()),
+                   "support_vectors": int(svc.n_support_.sum()), "predict_10k": _predict_seconds(svc.predict, Xt)}
+            row["svc"], row["ratio"] = ref, round(ours["seconds"] / ref["seconds"], 3)
+            row["accuracy_gap"] = round(ours["accuracy"] - ref["accuracy"], 4)
+            print(f"{size:>8} {'SVC':>7} {ref['seconds']:>8.1f} {'':>7} {ref['accuracy']:>9.4f} "
+                  f"{ref['support_vectors']:>9} {ref['predict_10k']:>10.2f}  one SVC in this process "
+                  f"(distml/SVC time {row['ratio']:.2f}, accuracy {row['accuracy_gap']:+.4f})", flush=True)
+        out.append(row)
+        Path(args.out).mkdir(exist_ok=True)  # each size as it finishes: a long run that is stopped keeps its rows
+        (Path(args.out) / "svm-noisy-latest.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main() -> None:
     from distml.synth import make_nonlinear_dataset
 
@@ -126,6 +210,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.3, help="label noise of the synthetic data")
     parser.add_argument("--worker-memory", default="auto",
                         help="each worker's memory limit (auto: LocalCluster's share of this machine's memory)")
+    parser.add_argument("--noisy-sizes", default="20000,50000", help="noisy rows for one SVC and distml ('': none)")
+    parser.add_argument("--noisy-alone", default="200000,500000", help="noisy rows for distml alone ('': none)")
+    parser.add_argument("--noisy-features", type=int, default=24, help="features of the noisy data (20-28)")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
     params = {"chunk_rows": args.chunk_rows, "C": args.C}
@@ -139,7 +226,7 @@ def main() -> None:
     print(f"{'rows':>8} {'train':>7} {'cascade s':>10} {'SVC s':>8} {'ratio':>6} {'acc cascade':>12} "
           f"{'acc SVC':>8} {'SVs cascade':>12} {'SVs SVC':>8} {'passes':>6}  cascade phases (s)")
     summary = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    for size in [int(s) for s in args.sizes.split(",") if s]:
         folder = dataset(size)
         ratios = []
         for repeat in range(args.repeat):  # side by side each time: a fresh cluster, then the reference
@@ -175,13 +262,15 @@ def main() -> None:
         print(f"first layer at {args.scaling_size} rows ({scaling[1][0]['chunks']} chunks), median of {args.repeat}: "
               f"1 worker {first[1]:.2f}s, 2 workers {first[2]:.2f}s, speed-up {speedup:.2f}x; whole cascade "
               f"{whole[1]:.1f}s vs {whole[2]:.1f}s ({whole[1] / whole[2]:.2f}x)")
+    noisy = noisy_section(args, tmp)
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     path = out / f"svm-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"sizes": rows_out, "summary": summary,
                                 "scaling": {"rows": args.scaling_size, "runs": scaling, "first_layer_speedup": speedup},
-                                "params": params, "noise": args.noise, "cores": os.cpu_count()}, indent=2))
+                                "params": params, "noise": args.noise, "cores": os.cpu_count(),
+                                "noisy": {"features": args.noisy_features, "sizes": noisy}}, indent=2))
     print(f"wrote {path}")
 
 

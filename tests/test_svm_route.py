@@ -1,0 +1,150 @@
+"""The kernel svm family chooses its route from a probe SVC: Nyström features on noisy data, the cascade otherwise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distml.jobfile import parse_job
+from distml.models._svm_route import PROBE_ROWS
+from distml.runner import run_job
+from reference import split_frames, train_rows_with_draws, xy
+
+SEED, HOLDOUT = 0, 0.2
+
+
+@pytest.fixture(scope="session")
+def noisy(data_dir):
+    """10,500 noisy rows (8,400 for training): most rows of any SVC on them end as support vectors."""
+    from distml.synth import make_noisy_dataset
+
+    return make_noisy_dataset(data_dir / "noisy-10500", rows=10_500, features=24)[0]
+
+
+def svm_job(folder: Path, store: Path, **params):
+    return parse_job({"name": "svm-route", "seed": SEED, "data": {"path": str(folder), "target": "target",
+                                                                  "holdout": HOLDOUT},
+                      "model": {"kind": "svm", "params": params}, "output": {"store": str(store)}}, "job.yaml")
+
+
+def route_record(result) -> dict:
+    return json.loads((Path(result.uri) / "manifest.json").read_text())["training"]["route"]
+
+
+def probe_fraction(folder: Path, features, gamma: float) -> float:
+    """Support-vector share of one SVC on the ``PROBE_ROWS`` training rows with the lowest draws (the probe's rows)."""
+    from sklearn.svm import SVC
+
+    frame, draws = train_rows_with_draws(folder, SEED, HOLDOUT)
+    X, y = xy(frame.iloc[np.argsort(draws, kind="stable")[:PROBE_ROWS]])
+    return len(SVC(C=1.0, gamma=gamma).fit(features.transform(X), y).support_) / PROBE_ROWS
+
+
+def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(client, noisy, tmp_path):
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.svm import SVC
+
+    from distml import load_model
+
+    events: list[str] = []
+    result = run_job(svm_job(noisy, tmp_path / "a"), client, log=events.append)
+    model = load_model(result.uri)
+    features, chosen = model[0], model[-1]
+    assert isinstance(chosen, Pipeline) and type(chosen[0]) is Nystroem and type(chosen[-1]) is SGDClassifier
+    route = route_record(result)
+    # the fraction recorded is the one the probe's rows give one SVC, and it is what chose the route
+    measured = probe_fraction(noisy, features, chosen[0].gamma)
+    assert route["taken"] == "nystroem" and route["threshold"] == 0.6 and route["probe"]["rows"] == PROBE_ROWS
+    assert abs(route["sv_fraction"] - measured) <= 0.01 and route["sv_fraction"] > 0.6, (route, measured)
+    assert chosen[0].n_components == route["n_components"] in [p["n_components"] for p in route["curve"]]
+    assert route["train_seconds"] > 0 and route["choice_seconds"] > 0
+    line = next(e for e in events if e.startswith("svm route: "))
+    assert line.startswith(f"svm route: nystroem: {route['sv_fraction']:.0%} of a 4,000-row probe SVC's rows are "
+                           "support vectors, more than switch_sv_fraction=0.6"), line
+    # within a point of one SVC (same C, kernel, gamma) on the same training rows, scored on the same rows
+    train, test = split_frames(noisy, SEED, HOLDOUT)
+    (X, y), (Xt, yt) = xy(train), xy(test)
+    one = SVC(C=1.0, gamma=chosen[0].gamma).fit(features.transform(X), y)
+    reference = float((one.predict(features.transform(Xt)) == yt).mean())
+    assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)
+    raw = pd.read_parquet(noisy.with_name(noisy.name + "-test.parquet")).drop(columns=["target"])
+    assert set(model.predict(raw)) == {0, 1}
+
+
+def _measured(route: dict) -> dict:
+    """A route record without its timings."""
+    return {**{k: v for k, v in route.items() if not k.endswith("seconds")},
+            "probe": {k: v for k, v in route["probe"].items() if k != "seconds"},
+            "curve": [{k: v for k, v in p.items() if k != "seconds"} for p in route["curve"]]}
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_route_and_the_same_nystroem_model(client, noisy, tmp_path):
+    from distml import load_model
+
+    first, again = (run_job(svm_job(noisy, tmp_path / name), client) for name in "ab")
+    one, twin = load_model(first.uri)[-1], load_model(again.uri)[-1]
+    np.testing.assert_array_equal(twin[0].components_, one[0].components_)
+    np.testing.assert_array_equal(twin[-1].coef_, one[-1].coef_)
+    assert _measured(route_record(again)) == _measured(route_record(first))
+    assert again.metrics == first.metrics
+
+
+@pytest.mark.slow
+def test_data_with_few_support_vectors_keeps_the_cascade_and_records_why(client, data_dir, tmp_path):
+    from sklearn.svm import SVC
+
+    from distml import load_model
+    from distml.synth import make_nonlinear_dataset
+
+    folder = make_nonlinear_dataset(data_dir / "nonlinear-route-12000", rows=12_000, classes=2, files=4)[0]
+    events: list[str] = []
+    result = run_job(svm_job(folder, tmp_path), client, log=events.append)
+    model = load_model(result.uri)
+    assert type(model[-1]) is SVC
+    route = route_record(result)
+    measured = probe_fraction(folder, model[0], model[-1].gamma)
+    assert route["taken"] == "cascade" and route["curve"] == [] and route["n_components"] is None
+    assert abs(route["sv_fraction"] - measured) <= 0.01 and route["sv_fraction"] <= 0.6, (route, measured)
+    assert any(e.startswith("svm route: cascade: ") and "at most switch_sv_fraction=0.6" in e for e in events)
+
+
+@pytest.mark.slow
+def test_probabilities_on_the_nystroem_route_come_from_a_logistic_model_on_raw_rows(client, noisy, tmp_path):
+    from distml import load_model
+
+    result = run_job(svm_job(noisy, tmp_path, probability=True), client)
+    chosen = load_model(result.uri)
+    assert route_record(result)["taken"] == "nystroem" and chosen[-1][-1].loss == "log_loss"
+    raw = pd.read_parquet(noisy.with_name(noisy.name + "-test.parquet")).drop(columns=["target"])
+    proba = chosen.predict_proba(raw)
+    assert proba.shape == (len(raw), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(chosen.predict(raw), chosen.classes_[proba.argmax(axis=1)])
+
+
+def test_an_explicit_approximation_wins_and_streamed_features_give_the_model_held_ones_do(client, noisy, tmp_path,
+                                                                                          monkeypatch):
+    from distml import load_model
+    from distml.models import svm
+
+    params = {"approximation": "nystroem", "n_components": 100}
+    events: list[str] = []
+    held = run_job(svm_job(noisy, tmp_path / "held", **params), client, log=events.append)
+    assert "training" not in json.loads((Path(held.uri) / "manifest.json").read_text())  # no probe, no route
+    assert not any(e.startswith("svm route") for e in events)
+    assert any(e.startswith("kernel features: ") and "held on the workers" in e for e in events), events
+    monkeypatch.setattr(svm, "MAPPED_SHARE", 0.0)  # as when the features would not fit: mapped at every epoch
+    events.clear()
+    streamed = run_job(svm_job(noisy, tmp_path / "streamed", **params), client, log=events.append)
+    assert any("mapping the rows again at every epoch" in e for e in events), events
+    one, two = load_model(held.uri)[-1], load_model(streamed.uri)[-1]
+    assert type(one[0]).__name__ == "Nystroem" and one[0].n_components == 100
+    # the same SGD steps on the same float32 features, up to BLAS rounding (its blocks follow the batch shapes)
+    np.testing.assert_allclose(one[-1].coef_, two[-1].coef_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(one[-1].intercept_, two[-1].intercept_, rtol=0, atol=1e-4)
+    assert abs(held.metrics["accuracy"] - streamed.metrics["accuracy"]) <= 0.001
