@@ -10,6 +10,7 @@ vectors would not fit a worker.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -17,17 +18,14 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
-from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import map_bounded
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
-    from sklearn.linear_model import SGDClassifier
-
     from distml.blocks import Partitions
-    from distml.models._approx_sgd import _ApproxSGD
 
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
@@ -225,20 +223,18 @@ def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, weights
     return Cascade(parts, ctx.env, plan, svc, params.probability, ctx.env.child_seeds(1, salt=3)[0]).run()
 
 
-def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None) -> SGDClassifier:
+def _sgd_fit(params: Params, ctx: TrainContext, weights: Any, transform: int | None = None) -> SGDFit:
+    """What the SGD engine trains for a linear route: ``SGDClassifier`` on the rows (mapped by ``transform``)."""
     from sklearn.linear_model import SGDClassifier
 
-    cls = cls or SGDClassifier
     alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.data.train_rows)
     # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
-    return cls(loss=params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
-
-
-def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
+    template = SGDClassifier(loss=params.loss, alpha=alpha, class_weight=weights, average=True,
+                             random_state=ctx.env.seed)
     schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
                            params.n_iter_no_change)
-    return train_sgd(parts, template, ctx, schedule, loss=_hinge_loss, fit_kwargs={"classes": ctx.data.classes},
-                     metric="validation hinge loss")
+    return SGDFit(template, schedule, _hinge_loss, {"classes": ctx.data.classes}, metric="validation hinge loss",
+                  transform=transform)
 
 
 def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
@@ -260,15 +256,9 @@ def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> 
     return approx.fit(X)
 
 
-def _plain(model: _ApproxSGD) -> SGDClassifier:
-    """The training-time subclass as an ordinary, fitted SGDClassifier."""
-    from sklearn.linear_model import SGDClassifier
-
-    plain = SGDClassifier(**model.get_params())
-    for name, value in vars(model).items():
-        if name != "approx_":
-            setattr(plain, name, value)
-    return plain
+def _map_settings(params: Params, ctx: TrainContext) -> tuple[Any, ...]:
+    """What fixes the fitted kernel approximation (with the job's seed and rows): equal settings, equal maps."""
+    return params.approximation, params.kernel, _gamma(params, ctx), params.degree, params.coef0, params.n_components
 
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator:
@@ -280,12 +270,46 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
     if params.route == "cascade":
         return _train_cascade(parts, params, ctx, weights)
     if params.route == "linear":
-        return _train_linear(parts, _sgd_template(params, ctx, weights), params, ctx)
-    from distml.models._approx_sgd import _ApproxSGD
+        return train_sgd(parts, _sgd_fit(params, ctx, weights), ctx)
+    approx = _fit_approximation(parts, params, ctx)  # the engine maps each task's rows through it once
+    return Pipeline([("approx", approx), ("svm", train_sgd(parts, _sgd_fit(params, ctx, weights, 0), ctx, [approx]))])
 
-    approx = _fit_approximation(parts, params, ctx)
-    template = _sgd_template(params, ctx, weights, _ApproxSGD)
-    template.approx_ = approx
-    model = _train_linear(parts, template, params, ctx)
-    return Pipeline([("approx", approx), ("svm", _plain(model))])
 
+def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
+    """Every candidate of a search from shared epochs when none trains a cascade (``_sgd.train_sgd_many``).
+
+    Linear and approximation candidates (any C or alpha, loss, class_weight, epochs, early stopping) share
+    each epoch's tasks; candidates with the same approximation settings share one fitted map, and each task
+    maps its rows once per map. Each model is the one its own ``train`` gives; a candidate whose parameters do
+    not suit the data gets its ``DataError`` in place of its model. None when any candidate is a cascade.
+    """
+    import copy
+
+    from sklearn.pipeline import Pipeline
+
+    if any(p.route == "cascade" for p in params_list):
+        return None
+    out: list[Any] = [None] * len(params_list)
+    fits, members, maps, index = [], [], [], {}
+    for i, params in enumerate(params_list):
+        try:
+            _check_data(params, ctx)
+        except DataError as exc:
+            out[i] = exc
+            continue
+        transform = None
+        if params.route == "approximation":
+            settings = _map_settings(params, ctx)
+            if settings not in index:
+                index[settings] = len(maps)
+                map_ctx = replace(ctx, env=replace(ctx.env, job_id=f"{ctx.env.job_id}-m{len(maps)}"))
+                maps.append(_fit_approximation(parts, params, map_ctx))
+            transform = index[settings]
+        weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
+        fits.append(_sgd_fit(params, ctx, weights, transform))
+        members.append(i)
+    for i, fit, model in zip(members, fits, train_sgd_many(parts, fits, ctx, maps)):
+        failed = isinstance(model, Exception)
+        out[i] = model if fit.transform is None or failed else \
+            Pipeline([("approx", copy.deepcopy(maps[fit.transform])), ("svm", model)])
+    return out
