@@ -72,6 +72,8 @@ def _state(model):
 
 @pytest.mark.parametrize("route", list(ROUTES))
 def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make_data, route):
+    """Bitwise the models of the candidates' own fits, from one task per group of partitions and epoch, the
+    epochs of the longest candidate; the early-stopping candidate leaves when it stops."""
     family, kind, grid = ROUTES[route]
     folder, _ = make_data(kind, rows=9000, features=4, files=9, classes=3 if route == "logistic-softmax" else 2)
     logs: list[str] = []
@@ -105,6 +107,9 @@ def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make
         f"epoch {e}: {k} of {len(params)} SGD fits trained; {going_on[e]} go on" for e, k in enumerate(running)]
     assert logs[-1] == (f"{len(params)} SGD fits from {max(epochs_alone)} shared epochs over the data "
                         f"(alone: {sum(epochs_alone)})")
+    sampled = {str(r["key"]) for r in client.get_task_stream()
+               if str(r["key"]).startswith(f"distml-sample-{shared_ctx.env.job_id}-")}
+    assert len(sampled) == (2 if route == "svm-approximation" else 0) * parts.n_parts  # one map per setting
     if "tol" in grid[-1]:  # the last candidate stopped early, and left the shared epochs while another went on
         assert epochs_alone[-1] < min(params[-1].epochs, max(epochs_alone)), epochs_alone
 
