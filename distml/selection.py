@@ -2,7 +2,8 @@
 
 Every candidate trains through its family's own ``train`` (or ``train_many``,
 which shares data passes between candidates: one Gram matrix for every ridge
-``alpha``, one task per partition and pass for every exact logistic candidate) on a row subset of the job's partitions, and is scored by
+``alpha``, one task per partition and pass for every exact logistic candidate,
+one task per group of partitions and epoch for every SGD candidate) on a row subset of the job's partitions, and is scored by
 ``distml.evaluate`` on the rows held out from it. Folds come from each row's
 stable draw (``distml.folds``). Candidates of one fold train concurrently, in
 client threads that each drive their own tasks; the folds run one after the
@@ -229,7 +230,8 @@ class _Runner:
                 fitted_all = shared(parts, [t.params for t in trials], TrainContext(shared_env, data))
             if fitted_all is not None:
                 seconds = (time.perf_counter() - started) / len(trials)
-                for trial, fitted in zip(trials, fitted_all):
+
+                def score_shared(trial: Trial, fitted: Any) -> None:
                     try:
                         if isinstance(fitted, BaseException):  # that candidate's own fit failed
                             raise fitted
@@ -238,6 +240,12 @@ class _Runner:
                         raise
                     except Exception as exc:  # noqa: BLE001 - one candidate's failure is its row in the table
                         trial.error = _error_text(exc)
+
+                # the candidates' scoring passes overlap, as their separate fits' do (each is a few short rounds)
+                with ThreadPoolExecutor(max_workers=min(len(trials), self.max_concurrent),
+                                        thread_name_prefix="distml-score") as pool:
+                    for future in [pool.submit(score_shared, t, f) for t, f in zip(trials, fitted_all)]:
+                        future.result()
                 self.done += len(trials)
                 self._report(total)(self.phase, 0.0)
                 return

@@ -200,7 +200,7 @@ def test_a_cancel_between_shared_passes_ends_every_candidates_solver(client, mak
     assert not [t for t in threading.enumerate() if t.name.startswith("distml-fit-")]
 
 
-def test_a_search_with_an_sgd_candidate_does_not_share():
+def test_a_search_mixing_exact_and_sgd_solvers_does_not_share():
     data = DataSummary("binary", np.array([0, 1]), np.array([5, 5]), n_features=6, x_var=1.0, y_mean=0.0,
                        y_scale=1.0, train_rows=10)
     ctx = TrainContext(None, data)  # decided before any pass: no cluster needed

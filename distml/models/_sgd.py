@@ -1,4 +1,4 @@
-"""Shared engine: streamed, parameter-averaged SGD over partitions on all workers.
+"""Shared engine: streamed, parameter-averaged SGD over partitions on all workers, for one fit or several.
 
 Each epoch the partitions are shuffled (seeded) into groups of ``MIX`` and the
 groups dealt to ``lanes``, one lane per worker thread. A lane is a chain of
@@ -14,12 +14,18 @@ partition's validation rows (those whose draw ``u`` is below
 ``validation_fraction``), so validation costs no extra pass. Training stops when
 ``n_iter_no_change`` epochs in a row did not beat the best loss by ``tol``
 (scikit-learn's rule, ``_stopping``) and returns the best-scoring model.
+
+Several fits (a search's candidates, ``train_sgd_many``) share every task: the
+group order, lane count and shuffling seeds depend only on the job's seed and
+the partitions, so one task reads its group once and advances each fit's lane
+state on exactly the rows, in exactly the order, that fit's own task would; a fit
+that has stopped or run its epochs leaves the later epochs.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,34 +47,72 @@ MIX = 4  # partitions one lane step reads and shuffles together (it holds them a
 
 @dataclass(frozen=True)
 class LaneState:
-    """What a lane hands from task to task: its model and running sums."""
+    """What a lane hands from task to task for one fit: its model and running sums."""
 
     model: Any
     val_loss: float = 0.0
     n_val: int = 0
     n_trained: int = 0
+    error: Exception | None = None  # the fit's own failure (say, a diverged step); later steps pass it on
 
 
-def _sgd_epoch_part(
-    state: LaneState, sources: list[Any], reference: BaseSGD | None, seed: int, validation_fraction: float,
-    loss: LossFn | None, fit_kwargs: dict[str, Any], y_shift: float, y_scale: float,
-) -> LaneState:
-    """One step of one lane: score ``reference`` on validation rows, then ``partial_fit`` on the
-    training rows of all ``sources`` shuffled together."""
+@dataclass(frozen=True)
+class StepInput:
+    """One fit's part of an epoch's tasks: which rows it trains on and how it scores the epoch's start."""
+
+    reference: Any  # the model to score on the validation rows, or None
+    fraction: float  # rows whose draw is below it are validation rows (0: none)
+    loss: LossFn | None
+    fit_kwargs: dict[str, Any]
+    y_shift: float = 0.0
+    y_scale: float = 1.0
+
+    @property
+    def rows(self) -> tuple[float, float, float]:
+        """What fixes the rows this fit trains on: fits that agree on it share one shuffled copy."""
+        return self.fraction, self.y_shift, self.y_scale
+
+
+def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[StepInput], seed: int,
+                    ) -> list[LaneState]:
+    """One step of one lane for every fit: read the group once; per fit, score its ``reference`` on the
+    validation rows, then ``partial_fit`` a copy of its model on the training rows of all ``sources`` shuffled
+    together. Fits with the same ``rows`` share the shuffled (and mapped) copy, made one at a time."""
     blocks = [source.load() for source in sources]
-    val_loss, n_val, train = 0.0, 0, []
-    for block in blocks:
-        y = block.y if y_scale == 1.0 and y_shift == 0.0 else (block.y - y_shift) / y_scale
-        val = block.u < validation_fraction
-        if loss is not None and reference is not None and val.any():
-            val_loss += loss(reference, block.X[val], y[val])
-        n_val += int(val.sum())
-        train.append((block.X, y, np.flatnonzero(~val)))
-    X, y = _shuffled_together(train, seed)
-    model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
-    if len(y):
-        model.partial_fit(X, y, **fit_kwargs)
-    return LaneState(model, state.val_loss + val_loss, state.n_val + n_val, state.n_trained + len(y))
+    out: list[LaneState] = list(states)
+    sharing: dict[tuple[float, float, float], list[int]] = {}
+    for i, step in enumerate(inputs):
+        sharing.setdefault(step.rows, []).append(i)
+    for (fraction, shift, scale), members in sharing.items():
+        members = [i for i in members if states[i].error is None]
+        scoring = [i for i in members if inputs[i].loss is not None and inputs[i].reference is not None]
+        val_loss, n_val, train = dict.fromkeys(members, 0.0), 0, []
+        for block in blocks:
+            y = block.y if scale == 1.0 and shift == 0.0 else (block.y - shift) / scale
+            val = block.u < fraction
+            if scoring and val.any():
+                X_val = block.X[val]
+                for i in (i for i in scoring if out[i].error is None):
+                    try:
+                        val_loss[i] += inputs[i].loss(inputs[i].reference, X_val, y[val])
+                    except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
+                        out[i] = replace(out[i], error=exc)
+            n_val += int(val.sum())
+            train.append((block.X, y, np.flatnonzero(~val)))
+        X, y = _shuffled_together(train, seed)
+        for i in members:
+            state = out[i]
+            if state.error is not None:  # its scoring failed
+                continue
+            model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
+            try:
+                if len(y):
+                    model.partial_fit(X, y, **inputs[i].fit_kwargs)
+            except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
+                out[i] = replace(state, error=exc)
+                continue
+            out[i] = LaneState(model, state.val_loss + val_loss[i], state.n_val + n_val, state.n_trained + len(y))
+    return out
 
 
 def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
@@ -98,6 +142,21 @@ class SGDSchedule:
     validation_fraction: float = 0.1
     tol: float | None = 1e-3
     n_iter_no_change: int = 2
+
+
+@dataclass(frozen=True)
+class SGDFit:
+    """One fit for the engine: an unfitted SGD estimator, its schedule and its loss.
+
+    ``scale_target`` trains on the standardised regression target.
+    """
+
+    template: Any
+    schedule: SGDSchedule
+    loss: LossFn
+    fit_kwargs: dict[str, Any]
+    scale_target: bool = False
+    metric: str = "validation loss"
 
 
 def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
@@ -130,6 +189,135 @@ class _Curve:
                 "best_epoch": best and best[2], "curve": self.points}
 
 
+def _no_log(message: str) -> None:
+    return None
+
+
+@dataclass
+class _Run:
+    """One fit's progress through the epochs: its averaged model, curve and where it stands."""
+
+    fit: SGDFit
+    model: Any
+    scale: tuple[float, float]  # (shift, scale) of the target it trains on
+    curve: _Curve = field(default_factory=lambda: _Curve([]))
+    epochs_run: int = 0
+    trained_epochs: int = 0
+    stopped: bool = False
+    log: Callable[[str], None] = _no_log
+    reference: Any = None
+    error: Exception | None = None  # what ended the fit when one of its steps raised
+
+    @property
+    def running(self) -> bool:
+        return not self.stopped and self.error is None and self.epochs_run < self.fit.schedule.epochs
+
+    def step_input(self, epoch: int) -> StepInput:
+        """This epoch's part of every task; the epoch's starting model is scored from the second epoch on."""
+        schedule = self.fit.schedule
+        self.reference = self.model if epoch > 0 and schedule.early_stopping else None
+        fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
+        return StepInput(self.reference, fraction, self.fit.loss, self.fit.fit_kwargs, *self.scale)
+
+    def average(self, epoch: int, lane_states: list[LaneState]) -> tuple[float, int, int]:
+        """The lanes' average becomes the model; returns the validation sums and the rows trained on."""
+        self.error = next((s.error for s in lane_states if s.error is not None), None)
+        if self.error is not None:
+            return 0.0, 0, 0
+        kept = [s for s in lane_states if s.n_trained > 0]
+        trained = [s.n_trained for s in kept]
+        self.model, self.epochs_run, self.trained_epochs = _average([s.model for s in kept], trained), epoch + 1, \
+            epoch + 1
+        return sum(s.val_loss for s in kept), sum(s.n_val for s in kept), sum(trained)
+
+    def score(self, epoch: int, val_loss: float, n_val: int, rows: int, lanes: int) -> None:
+        """Early stopping's bookkeeping for the epoch's starting model (scikit-learn's rule)."""
+        schedule, curve, reference = self.fit.schedule, self.curve, self.reference
+        if self.error is not None:
+            return
+        if reference is None or not n_val:
+            self.log(f"epoch {epoch}: trained on {rows} rows in {lanes} lanes")
+            return
+        mean_loss = val_loss / n_val
+        self.log(f"epoch {epoch}: {self.fit.metric} {mean_loss:.5f} of the model after {epoch} epoch(s)")
+        curve.points.append({"epoch": epoch, "validation_loss": mean_loss})
+        best, curve.stale = best_and_stale([-p["validation_loss"] for p in curve.points], schedule.tol or 0.0)
+        if best == len(curve.points) - 1:
+            curve.best = (mean_loss, reference, epoch)
+        if curve.stale >= schedule.n_iter_no_change:
+            self.log(f"early stop after epoch {epoch}: no improvement of {schedule.tol} for {curve.stale} "
+                     f"epochs; keeping the model after {curve.best[2]} epoch(s)")
+            self.model, self.trained_epochs, self.stopped = curve.best[1], curve.best[2], True
+
+    def section(self) -> dict[str, Any]:
+        """The manifest's ``training`` section: JSON-plain numbers only."""
+        curve, schedule = self.curve, self.fit.schedule
+        return {"early_stopping": True, "metric": self.fit.metric,
+                "validation_fraction": schedule.validation_fraction, "tol": schedule.tol,
+                "n_iter_no_change": schedule.n_iter_no_change, "max_epochs": schedule.epochs,
+                "epochs_run": self.epochs_run, "stopped_at": self.epochs_run if self.stopped else None,
+                "epochs_kept": self.trained_epochs,
+                "best": None if curve.best is None else {"epoch": curve.best[2], "validation_loss": curve.best[0]},
+                "curve": [{"epoch": int(p["epoch"]), "validation_loss": float(p["validation_loss"])}
+                          for p in curve.points]}
+
+    def result(self) -> Any:
+        """The fitted model, its coefficients back in the target's units; or the exception that ended it."""
+        if self.error is not None:
+            return self.error
+        model = self.model
+        if self.fit.scale_target:
+            shift, scale = self.scale
+            model.coef_ = model.coef_ * scale
+            model.intercept_ = model.intercept_ * scale + shift
+        model.n_iter_ = self.trained_epochs  # as scikit-learn's SGD estimators: the epochs the returned model saw
+        return model
+
+
+def _lanes(parts: Partitions, ctx: TrainContext) -> int:
+    """A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
+    classes) average badly, so with few partitions there are fewer lanes, each mixing more."""
+    return max(1, min(parts.n_parts // MIX, ctx.env.max_in_flight))
+
+
+def _epochs(parts: Partitions, ctx: TrainContext, runs: list[_Run], lanes: int, start: int,
+            after_epoch: Callable[[int], None] | None = None) -> int:
+    """Advance every run from epoch ``start`` until each has stopped or run its epochs; returns the epochs made.
+
+    Each epoch is one chain of tasks per lane, each task serving every running fit; only each lane's
+    final states (a model and three sums per fit) come back to the client.
+    """
+    client, n_parts = ctx.env.client, parts.n_parts
+    mix = max(1, min(MIX, n_parts))
+    total = max((r.fit.schedule.epochs for r in runs), default=1)
+    live, epoch = [r for r in runs if r.running], start
+    while live:
+        order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
+        groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
+        seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
+        inputs = [r.step_input(epoch) for r in live]
+        ends = []
+        for lane in range(lanes):
+            states: Any = [LaneState(r.model) for r in live]
+            for step, g in enumerate(range(lane, len(groups), lanes)):
+                states = client.submit(_sgd_epoch_part, states, [parts.train[i] for i in groups[g]], inputs,
+                                       seeds[g], key=ctx.env.key("train", epoch, lane, step))
+            ends.append(states)
+        by_lane: list[list[LaneState]] = client.gather(ends)
+        sums = [r.average(epoch, [lane[j] for lane in by_lane]) for j, r in enumerate(live)]
+        ctx.env.report("train", (epoch + 1) / total)
+        for r, (val_loss, n_val, rows) in zip(live, sums):
+            r.score(epoch, val_loss, n_val, rows, lanes)
+        if after_epoch is not None:
+            after_epoch(epoch)
+        live, epoch = [r for r in live if r.running], epoch + 1
+    return epoch - start
+
+
+def _scale(fit: SGDFit, ctx: TrainContext) -> tuple[float, float]:
+    return (ctx.data.y_mean, ctx.data.y_scale) if fit.scale_target else (0.0, 1.0)
+
+
 def _restored(template: BaseSGD, ctx: TrainContext, lanes: int) -> tuple[BaseSGD, _Curve, int, int]:
     """(model, curve, first epoch, lanes): the template at epoch 0, or the job's last checkpoint,
     whose lane count is kept so a resume on a cluster of another size still gives the same model."""
@@ -143,75 +331,40 @@ def _restored(template: BaseSGD, ctx: TrainContext, lanes: int) -> tuple[BaseSGD
     return with_state(template, state["model"]), curve, epochs, state.get("lanes") or lanes
 
 
-def train_sgd(
-    parts: Partitions, template: BaseSGD, ctx: TrainContext, schedule: SGDSchedule, *,
-    loss: LossFn, fit_kwargs: dict[str, Any], scale_target: bool = False, metric: str = "validation loss",
-) -> BaseSGD:
-    """Train ``template`` (an unfitted SGD estimator) for ``schedule.epochs`` averaged epochs.
+def train_sgd(parts: Partitions, fit: SGDFit, ctx: TrainContext) -> BaseSGD:
+    """Train ``fit.template`` (an unfitted SGD estimator) for ``fit.schedule.epochs`` averaged epochs.
 
-    With early stopping, ``metric`` names the mean of ``loss`` per validation row in the manifest's
+    With early stopping, ``fit.metric`` names the mean of ``fit.loss`` per validation row in the manifest's
     ``training`` section (``ctx.env.record_training``), with the curve and where training stopped.
     """
-    client = ctx.env.client
-    n_parts = parts.n_parts
-    # A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
-    # classes) average badly, so with few partitions there are fewer lanes, each mixing more.
-    lanes = max(1, min(n_parts // MIX, ctx.env.max_in_flight))
-    y_shift, y_scale = (ctx.data.y_mean, ctx.data.y_scale) if scale_target else (0.0, 1.0)
-    val_fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-    model, curve, start, lanes = _restored(template, ctx, lanes)
-    mix = max(1, min(MIX, n_parts))
-    epochs_run, trained_epochs, stopped = start, start, False
-    for epoch in range(start, schedule.epochs):
-        order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
-        groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
-        seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
-        reference = model if epoch > 0 and schedule.early_stopping else None
-        ends = []
-        for lane in range(lanes):
-            state: Any = LaneState(model)
-            for step, g in enumerate(range(lane, len(groups), lanes)):
-                state = client.submit(
-                    _sgd_epoch_part, state, [parts.train[i] for i in groups[g]], reference, seeds[g], val_fraction,
-                    loss, fit_kwargs, y_shift, y_scale, key=ctx.env.key("train", epoch, lane, step),
-                )
-            ends.append(state)
-        # Only each lane's final state (a model and three sums) comes back to the client.
-        lane_states: list[LaneState] = [s for s in client.gather(ends) if s.n_trained > 0]
-        trained = [s.n_trained for s in lane_states]
-        val_loss, n_val = sum(s.val_loss for s in lane_states), sum(s.n_val for s in lane_states)
-        model, epochs_run, trained_epochs = _average([s.model for s in lane_states], trained), epoch + 1, epoch + 1
-        ctx.env.report("train", (epoch + 1) / schedule.epochs)
-        if reference is not None and n_val:
-            mean_loss = val_loss / n_val
-            ctx.env.log(f"epoch {epoch}: {metric} {mean_loss:.5f} of the model after {epoch} epoch(s)")
-            curve.points.append({"epoch": epoch, "validation_loss": mean_loss})
-            best, curve.stale = best_and_stale([-p["validation_loss"] for p in curve.points], schedule.tol or 0.0)
-            if best == len(curve.points) - 1:
-                curve.best = (mean_loss, reference, epoch)
-            if curve.stale >= schedule.n_iter_no_change:
-                ctx.env.log(f"early stop after epoch {epoch}: no improvement of {schedule.tol} for {curve.stale} "
-                            f"epochs; keeping the model after {curve.best[2]} epoch(s)")
-                model, trained_epochs, stopped = curve.best[1], curve.best[2], True
-                break
-        else:
-            ctx.env.log(f"epoch {epoch}: trained on {sum(trained)} rows in {lanes} lanes")
-        ctx.env.checkpoint(epoch + 1, {"model": fitted_state(model), "lanes": lanes, **curve.state()})
-    if schedule.early_stopping:
-        ctx.env.record_training(_section(curve, schedule, metric, epochs_run, trained_epochs, stopped))
-    if scale_target:
-        model.coef_ = model.coef_ * y_scale
-        model.intercept_ = model.intercept_ * y_scale + y_shift
-    model.n_iter_ = trained_epochs  # as scikit-learn's SGD estimators: the epochs the returned model saw
-    return model
+    model, curve, start, lanes = _restored(fit.template, ctx, _lanes(parts, ctx))
+    run = _Run(fit, model, _scale(fit, ctx), curve, start, start, log=ctx.env.log)
+
+    def checkpoint(epoch: int) -> None:
+        if not run.stopped and run.error is None:
+            ctx.env.checkpoint(epoch + 1, {"model": fitted_state(run.model), "lanes": lanes, **curve.state()})
+
+    _epochs(parts, ctx, [run], lanes, start, after_epoch=checkpoint)
+    if run.error is not None:
+        raise run.error
+    if fit.schedule.early_stopping:
+        ctx.env.record_training(run.section())
+    return run.result()
 
 
-def _section(curve: _Curve, schedule: SGDSchedule, metric: str, epochs_run: int, kept: int,
-             stopped: bool) -> dict[str, Any]:
-    """The manifest's ``training`` section: JSON-plain numbers only."""
-    return {"early_stopping": True, "metric": metric, "validation_fraction": schedule.validation_fraction,
-            "tol": schedule.tol, "n_iter_no_change": schedule.n_iter_no_change, "max_epochs": schedule.epochs,
-            "epochs_run": epochs_run, "stopped_at": epochs_run if stopped else None, "epochs_kept": kept,
-            "best": None if curve.best is None else {"epoch": curve.best[2], "validation_loss": curve.best[0]},
-            "curve": [{"epoch": int(p["epoch"]), "validation_loss": float(p["validation_loss"])}
-                      for p in curve.points]}
+def train_sgd_many(parts: Partitions, fits: list[SGDFit], ctx: TrainContext) -> list[Any]:
+    """Every fit of ``fits`` from shared epochs, each model equal to the one ``train_sgd`` gives that fit alone
+    (or, for a fit whose step raised, its exception).
+
+    For a search's candidates, which neither checkpoint nor resume.
+    """
+    runs = [_Run(fit, fit.template, _scale(fit, ctx)) for fit in fits]
+
+    def progress(epoch: int) -> None:
+        ran = sum(r.epochs_run == epoch + 1 for r in runs)
+        ctx.env.log(f"epoch {epoch}: {ran} of {len(runs)} SGD fits trained; {sum(r.running for r in runs)} go on")
+
+    epochs = _epochs(parts, ctx, runs, _lanes(parts, ctx), 0, progress)
+    ctx.env.log(f"{len(fits)} SGD fits from {epochs} shared epochs over the data "
+                f"(alone: {sum(r.epochs_run for r in runs)})")
+    return [r.result() for r in runs]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import fan_in, tree_reduce
 
@@ -96,25 +96,35 @@ def solve_normal_equations(gram: np.ndarray, alpha: float) -> tuple[np.ndarray, 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:
     """Fit a linear regressor on the cluster; returns LinearRegression, Ridge or SGDRegressor."""
     if params.solver == "sgd":
-        from sklearn.linear_model import SGDRegressor
-
-        template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.env.seed)
-        schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
-                               params.n_iter_no_change)
-        return train_sgd(parts, template, ctx, schedule, loss=_squared_loss, fit_kwargs={}, scale_target=True,
-                         metric="validation mean squared error (target in standard deviations)")
+        return train_sgd(parts, _sgd_fit(params, ctx), ctx)
     return _train_exact(parts, params, ctx)
 
 
 def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[RegressorMixin] | None:
-    """Every candidate of a search from one data pass when all are exact: ridge ``alpha``s share XᵀX.
+    """Every candidate of a search from shared data passes when all take one solver.
 
-    None when any candidate streams SGD, which needs its own passes.
+    All exact: one pass, ridge ``alpha``s share XᵀX. All sgd (any alpha, eta0, epochs, early stopping):
+    each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``), each ending with the
+    model its own ``train`` gives. None when the candidates mix the two.
     """
-    if any(p.solver != "exact" for p in params_list):
+    solvers = {p.solver for p in params_list}
+    if solvers == {"sgd"}:
+        return train_sgd_many(parts, [_sgd_fit(p, ctx) for p in params_list], ctx)
+    if solvers != {"exact"}:
         return None
     total = _gram(parts, ctx)
     return [_exact_model(total, p, ctx) for p in params_list]
+
+
+def _sgd_fit(params: Params, ctx: TrainContext) -> SGDFit:
+    """What the SGD engine trains for ``params``: an ``SGDRegressor`` on the standardised target."""
+    from sklearn.linear_model import SGDRegressor
+
+    template = SGDRegressor(alpha=params.alpha, eta0=params.eta0, random_state=ctx.env.seed)
+    schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
+                           params.n_iter_no_change)
+    return SGDFit(template, schedule, _squared_loss, {}, scale_target=True,
+                  metric="validation mean squared error (target in standard deviations)")
 
 
 def _train_exact(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixin:

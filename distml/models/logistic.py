@@ -21,7 +21,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.models._fullbatch import ExactFit, fit_exact
 from distml.models._fullbatch_many import fit_exact_many
-from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models._softmax import SoftmaxSGD, to_estimator
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
@@ -103,8 +103,6 @@ def _log_loss(model: SGDClassifier | SoftmaxSGD, X: np.ndarray, y: np.ndarray) -
 
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegression | SGDClassifier:
     """Fit on the cluster by the chosen solver; returns a fitted sklearn classifier."""
-    from sklearn.linear_model import SGDClassifier
-
     weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
     solver = params.pick_solver(ctx.data.n_features, len(ctx.data.classes))
     if params.solver == "auto":
@@ -113,34 +111,53 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> LogisticRegre
         tol = DEFAULT_TOL[solver] if params.tol is None else params.tol
         return fit_exact(parts, ctx, method=solver, alpha=params.alpha, weights=weights,
                          max_iter=params.max_iter, tol=tol)
+    return _finished(train_sgd(parts, _sgd_fit(params, solver, weights, ctx), ctx), ctx)
+
+
+def _sgd_fit(params: Params, solver: str, weights: dict[object, float] | None, ctx: TrainContext) -> SGDFit:
+    """What the SGD engine trains for ``params``: ``SGDClassifier(log_loss)`` (sgd) or ``SoftmaxSGD``."""
+    from sklearn.linear_model import SGDClassifier
+
     tol = DEFAULT_TOL["sgd"] if params.tol is None else params.tol
     schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction,
                            tol, params.n_iter_no_change)
     if solver == "sgd":
         template = SGDClassifier(loss="log_loss", alpha=params.alpha, class_weight=weights, average=True,
                                  random_state=ctx.env.seed)
-        return train_sgd(parts, template, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes},
-                         metric="validation log loss")
-    learner = SoftmaxSGD(alpha=params.alpha, eta0=params.eta0, batch_size=params.batch_size, class_weight=weights)
-    fitted = train_sgd(parts, learner, ctx, schedule, loss=_log_loss, fit_kwargs={"classes": ctx.data.classes},
-                       metric="validation log loss")
+    else:
+        template = SoftmaxSGD(alpha=params.alpha, eta0=params.eta0, batch_size=params.batch_size,
+                              class_weight=weights)
+    return SGDFit(template, schedule, _log_loss, {"classes": ctx.data.classes}, metric="validation log loss")
+
+
+def _finished(fitted: SGDClassifier | SoftmaxSGD, ctx: TrainContext) -> LogisticRegression | SGDClassifier:
+    """The saved estimator: SGDClassifier as trained, SoftmaxSGD as a plain ``LogisticRegression`` (a failed
+    candidate's exception as it is)."""
+    if not isinstance(fitted, SoftmaxSGD):
+        return fitted
     return to_estimator(fitted, ctx.data.n_features, ctx.data.train_rows, fitted.n_iter_)
 
 
 def train_many(parts: Partitions, params_list: list[Params],
-               ctx: TrainContext) -> list[LogisticRegression | Exception] | None:
-    """Every candidate of a search from shared passes when all are exact (newton or lbfgs, any alpha, tol,
-    max_iter and class_weight): each pass evaluates every still-running candidate in one task per partition.
+               ctx: TrainContext) -> list[LogisticRegression | SGDClassifier | Exception] | None:
+    """Every candidate of a search from shared passes when all take one kind of solver.
 
-    Each candidate's coefficients are those its own ``train`` gives (``_fullbatch_many``); a candidate whose
-    solver failed gets its exception in its place. None when any candidate streams SGD.
+    All exact (newton or lbfgs, any alpha, tol, max_iter and class_weight): each pass evaluates every
+    still-running candidate in one task per partition (``_fullbatch_many``); a candidate whose solver failed
+    gets its exception in its place. All SGD (softmax or sgd, any alpha, eta0, batch_size, epochs, early
+    stopping): each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``). Each model is
+    the one its own ``train`` gives. None when the candidates mix exact and SGD solvers.
     """
+    solvers = [p.pick_solver(ctx.data.n_features, len(ctx.data.classes)) for p in params_list]
+    exact = {solver in EXACT for solver in solvers}
+    if len(exact) != 1:
+        return None
+    weights = [class_weights(p.class_weight, ctx.data.classes, ctx.data.class_counts) for p in params_list]
+    if exact == {False}:
+        fits = [_sgd_fit(p, solver, w, ctx) for p, solver, w in zip(params_list, solvers, weights)]
+        return [_finished(fitted, ctx) for fitted in train_sgd_many(parts, fits, ctx)]
     fits = []
-    for params in params_list:
-        solver = params.pick_solver(ctx.data.n_features, len(ctx.data.classes))
-        if solver not in EXACT:
-            return None
-        weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
+    for params, solver, w in zip(params_list, solvers, weights):
         tol = DEFAULT_TOL[solver] if params.tol is None else params.tol
-        fits.append(ExactFit(solver, params.alpha, weights, params.max_iter, tol))
+        fits.append(ExactFit(solver, params.alpha, w, params.max_iter, tol))
     return fit_exact_many(parts, ctx, fits)

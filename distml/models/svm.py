@@ -20,7 +20,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
-from distml.models._sgd import SGDSchedule, train_sgd
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import submit_bounded
@@ -246,21 +246,18 @@ def _train_cascade(parts: Partitions, params: Params, ctx: TrainContext, svc: di
     return Cascade(parts, ctx.env, plan, svc, params.probability, ctx.env.child_seeds(1, salt=3)[0]).run()
 
 
-def _sgd_template(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None,
-                  loss: str | None = None) -> SGDClassifier:
+def _sgd_fit(params: Params, ctx: TrainContext, weights: Any, cls: type | None = None,
+             loss: str | None = None) -> SGDFit:
+    """What the SGD engine trains for a linear route: ``SGDClassifier`` (or the training-time ``cls``) on the rows."""
     from sklearn.linear_model import SGDClassifier
 
-    cls = cls or SGDClassifier
     alpha = params.alpha if params.alpha is not None else 1.0 / (params.C * ctx.data.train_rows)
     # average=True (averaged SGD): with alpha = 1/(C n) plain SGD ends ~1-4 points short of LinearSVC.
-    return cls(loss=loss or params.loss, alpha=alpha, class_weight=weights, average=True, random_state=ctx.env.seed)
-
-
-def _train_linear(parts: Partitions, template: SGDClassifier, params: Params, ctx: TrainContext) -> SGDClassifier:
+    template = (cls or SGDClassifier)(loss=loss or params.loss, alpha=alpha, class_weight=weights, average=True,
+                                      random_state=ctx.env.seed)
     schedule = SGDSchedule(params.epochs, params.early_stopping, params.validation_fraction, params.tol,
                            params.n_iter_no_change)
-    return train_sgd(parts, template, ctx, schedule, loss=_hinge_loss, fit_kwargs={"classes": ctx.data.classes},
-                     metric="validation hinge loss")
+    return SGDFit(template, schedule, _hinge_loss, {"classes": ctx.data.classes}, metric="validation hinge loss")
 
 
 def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> Any:
@@ -304,7 +301,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
     _check_data(params, ctx)
     weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
     if params.route == "linear":
-        return _train_linear(parts, _sgd_template(params, ctx, weights), params, ctx)
+        return train_sgd(parts, _sgd_fit(params, ctx, weights), ctx)
     if params.route == "approximation":
         return _train_approximation(parts, params, ctx, weights)
     from distml.models import _svm_route
@@ -342,11 +339,11 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
     approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
     mapped = _mapped(parts, approx, ctx)
     if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
-        template = _sgd_template(params, ctx, weights, _ApproxSGD, loss)
-        template.approx_ = approx
-        model = _train_linear(parts, template, params, ctx)
+        fit = _sgd_fit(params, ctx, weights, _ApproxSGD, loss)
+        fit.template.approx_ = approx
+        model = train_sgd(parts, fit, ctx)
     else:
-        model = _train_linear(mapped, _sgd_template(params, ctx, weights, _MappedSGD, loss), params, ctx)
+        model = train_sgd(mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss), ctx)
         ctx.env.client.cancel(mapped.train)
     return Pipeline([("approx", approx), ("svm", _plain(model))])
 
@@ -371,3 +368,30 @@ def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | N
     ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB held on the workers for the epochs")
     return replace(parts, train=train, holdout=[], persisted=True)
 
+
+
+def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
+    """Every candidate of a search from shared epochs when all take the linear route (``_sgd.train_sgd_many``).
+
+    Linear candidates (any C or alpha, loss, class_weight, epochs, early stopping) share each epoch's tasks,
+    each model the one its own ``train`` gives; a candidate whose parameters do not suit the data gets its
+    ``DataError`` in place of its model. None (each candidate trains alone) when any candidate takes a kernel
+    route: the route is chosen per fit from what it measures, and an approximation's features are held or
+    mapped per batch by what fits (``_train_approximation``).
+    """
+    if any(p.route != "linear" for p in params_list):
+        return None
+    out: list[Any] = [None] * len(params_list)
+    fits, members = [], []
+    for i, params in enumerate(params_list):
+        try:
+            _check_data(params, ctx)
+        except DataError as exc:
+            out[i] = exc
+            continue
+        weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
+        fits.append(_sgd_fit(params, ctx, weights))
+        members.append(i)
+    for i, model in zip(members, train_sgd_many(parts, fits, ctx)):
+        out[i] = model
+    return out

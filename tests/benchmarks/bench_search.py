@@ -25,6 +25,8 @@ import yaml
 FAMILIES = {
     "linear": ({"kind": "linear"}, {"alpha": [0.0] + [10.0**e for e in range(-4, 7)]}),
     "logistic": ({"kind": "logistic"}, {"alpha": [10.0**e for e in range(-7, 5)]}),
+    "logistic-sgd": ({"kind": "logistic", "params": {"solver": "sgd"}}, {"alpha": [10.0**e for e in range(-8, 4)]}),
+    "svm-linear": ({"kind": "svm", "params": {"kernel": "linear"}}, {"C": [10.0**e for e in range(-5, 7)]}),
     "forest": ({"kind": "forest", "params": {"max_samples": 0.1}},
                {"max_depth": [4, 8, 12, 16], "n_estimators": [20, 40, 60]}),
 }
@@ -107,11 +109,11 @@ def main() -> None:
                 row[name + "_spread"] = [min(values), max(values)]
             results.append(row)
 
-    print(f"{'family':<9} {'cands':>5} {'search s':>9} {'12 jobs s':>10} {'ratio':>6} {'spread':>13}   "
+    print(f"{'family':<12} {'cands':>5} {'search s':>9} {'12 jobs s':>10} {'ratio':>6} {'spread':>13}   "
           f"{'on one cluster: search s':>25} {'12 jobs s':>10} {'ratio':>6}")
     for r in results:
         lo, hi = r["ratio_process_spread"]
-        print(f"{r['family']:<9} {r['candidates']:>5} {r['search_process']:>9.1f} {r['jobs_process']:>10.1f} "
+        print(f"{r['family']:<12} {r['candidates']:>5} {r['search_process']:>9.1f} {r['jobs_process']:>10.1f} "
               f"{r['ratio_process']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>13}   {r['search_cluster']:>25.1f} "
               f"{r['jobs_cluster']:>10.1f} {r['ratio_cluster']:>6.2f}")
     out = Path("bench-results")
