@@ -178,17 +178,17 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     try:
         with _forked_workers():
             return LocalCluster(
-            n_workers=spec.n_workers or n_workers,
-            threads_per_worker=spec.threads_per_worker or threads,
-            memory_limit=memory,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:8787",
-            # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
-            silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
-            **({"security": security} if security is not None else {}),
-            scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
-        )
+                n_workers=spec.n_workers or n_workers,
+                threads_per_worker=spec.threads_per_worker or threads,
+                memory_limit=memory,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787",
+                # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
+                silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
+                **({"security": security} if security is not None else {}),
+                scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
+            )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
 
