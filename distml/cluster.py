@@ -140,7 +140,7 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
 
 # what the embedded workers' forkserver imports once, beyond Dask's own list: the statistics pass's readers
 # and what the later tasks import (``distml.warmup.WORKER_MODULES``)
-READER_MODULES = ("pyarrow.parquet", "distml.data", "distml.stats")
+READER_MODULES = ("pyarrow.parquet", "distml.data", "distml.stats", "distml._forked_worker_logs")
 
 
 @contextlib.contextmanager

@@ -117,8 +117,15 @@ def summary_lines(summary: dict[str, Any], top: int = 10) -> list[str]:
         lines.append(f"  onnx      {summary['onnx']}")
     if summary.get("positive_class") is not None:
         lines.append(f"  positive  {summary['positive_class']!r} (precision, recall, f1 and roc_auc are for it)")
-    if summary.get("training"):
-        lines.append(f"  training  {_stopping_line(summary['training'])}")
+    training = summary.get("training") or {}
+    route = training.get("route")
+    if route:  # the kernel svm's measured route (distml.models._svm_route)
+        measured = "" if route.get("sv_fraction") is None else (
+            f" ({route['sv_fraction']:.0%} of the probe's rows are support vectors; "
+            f"switch_sv_fraction {route['threshold']})")
+        lines.append(f"  route     {route['taken']}{measured}")
+    if "stopped_at" in training:  # early stopping
+        lines.append(f"  training  {_stopping_line(training)}")
 
     def table(title: str, values: dict[str, float]) -> None:
         items = list(values.items())

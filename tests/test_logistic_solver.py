@@ -6,8 +6,8 @@ the optimum on these rows), so both sides are the optimum of the same objective:
 """
 from __future__ import annotations
 
+import itertools
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,20 +40,24 @@ def _prepare(client, folder, job_id=JOB, partition_bytes=100_000, log=None):
     return plan, ctx
 
 
-def _counted(client, job_id, n_parts, fit):
-    """``fit()``'s result and how many passes over the data its training tasks made (the scheduler's task stream).
+_COUNTED_CALLS = itertools.count()
 
-    Exact solvers make one task per partition per pass, whatever the number of fits sharing the pass.
+
+def _counted(client, ctx, n_parts, fit):
+    """``fit(ctx)``'s result and how many passes over the data its training tasks made (the scheduler's task stream).
+
+    Exact solvers make one task per partition per pass, whatever the number of fits sharing the pass. Each call's
+    tasks get a key namespace of their own and are counted by key, not by a time cut in the task stream (whose
+    records arrive out of stop order, so a cut can take in an earlier fit's).
     """
+    own = TrainContext(replace(ctx.env, job_id=f"{ctx.env.job_id}_{next(_COUNTED_CALLS)}"), ctx.data)
     client.get_task_stream(start=0, stop=0)  # starts the scheduler's task stream if it is not recording yet
-    started = time.time()
-    result = fit()
-    prefix = f"distml-train-{job_id}-"
-    tasks = [str(r["key"]).removeprefix(prefix).split("-") for r in client.get_task_stream(start=started)
-             if str(r["key"]).startswith(prefix)]
-    passes = {int(t[0]) for t in tasks}
+    result = fit(own)
+    prefix = f"distml-train-{own.env.job_id}-"
+    keys = {str(r["key"]).removeprefix(prefix) for r in client.get_task_stream() if str(r["key"]).startswith(prefix)}
+    passes = {int(k.split("-")[0]) for k in keys}
     assert passes, "no training task was recorded"
-    assert n_parts is None or len(tasks) == len(passes) * n_parts
+    assert n_parts is None or len(keys) == len(passes) * n_parts
     return result, len(passes)
 
 
@@ -63,8 +67,8 @@ def _fit(client, folder, params, *, keep=False, job_id=JOB, partition_bytes=100_
     plan, ctx = _prepare(client, folder, job_id, partition_bytes, logs.append)
     parts = persist(plan.parts, client, f"{job_id}-keep") if keep else plan.parts
     exact = params.get("solver", "auto") in ("auto", "newton", "lbfgs")  # exact: one task per partition per pass
-    estimator, passes = _counted(client, job_id, parts.n_parts if exact else None,
-                                 lambda: logistic.train(parts, logistic.Params(**params), ctx))
+    estimator, passes = _counted(client, ctx, parts.n_parts if exact else None,
+                                 lambda own: logistic.train(parts, logistic.Params(**params), own))
     if keep:
         client.cancel(parts.train + parts.holdout)
     return estimator, plan, logs, passes
@@ -164,12 +168,12 @@ def test_candidates_sharing_passes_get_the_coefficients_of_their_own_fits(client
     folder, _ = make_data("classification", rows=4000, features=5, files=2, classes=classes)
     plan, ctx = _prepare(client, folder)
     params = [logistic.Params(**p) for p in grid]
-    alone = [_counted(client, JOB, plan.parts.n_parts, lambda p=p: logistic.train(plan.parts, p, ctx))
+    alone = [_counted(client, ctx, plan.parts.n_parts, lambda own, p=p: logistic.train(plan.parts, p, own))
              for p in params]
     logs: list[str] = []
     shared_ctx = TrainContext(replace(ctx.env, job_id=f"{JOB}-all", log=logs.append), ctx.data)
-    shared, passes = _counted(client, f"{JOB}-all", plan.parts.n_parts,
-                              lambda: logistic.train_many(plan.parts, params, shared_ctx))
+    shared, passes = _counted(client, shared_ctx, plan.parts.n_parts,
+                              lambda own: logistic.train_many(plan.parts, params, own))
 
     for ours, (theirs, _) in zip(shared, alone):
         assert type(ours) is LogisticRegression and ours.get_params() == theirs.get_params()
