@@ -138,33 +138,6 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
         _close_quickly(cluster)
 
 
-# what the embedded workers' forkserver imports once, beyond Dask's own list: the statistics pass's readers
-# and what the later tasks import (``distml.warmup.WORKER_MODULES``)
-READER_MODULES = ("pyarrow.parquet", "distml.data", "distml.stats", "distml._forked_worker_logs")
-
-
-@contextlib.contextmanager
-def _forked_workers() -> Iterator[None]:
-    """Start the embedded workers from multiprocessing's forkserver, with their libraries imported once.
-
-    Spawned, each worker starts a fresh interpreter and imports Dask, pandas, pyarrow and scikit-learn
-    again; forked from one server that imported them, it starts with them. The server starts with
-    the first embedded cluster of a process and serves its later ones; a worker that a nanny restarts
-    after a fault is spawned, Dask's default.
-    """
-    import dask
-    from distributed.utils import get_mp_context
-    from distributed.versions import optional_packages, required_packages
-
-    from distml.warmup import WORKER_MODULES
-
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        context = get_mp_context()  # Dask sets its preload list here, once per process; this one extends it
-        context.set_forkserver_preload(["distributed", *required_packages, *optional_packages, *READER_MODULES,
-                                        *WORKER_MODULES])  # the server skips any it cannot import
-        yield
-
-
 def _start_local_cluster(spec: ClusterSpec) -> Any:
     from distributed import LocalCluster
 
@@ -176,19 +149,18 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     security = embedded_security(spec)
     _ignore_busy_port_warning()
     try:
-        with _forked_workers():
-            return LocalCluster(
-                n_workers=spec.n_workers or n_workers,
-                threads_per_worker=spec.threads_per_worker or threads,
-                memory_limit=memory,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:8787",
-                # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
-                silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
-                **({"security": security} if security is not None else {}),
-                scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
-            )
+        return LocalCluster(
+            n_workers=spec.n_workers or n_workers,
+            threads_per_worker=spec.threads_per_worker or threads,
+            memory_limit=memory,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:8787",
+            # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
+            silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
+            **({"security": security} if security is not None else {}),
+            scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
+        )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
 

@@ -4,8 +4,7 @@ Once a job's cluster is up, its client imports scikit-learn (for the feature pla
 and matplotlib (for the save) in one background thread, while the workers run the first passes.
 Code that needs a group first calls ``ready(group)``, so no other thread imports those packages at
 the same time (concurrent imports of one package can deadlock). After the statistics pass, fresh
-workers import what their later tasks need while the client waits for its own imports (the
-embedded cluster's workers fork with them already imported: ``distml.cluster``).
+workers import what their later tasks need while the client waits for its own imports.
 """
 from __future__ import annotations
 
