@@ -304,12 +304,12 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
         return train_sgd(parts, _sgd_fit(params, ctx, weights), ctx)
     if params.route == "approximation":
         return _train_approximation(parts, params, ctx, weights)
-    from distml.models import _svm_route
+    from distml.models._svm_route import EPOCHS, choose
 
     svc = _svc_params(params, ctx, weights)
     sgd = {"loss": _route_loss(params), "alpha": 1.0 / params.C, "class_weight": weights, "average": True,
-           "max_iter": _svm_route.EPOCHS, "tol": None, "random_state": ctx.env.seed}
-    route = _svm_route.choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd)
+           "max_iter": EPOCHS, "tol": None, "random_state": ctx.env.seed}
+    route = choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd)
     ctx.env.log(f"svm route: {route.name}: {route.reason} ({route.seconds:.2f}s)")
     started = time.perf_counter()
     if route.name == "cascade":
