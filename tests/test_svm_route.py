@@ -148,3 +148,25 @@ def test_an_explicit_approximation_wins_and_streamed_features_give_the_model_hel
     np.testing.assert_allclose(one[-1].coef_, two[-1].coef_, rtol=0, atol=1e-4)
     np.testing.assert_allclose(one[-1].intercept_, two[-1].intercept_, rtol=0, atol=1e-4)
     assert abs(held.metrics["accuracy"] - streamed.metrics["accuracy"]) <= 0.001
+
+
+@pytest.mark.parametrize("kernel", [{"kernel": "rbf", "gamma": 0.1}, {"kernel": "rbf"},
+                                    {"kernel": "sigmoid", "gamma": 0.01, "coef0": 0.5},
+                                    {"kernel": "poly", "degree": 3, "gamma": 0.1, "coef0": 1.0}])
+def test_the_eigh_fitted_nystroem_is_scikit_learns_map(kernel):
+    from sklearn.kernel_approximation import Nystroem
+
+    from distml.models._approx_sgd import fit_nystroem
+
+    rng = np.random.default_rng(0)
+    X, Z = rng.normal(size=(1500, 8)), rng.normal(size=(300, 8))
+    theirs = Nystroem(n_components=300, random_state=3, **kernel).fit(X)
+    ours = fit_nystroem(Nystroem(n_components=300, random_state=3, **kernel), X)
+    assert type(ours) is Nystroem and ours.n_features_in_ == 8 and ours.get_feature_names_out().shape == (300,)
+    np.testing.assert_array_equal(ours.component_indices_, theirs.component_indices_)
+    np.testing.assert_array_equal(ours.components_, theirs.components_)
+    # the poly kernel on 8 features has rank 165 < 300: its null directions are round-off in both maps
+    np.testing.assert_allclose(ours.transform(Z), theirs.transform(Z), atol=1e-6 if kernel["kernel"] == "poly" else 1e-10)
+    if kernel["kernel"] != "poly":
+        scale = np.abs(theirs.normalization_).max()
+        np.testing.assert_allclose(ours.normalization_, theirs.normalization_, rtol=0, atol=1e-7 * scale)

@@ -76,13 +76,13 @@ def _curve_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any
     from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import SGDClassifier
 
-    from distml.models._approx_sgd import features
+    from distml.models._approx_sgd import features, fit_nystroem
 
     started = time.perf_counter()
     curve = _first(samples, rows)
     cut = int(0.8 * len(curve))
     X, y, Xv, yv = curve.X[:cut], curve.y[:cut], curve.X[cut:], curve.y[cut:]
-    approx = Nystroem(n_components=n, **nystroem).fit(X)
+    approx = fit_nystroem(Nystroem(n_components=n, **nystroem), X)
     model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(features(approx, X), y)
     accuracy = float((model.predict(features(approx, Xv)) == yv).mean())
     point = {"n_components": n, "accuracy": round(accuracy, 5), "validation_rows": len(yv),

@@ -141,10 +141,12 @@ def _fit_approx_part(samples: list[tuple[np.ndarray, np.ndarray]], approx: Any) 
     """Fit the kernel approximation on the sampled rows in draw order; (fitted, rows used)."""
     from sklearn.kernel_approximation import Nystroem
 
+    from distml.models._approx_sgd import fit_nystroem
+
     X = np.concatenate([x for x, _ in samples])[np.argsort(np.concatenate([u for _, u in samples]), kind="stable")]
     if isinstance(approx, Nystroem):  # one component per sampled row at most
         approx = approx.set_params(n_components=min(approx.n_components, len(X)))
-    return approx.fit(X), len(X)
+    return fit_nystroem(approx, X), len(X)
 
 
 # --- runs on the client ------------------------------------------------------
