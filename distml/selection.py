@@ -3,7 +3,8 @@
 Every candidate trains through its family's own ``train`` (or ``train_many``,
 which shares data passes between candidates: one Gram matrix for every ridge
 ``alpha``, one task per partition and pass for every exact logistic candidate,
-one task per group of partitions and epoch for every SGD candidate) on a row subset of the job's partitions, and is scored by
+one task per group of partitions and epoch for every SGD candidate, the exact and SGD groups of a mixed
+search side by side, ``models._by_kind``) on a row subset of the job's partitions, and is scored by
 ``distml.evaluate`` on the rows held out from it. Folds come from each row's
 stable draw (``distml.folds``). Candidates of one fold train concurrently, in
 client threads that each drive their own tasks; the folds run one after the

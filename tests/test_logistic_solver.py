@@ -23,7 +23,7 @@ from distml.errors import JobCancelled, SpecError
 from distml.features import plan_features
 from distml.jobfile import parse_job
 from distml.models import logistic
-from distml.models.base import DataSummary, TrainContext
+from distml.models.base import TrainContext
 from distml.spec import DataSpec
 from distml.synth import _write, make_rows
 
@@ -202,13 +202,6 @@ def test_a_cancel_between_shared_passes_ends_every_candidates_solver(client, mak
         logistic.train_many(plan.parts, params, cancelling)
     assert reports == [0.0, 0.0]
     assert not [t for t in threading.enumerate() if t.name.startswith("distml-fit-")]
-
-
-def test_a_search_mixing_exact_and_sgd_solvers_does_not_share():
-    data = DataSummary("binary", np.array([0, 1]), np.array([5, 5]), n_features=6, x_var=1.0, y_mean=0.0,
-                       y_scale=1.0, train_rows=10)
-    ctx = TrainContext(None, data)  # decided before any pass: no cluster needed
-    assert logistic.train_many(None, [logistic.Params(), logistic.Params(solver="softmax")], ctx) is None
 
 
 def _job(params):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from distml.models._by_kind import train_by_kind
 from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import fan_in, tree_reduce
@@ -100,20 +101,21 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> RegressorMixi
     return _train_exact(parts, params, ctx)
 
 
-def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[RegressorMixin] | None:
-    """Every candidate of a search from shared data passes when all take one solver.
+def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[RegressorMixin]:
+    """Every candidate of a search from data passes shared by the candidates of each solver.
 
-    All exact: one pass, ridge ``alpha``s share XᵀX. All sgd (any alpha, eta0, epochs, early stopping):
-    each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``), each ending with the
-    model its own ``train`` gives. None when the candidates mix the two.
+    Exact ones: one pass, ridge ``alpha``s share XᵀX. SGD ones (any alpha, eta0, epochs, early stopping):
+    each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``). A search mixing the two
+    trains both groups side by side (``_by_kind``). Each model is the one its own ``train`` gives.
     """
-    solvers = {p.solver for p in params_list}
-    if solvers == {"sgd"}:
-        return train_sgd_many(parts, [_sgd_fit(p, ctx) for p in params_list], ctx)
-    if solvers != {"exact"}:
-        return None
-    total = _gram(parts, ctx)
-    return [_exact_model(total, p, ctx) for p in params_list]
+    def exact(group: list[Params], own: TrainContext) -> list[RegressorMixin]:
+        total = _gram(parts, own)
+        return [_exact_model(total, p, own) for p in group]
+
+    def sgd(group: list[Params], own: TrainContext) -> list[RegressorMixin]:
+        return train_sgd_many(parts, [_sgd_fit(p, own) for p in group], own)
+
+    return train_by_kind(params_list, [p.solver for p in params_list], {"exact": exact, "sgd": sgd}, ctx)
 
 
 def _sgd_fit(params: Params, ctx: TrainContext) -> SGDFit:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from distml.models._by_kind import train_by_kind
 from distml.models._fullbatch import ExactFit, fit_exact
 from distml.models._fullbatch_many import fit_exact_many
 from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
@@ -139,25 +140,27 @@ def _finished(fitted: SGDClassifier | SoftmaxSGD, ctx: TrainContext) -> Logistic
 
 
 def train_many(parts: Partitions, params_list: list[Params],
-               ctx: TrainContext) -> list[LogisticRegression | SGDClassifier | Exception] | None:
-    """Every candidate of a search from shared passes when all take one kind of solver.
+               ctx: TrainContext) -> list[LogisticRegression | SGDClassifier | Exception]:
+    """Every candidate of a search from passes shared by the candidates of each kind of solver.
 
-    All exact (newton or lbfgs, any alpha, tol, max_iter and class_weight): each pass evaluates every
+    Exact ones (newton or lbfgs, any alpha, tol, max_iter and class_weight): each pass evaluates every
     still-running candidate in one task per partition (``_fullbatch_many``); a candidate whose solver failed
-    gets its exception in its place. All SGD (softmax or sgd, any alpha, eta0, batch_size, epochs, early
-    stopping): each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``). Each model is
-    the one its own ``train`` gives. None when the candidates mix exact and SGD solvers.
+    gets its exception in its place. SGD ones (softmax or sgd, any alpha, eta0, batch_size, epochs, early
+    stopping): each epoch's tasks advance every running candidate (``_sgd.train_sgd_many``). A search mixing
+    the two trains both groups side by side (``_by_kind``). Each model is the one its own ``train`` gives.
     """
-    solvers = [p.pick_solver(ctx.data.n_features, len(ctx.data.classes)) for p in params_list]
-    exact = {solver in EXACT for solver in solvers}
-    if len(exact) != 1:
-        return None
-    weights = [class_weights(p.class_weight, ctx.data.classes, ctx.data.class_counts) for p in params_list]
-    if exact == {False}:
-        fits = [_sgd_fit(p, solver, w, ctx) for p, solver, w in zip(params_list, solvers, weights)]
-        return [_finished(fitted, ctx) for fitted in train_sgd_many(parts, fits, ctx)]
-    fits = []
-    for params, solver, w in zip(params_list, solvers, weights):
-        tol = DEFAULT_TOL[solver] if params.tol is None else params.tol
-        fits.append(ExactFit(solver, params.alpha, w, params.max_iter, tol))
-    return fit_exact_many(parts, ctx, fits)
+    n_features, n_classes = ctx.data.n_features, len(ctx.data.classes)
+    chosen = [(p, p.pick_solver(n_features, n_classes),
+               class_weights(p.class_weight, ctx.data.classes, ctx.data.class_counts)) for p in params_list]
+
+    def exact(group: list[tuple[Params, str, dict | None]], own: TrainContext) -> list:
+        return fit_exact_many(parts, own, [ExactFit(solver, p.alpha, w, p.max_iter,
+                                                    DEFAULT_TOL[solver] if p.tol is None else p.tol)
+                                           for p, solver, w in group])
+
+    def sgd(group: list[tuple[Params, str, dict | None]], own: TrainContext) -> list:
+        fitted = train_sgd_many(parts, [_sgd_fit(p, solver, w, own) for p, solver, w in group], own)
+        return [_finished(model, own) for model in fitted]
+
+    kinds = ["exact" if solver in EXACT else "sgd" for _, solver, _ in chosen]
+    return train_by_kind(chosen, kinds, {"exact": exact, "sgd": sgd}, ctx)

@@ -26,6 +26,7 @@ FAMILIES = {
     "linear": ({"kind": "linear"}, {"alpha": [0.0] + [10.0**e for e in range(-4, 7)]}),
     "logistic": ({"kind": "logistic"}, {"alpha": [10.0**e for e in range(-7, 5)]}),
     "logistic-sgd": ({"kind": "logistic", "params": {"solver": "sgd"}}, {"alpha": [10.0**e for e in range(-8, 4)]}),
+    "logistic-mixed": ({"kind": "logistic"}, {"solver": ["newton", "sgd"], "alpha": [10.0**e for e in range(-6, 0)]}),
     "svm-linear": ({"kind": "svm", "params": {"kernel": "linear"}}, {"C": [10.0**e for e in range(-5, 7)]}),
     "forest": ({"kind": "forest", "params": {"max_samples": 0.1}},
                {"max_depth": [4, 8, 12, 16], "n_estimators": [20, 40, 60]}),
