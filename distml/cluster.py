@@ -34,31 +34,59 @@ def default_workers() -> tuple[int, int]:
 def connect(spec: ClusterSpec) -> Iterator[Client]:
     """Yield a client for the cluster the spec names, closing what was started here.
 
-    The job's later imports run meanwhile in a background thread (``distml.warmup``).
+    The job's later imports run meanwhile in a background thread (``distml.warmup``). Distributed's log
+    lines stay off the terminal until the client and any embedded cluster are closed
+    (``_quiet_distributed_logs``).
     """
     from distributed import Client
 
     from distml.spec import check_scheduler
     from distml.tls import client_security
 
-    address = spec.scheduler or os.environ.get("DISTML_SCHEDULER") or None
-    if address:
-        if not spec.scheduler:  # --scheduler and cluster.scheduler were checked where they were read
-            check_scheduler(address, "DISTML_SCHEDULER")
-        security = client_security(spec, address)
-        started = time.monotonic()
-        _check_handshake(address, security)
-        left = max(1.0, CONNECT_TIMEOUT - (time.monotonic() - started))
-        try:
-            client = Client(address, timeout=left, set_as_default=False, security=security)
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
-                               f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
-        with client:
+    with _quiet_distributed_logs():
+        address = spec.scheduler or os.environ.get("DISTML_SCHEDULER") or None
+        if address:
+            if not spec.scheduler:  # --scheduler and cluster.scheduler were checked where they were read
+                check_scheduler(address, "DISTML_SCHEDULER")
+            security = client_security(spec, address)
+            started = time.monotonic()
+            _check_handshake(address, security)
+            left = max(1.0, CONNECT_TIMEOUT - (time.monotonic() - started))
+            try:
+                client = Client(address, timeout=left, set_as_default=False, security=security)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(f"cannot reach the Dask scheduler at {address} within "
+                                   f"{CONNECT_TIMEOUT}s ({type(exc).__name__})") from None
+            with client:
+                yield client
+            return
+        with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
             yield client
+
+
+def _silence_level() -> int:
+    """The level below which distributed's log lines stay off the terminal: WARNING with ``DISTML_DEBUG``, else CRITICAL."""
+    return logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL
+
+
+@contextlib.contextmanager
+def _quiet_distributed_logs() -> Iterator[None]:
+    """Hold distributed's terminal handler (and bokeh's) at ``_silence_level()`` until the client and cluster are closed.
+
+    ``LocalCluster(silence_logs=...)`` holds it only until the cluster's own close returns, and the
+    cluster's event loop then runs once more as it stops: a scheduler write to a worker that
+    ``_close_quickly`` had killed logged distributed's "Batched Comm Closed" traceback (INFO) on the
+    terminal then. ``console.quiet_cluster_logs`` is entered before distributed is imported, and
+    distributed's import adds this handler and sets its loggers' levels, so that does not reach it.
+    ``DISTML_DEBUG`` leaves distributed's own settings (and the embedded cluster's WARNING).
+    """
+    if os.environ.get("DISTML_DEBUG"):
+        yield
         return
-    with _local_cluster(spec) as cluster, Client(cluster, set_as_default=False) as client:
-        yield client
+    from distributed.utils import silence_logging_cmgr
+
+    with silence_logging_cmgr(_silence_level()), silence_logging_cmgr(_silence_level(), root="bokeh"):
+        yield
 
 
 def _check_handshake(address: str, security: Security | None = None) -> None:
@@ -157,7 +185,7 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:8787",
             # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
-            silence_logs=logging.WARNING if os.environ.get("DISTML_DEBUG") else logging.CRITICAL,
+            silence_logs=_silence_level(),
             **({"security": security} if security is not None else {}),
             scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
         )

@@ -218,8 +218,9 @@ def quiet_cluster_logs() -> Iterator[None]:
     """Keep distributed's client-side log lines and asyncio's "Task exception was never retrieved"
     (an interrupted gather) off stderr, so a failing job prints only its one ``Error:`` line.
 
-    The embedded cluster's own processes are silenced by ``LocalCluster(silence_logs=...)``; this
-    covers the submitting process before the cluster starts and after it closed. ``DISTML_DEBUG=1``
+    The embedded cluster's own processes are silenced by ``LocalCluster(silence_logs=...)``; the handler
+    distributed adds when it is imported (after this is entered) is held by ``cluster.connect`` until the
+    client and cluster are closed; this covers the rest of the submitting process. ``DISTML_DEBUG=1``
     leaves them on.
     """
     if os.environ.get("DISTML_DEBUG"):
