@@ -35,6 +35,9 @@ ROUTES = {
                    + [{"solver": "sgd", "eta0": 0.001, "epochs": 5, "tol": 10.0, "n_iter_no_change": 1, **ES}]),
     "svm-linear": (svm, "classification", [{"kernel": "linear", "C": c, "epochs": 2} for c in (0.1, 10.0)]
                    + [{"kernel": "linear", "loss": "squared_hinge", "epochs": 3, "early_stopping": True}]),
+    "svm-nystroem": (svm, "classification", [{"approximation": "nystroem", "n_components": 20, "C": c, "epochs": 2}
+                                             for c in (0.1, 10.0)] + [{"approximation": "nystroem", "n_components": 20,
+                                                                       "loss": "squared_hinge", "epochs": 3}]),
 }
 
 
@@ -107,10 +110,13 @@ def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make
         assert epochs_alone[-1] < min(params[-1].epochs, max(epochs_alone)), epochs_alone
 
 
-@pytest.mark.parametrize("kernel_route", [{"kernel": "rbf"}, {"approximation": "nystroem", "n_components": 20}])
-def test_a_search_mixing_a_kernel_route_with_linear_candidates_does_not_share(kernel_route):
-    """Each kernel candidate trains alone: its route is measured per fit, its features held or mapped by what fits."""
-    params = [svm.Params(kernel="linear"), svm.Params(**kernel_route)]
+@pytest.mark.parametrize("kernel_routes", [
+    [{"kernel": "linear"}, {"kernel": "rbf"}], [{"kernel": "linear"}, {"approximation": "nystroem", "n_components": 20}],
+    [{"kernel": "rbf"}, {"kernel": "rbf", "C": 10.0}],
+    [{"approximation": "nystroem", "n_components": 20}, {"approximation": "nystroem", "n_components": 40}]])
+def test_a_search_whose_candidates_do_not_share_one_route_and_map_trains_each_alone(kernel_routes):
+    """A measured kernel route is chosen per fit; candidates of different maps or routes share no features."""
+    params = [svm.Params(**p) for p in kernel_routes]
     assert svm.train_many(None, params, None) is None  # decided before any pass: no cluster needed
 
 

@@ -334,7 +334,6 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
                          loss: str | None = None, approx: Any = None) -> BaseEstimator:
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``
     (``approx``: a map already fitted, else one fitted on a sample)."""
-    from sklearn.pipeline import Pipeline
 
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
@@ -347,6 +346,13 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
     else:
         model = train_sgd(mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss), ctx)
         ctx.env.client.cancel(mapped.train)
+    return _pipeline(approx, model)
+
+
+def _pipeline(approx: Any, model: Any) -> BaseEstimator:
+    """The artifact of an approximation route: ``Pipeline([approx, SGDClassifier])``."""
+    from sklearn.pipeline import Pipeline
+
     return Pipeline([("approx", approx), ("svm", _plain(model))])
 
 
@@ -373,27 +379,52 @@ def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | N
 
 
 def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
-    """Every candidate of a search from shared epochs when all take the linear route (``_sgd.train_sgd_many``).
+    """Every candidate of a search from shared epochs (``_sgd.train_sgd_many``) when all take the linear route,
+    or all one kernel approximation's map.
 
-    Linear candidates (any C or alpha, loss, class_weight, epochs, early stopping) share each epoch's tasks,
-    each model the one its own ``train`` gives; a candidate whose parameters do not suit the data gets its
-    ``DataError`` in place of its model. None (each candidate trains alone) when any candidate takes a kernel
-    route: the route is chosen per fit from what it measures, and an approximation's features are held or
-    mapped per batch by what fits (``_train_approximation``).
+    Linear candidates (any C or alpha, loss, class_weight, epochs, early stopping) share each epoch's tasks;
+    approximation candidates with the same map (``approximation``, ``n_components``, kernel and its
+    parameters) also share the map's fit and the features it gives (held or streamed as one fit's would be).
+    Each model is the one its own ``train`` gives; a candidate whose parameters do not suit the data gets its
+    ``DataError`` in place of its model. None (each candidate trains alone) otherwise: a kernel route without
+    an explicit approximation is chosen per fit from what it measures.
     """
-    if any(p.route != "linear" for p in params_list):
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
+
+    routes, maps = {p.route for p in params_list}, {_map_key(p) for p in params_list}
+    if routes != {"linear"} and (routes != {"approximation"} or len(maps) != 1):
         return None
     out: list[Any] = [None] * len(params_list)
-    fits, members = [], []
+    members = []
     for i, params in enumerate(params_list):
         try:
             _check_data(params, ctx)
+            members.append(i)
         except DataError as exc:
             out[i] = exc
-            continue
+    if not members:
+        return out
+    first = params_list[members[0]]
+    approx = mapped = None
+    if first.route == "approximation":
+        approx = _fit_approximation(parts, first, ctx)  # each candidate's own fit draws this sample and seed
+        mapped = _mapped(parts, approx, ctx)
+    fits = []
+    for i in members:
+        params = params_list[i]
         weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
-        fits.append(_sgd_fit(params, ctx, weights))
-        members.append(i)
-    for i, model in zip(members, train_sgd_many(parts, fits, ctx)):
-        out[i] = model
+        fits.append(_sgd_fit(params, ctx, weights, None if approx is None else _MappedSGD if mapped else _ApproxSGD))
+        if approx is not None and mapped is None:
+            fits[-1].template.approx_ = approx
+    for i, model in zip(members, train_sgd_many(mapped or parts, fits, ctx)):
+        out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, model)
+    if mapped is not None:
+        ctx.env.client.cancel(mapped.train)
     return out
+
+
+def _map_key(params: Params) -> tuple[Any, ...] | None:
+    """What fixes an approximation candidate's map (None: not an approximation): candidates with one key share it."""
+    if params.route != "approximation":
+        return None
+    return (params.approximation, params.n_components, params.kernel, params.gamma, params.degree, params.coef0)
