@@ -334,7 +334,6 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
                          loss: str | None = None, approx: Any = None) -> BaseEstimator:
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``
     (``approx``: a map already fitted, else one fitted on a sample)."""
-
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
     approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
