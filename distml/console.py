@@ -5,6 +5,7 @@ Only stderr is used, so ``--json`` output on stdout stays machine-readable.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import functools
 import logging
@@ -13,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -199,8 +201,11 @@ def _signals_raise(caught: list[int]) -> Iterator[None]:
         yield  # signal handlers can only be set from the main thread
         return
 
-    def handle(signum: int, frame: object) -> None:
+    def handle(signum: int, frame: types.FrameType | None) -> None:
         if caught:
+            return
+        if _in_finalizer(frame):  # Python would print and drop the exception there: deliver it again just after
+            threading.Thread(target=_interrupt_main_soon, args=(signum,), daemon=True).start()
             return
         caught.append(signum)
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -211,6 +216,26 @@ def _signals_raise(caught: list[int]) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _in_finalizer(frame: types.FrameType | None) -> bool:
+    """Whether the main thread is inside a ``__del__`` or a ``weakref.finalize`` callback.
+
+    An exception raised there is only reported as "Exception ignored in ..." and the interrupted code
+    goes on, so a SIGTERM that lands while, say, a dask Future is released would be lost.
+    """
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename.endswith("weakref.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt_main_soon(signum: int) -> None:
+    """Simulate ``signum`` to the main thread again, once it has had a moment to leave the finalizer."""
+    time.sleep(0.01)
+    _thread.interrupt_main(signum)
 
 
 @contextlib.contextmanager

@@ -155,6 +155,27 @@ def test_a_signal_to_submit_records_cancelled_closes_the_cluster_and_prints_one_
     poll(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), 15)
 
 
+def test_a_signal_that_lands_in_a_finalizer_still_interrupts_the_command():
+    """Python drops an exception raised in ``__del__`` (a dask Future being released, say): the
+    handler must deliver the signal again once the finalizer is left, or the job runs on and exits 0."""
+    import time
+
+    from distml.console import _signals_raise
+
+    class SignalsWhileReleased:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside __del__
+
+    caught: list[int] = []
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), _signals_raise(caught):
+        SignalsWhileReleased()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert caught == [signal.SIGTERM]
+
+
 # --- 3. a task that fails on the embedded cluster ------------------------------------------------------
 
 def test_a_task_that_fails_on_the_embedded_cluster_prints_only_its_error_line(tmp_path, job_file):
