@@ -160,19 +160,30 @@ NOISY_FLIPS = 0.1  # labels flipped at random in ``make_noisy_rows``
 NOISY_SCALE = 2.0  # logit scale: with the flips, the best possible accuracy is about 0.80
 
 
-def make_noisy_rows(rows: int, n_features: int = 24, seed: int = 0, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Binary rows where most training rows end as support vectors: standard-normal features, a logit of a
-    linear part, an interaction, a sine and a square, labels drawn from it and ``NOISY_FLIPS`` of them flipped."""
+def make_noisy_rows(rows: int, n_features: int = 24, seed: int = 0, stream: int = 0,
+                    classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Rows where most training rows end as support vectors: standard-normal features, a logit of a
+    linear part, an interaction, a sine and a square, labels drawn from it and ``NOISY_FLIPS`` of them flipped.
+
+    With more than two classes the logit plus logistic noise is cut at evenly spaced thresholds, and a
+    flipped label moves to one of the other classes at random.
+    """
     weights = np.random.default_rng([seed, 9]).normal(size=n_features)
     weights /= np.linalg.norm(weights)
     rng = np.random.default_rng([seed, 10, stream])
     z = rng.normal(size=(rows, n_features))
     logit = NOISY_SCALE * (z @ weights + z[:, 0] * z[:, 1] + 1.5 * np.sin(2.0 * z[:, 2]) + 0.5 * (z[:, 3] ** 2 - 1.0))
-    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-    return z, np.where(rng.random(rows) < NOISY_FLIPS, 1 - y, y)
+    if classes == 2:
+        y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+        return z, np.where(rng.random(rows) < NOISY_FLIPS, 1 - y, y)
+    cuts = NOISY_SCALE * np.linspace(-1.0, 1.0, classes - 1)
+    y = np.searchsorted(cuts, logit + rng.logistic(size=rows)).astype(np.int64)
+    flipped = rng.random(rows) < NOISY_FLIPS
+    return z, np.where(flipped, (y + rng.integers(1, classes, rows)) % classes, y)
 
 
 def make_noisy_dataset(out: str | Path, rows: int = 50_000, features: int = 24, files: int = 4, seed: int = 0,
-                       test_rows: int | None = None) -> tuple[Path, Path]:
+                       test_rows: int | None = None, classes: int = 2) -> tuple[Path, Path]:
     """Like ``make_dataset`` (same layout), with ``make_noisy_rows``'s labels."""
-    return _write_streams(out, rows, files, test_rows, lambda n, stream: make_noisy_rows(n, features, seed, stream))
+    return _write_streams(out, rows, files, test_rows,
+                          lambda n, stream: make_noisy_rows(n, features, seed, stream, classes))

@@ -47,7 +47,6 @@ def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(
     from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import SGDClassifier
     from sklearn.pipeline import Pipeline
-    from sklearn.svm import SVC
 
     from distml import load_model
 
@@ -67,13 +66,39 @@ def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(
     assert line.startswith(f"svm route: nystroem: {route['sv_fraction']:.0%} of a 4,000-row probe SVC's rows are "
                            "support vectors, more than switch_sv_fraction=0.6"), line
     # within a point of one SVC (same C, kernel, gamma) on the same training rows, scored on the same rows
-    train, test = split_frames(noisy, SEED, HOLDOUT)
-    (X, y), (Xt, yt) = xy(train), xy(test)
-    one = SVC(C=1.0, gamma=chosen[0].gamma).fit(features.transform(X), y)
-    reference = float((one.predict(features.transform(Xt)) == yt).mean())
+    reference = one_svc_accuracy(noisy, features, chosen[0].gamma)
     assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)
     raw = pd.read_parquet(noisy.with_name(noisy.name + "-test.parquet")).drop(columns=["target"])
     assert set(model.predict(raw)) == {0, 1}
+
+
+def one_svc_accuracy(folder: Path, features, gamma: float) -> float:
+    """Holdout accuracy of one SVC (C=1, rbf, ``gamma``) on the job's training rows."""
+    from sklearn.svm import SVC
+
+    train, test = split_frames(folder, SEED, HOLDOUT)
+    (X, y), (Xt, yt) = xy(train), xy(test)
+    one = SVC(C=1.0, gamma=gamma).fit(features.transform(X), y)
+    return float((one.predict(features.transform(Xt)) == yt).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the route's linear model is one-vs-rest, SVC one-vs-one: 1.4 points below on "
+                                       "these rows (in memory, one-vs-one SGD on the same map gains about half of it)")
+def test_three_noisy_classes_take_the_nystroem_route_within_a_point_of_one_svc(client, data_dir, tmp_path):
+    from distml import load_model
+    from distml.synth import make_noisy_dataset
+
+    folder = make_noisy_dataset(data_dir / "noisy3-10500", rows=10_500, features=24, classes=3)[0]
+    result = run_job(svm_job(folder, tmp_path), client)
+    model = load_model(result.uri)
+    route = route_record(result)
+    assert route["taken"] == "nystroem" and route["sv_fraction"] > 0.6, route
+    assert abs(route["sv_fraction"] - probe_fraction(folder, model[0], model[-1][0].gamma)) <= 0.01
+    reference = one_svc_accuracy(folder, model[0], model[-1][0].gamma)
+    assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)
+    raw = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
+    assert set(model.predict(raw)) == {0, 1, 2}
 
 
 def _measured(route: dict) -> dict:

@@ -59,7 +59,7 @@ def fit_nystroem(approx: Nystroem, X: np.ndarray) -> Nystroem:
     basis_inds = check_random_state(approx.random_state).permutation(len(X))[:n].astype(np.int64)
     basis = X[basis_inds]
     kernel = pairwise_kernels(basis, metric=approx.kernel, filter_params=True, **approx._get_kernel_params())
-    values, vectors = eigh(kernel)
+    values, vectors = eigh(kernel, driver="evd", overwrite_a=True, check_finite=False)
     scale = np.sign(values) / np.sqrt(np.clip(np.abs(values), 1e-12, None))
     approx.normalization_ = (vectors * scale) @ vectors.T
     approx.components_, approx.component_indices_ = basis, basis_inds
