@@ -195,3 +195,32 @@ def test_the_eigh_fitted_nystroem_is_scikit_learns_map(kernel):
     if kernel["kernel"] != "poly":
         scale = np.abs(theirs.normalization_).max()
         np.testing.assert_allclose(ours.normalization_, theirs.normalization_, rtol=0, atol=1e-7 * scale)
+
+
+def test_an_epoch_task_attaches_the_streamed_map_only_while_it_runs():
+    """The map of a streamed approximation reaches each task once per worker (``SGDFit.transform``); the
+    lane state a task returns, and so every average and checkpoint, carries no n×n normalisation."""
+    import copy
+
+    from sklearn.kernel_approximation import Nystroem
+
+    from distml.blocks import Block
+    from distml.models._approx_sgd import _ApproxSGD
+    from distml.models._sgd import LaneState, StepInput, _sgd_epoch_part
+    from distml.models.svm import _hinge_loss
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(600, 5)), rng.integers(0, 2, 600)
+    approx = Nystroem(n_components=50, random_state=0).fit(X)
+    block = Block(X, y, rng.random(600))
+    model = _ApproxSGD(average=True, random_state=0)
+    step = StepInput(None, 0.0, _hinge_loss, {"classes": np.array([0, 1])})
+    (state,) = _sgd_epoch_part([LaneState(model)], [block], [step], 7, [approx])
+    assert state.error is None and state.n_trained == 600 and state.model.approx_ is None
+    # the epoch's starting model is scored through the map too, and keeps none either
+    scored = StepInput(state.model, 0.5, _hinge_loss, {"classes": np.array([0, 1])})
+    (again,) = _sgd_epoch_part([LaneState(copy.deepcopy(model))], [block], [scored], 7, [approx])
+    with_map = copy.deepcopy(state.model)
+    with_map.approx_ = approx
+    assert again.model.approx_ is None and state.model.approx_ is None
+    assert again.val_loss == _hinge_loss(with_map, X[block.u < 0.5], y[block.u < 0.5]) > 0

@@ -74,10 +74,12 @@ class StepInput:
 
 
 def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[StepInput], seed: int,
-                    ) -> list[LaneState]:
+                    transforms: list[Any] | None = None) -> list[LaneState]:
     """One step of one lane for every fit: read the group once; per fit, score its ``reference`` on the
     validation rows, then ``partial_fit`` a copy of its model on the training rows of all ``sources`` shuffled
-    together. Fits with the same ``rows`` share the shuffled (and mapped) copy, made one at a time."""
+    together. Fits with the same ``rows`` share the shuffled (and mapped) copy, made one at a time.
+    ``transforms[i]`` is fit i's map (``SGDFit.transform``), attached while it scores and trains."""
+    transforms = transforms or [None] * len(inputs)
     blocks = [source.load() for source in sources]
     out: list[LaneState] = list(states)
     sharing: dict[tuple[float, float, float], list[int]] = {}
@@ -94,7 +96,7 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
                 X_val = block.X[val]
                 for i in (i for i in scoring if out[i].error is None):
                     try:
-                        val_loss[i] += inputs[i].loss(inputs[i].reference, X_val, y[val])
+                        val_loss[i] += inputs[i].loss(_attached(inputs[i].reference, transforms[i]), X_val, y[val])
                     except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
                         out[i] = replace(out[i], error=exc)
             n_val += int(val.sum())
@@ -107,12 +109,24 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
             model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
             try:
                 if len(y):
-                    model.partial_fit(X, y, **inputs[i].fit_kwargs)
+                    _attached(model, transforms[i], copy_first=False).partial_fit(X, y, **inputs[i].fit_kwargs)
             except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
                 out[i] = replace(state, error=exc)
                 continue
+            finally:
+                if transforms[i] is not None:
+                    model.approx_ = None  # the map stays out of the state that leaves the task
             out[i] = LaneState(model, state.val_loss + val_loss[i], state.n_val + n_val, state.n_trained + len(y))
     return out
+
+
+def _attached(model: Any, transform: Any, copy_first: bool = True) -> Any:
+    """``model`` with ``transform`` as its ``approx_`` (a shallow copy unless ``copy_first`` is False)."""
+    if transform is None:
+        return model
+    model = copy.copy(model) if copy_first else model
+    model.approx_ = transform
+    return model
 
 
 def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
@@ -148,7 +162,9 @@ class SGDSchedule:
 class SGDFit:
     """One fit for the engine: an unfitted SGD estimator, its schedule and its loss.
 
-    ``scale_target`` trains on the standardised regression target.
+    ``scale_target`` trains on the standardised regression target. ``transform`` is a fitted map the
+    estimator puts its rows through (``_ApproxSGD.approx_``): sent to each worker once and attached to the
+    model only while a task runs, so it travels in no lane's state, average or checkpoint.
     """
 
     template: Any
@@ -157,6 +173,7 @@ class SGDFit:
     fit_kwargs: dict[str, Any]
     scale_target: bool = False
     metric: str = "validation loss"
+    transform: Any = None
 
 
 def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
@@ -291,17 +308,20 @@ def _epochs(parts: Partitions, ctx: TrainContext, runs: list[_Run], lanes: int, 
     mix = max(1, min(MIX, n_parts))
     total = max((r.fit.schedule.epochs for r in runs), default=1)
     live, epoch = [r for r in runs if r.running], start
+    transforms = {id(r.fit.transform): r.fit.transform for r in live if r.fit.transform is not None}
+    shipped = {key: client.scatter(t, broadcast=True) for key, t in transforms.items()}  # one copy per worker
     while live:
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
         seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
         inputs = [r.step_input(epoch) for r in live]
+        maps = [shipped.get(id(r.fit.transform)) for r in live] if shipped else None
         ends = []
         for lane in range(lanes):
             states: Any = [LaneState(r.model) for r in live]
             for step, g in enumerate(range(lane, len(groups), lanes)):
                 states = client.submit(_sgd_epoch_part, states, [parts.train[i] for i in groups[g]], inputs,
-                                       seeds[g], key=ctx.env.key("train", epoch, lane, step))
+                                       seeds[g], maps, key=ctx.env.key("train", epoch, lane, step))
             ends.append(states)
         by_lane: list[list[LaneState]] = client.gather(ends)
         sums = [r.average(epoch, [lane[j] for lane in by_lane]) for j, r in enumerate(live)]

@@ -13,6 +13,7 @@ support vectors, Nyström features sized by a learning curve replace the cascade
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -339,9 +340,7 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
     approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
     mapped = _mapped(parts, approx, ctx)
     if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
-        fit = _sgd_fit(params, ctx, weights, _ApproxSGD, loss)
-        fit.template.approx_ = approx
-        model = train_sgd(parts, fit, ctx)
+        model = train_sgd(parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx), ctx)
     else:
         model = train_sgd(mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss), ctx)
         ctx.env.client.cancel(mapped.train)
@@ -359,8 +358,6 @@ def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | N
     """The training blocks mapped once to float32 kernel features and held on the workers, when those take at
     most ``MAPPED_SHARE`` of the cluster's memory (measured limits; unknown limits: never): every epoch then
     reads features instead of recomputing the map's ``n_components^2`` product per row."""
-    from dataclasses import replace
-
     from distml.models._approx_sgd import _map_part
 
     need = 4 * ctx.data.train_rows * int(approx.n_components)
@@ -412,9 +409,8 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
     for i in members:
         params = params_list[i]
         weights = class_weights(params.class_weight, ctx.data.classes, ctx.data.class_counts)
-        fits.append(_sgd_fit(params, ctx, weights, None if approx is None else _MappedSGD if mapped else _ApproxSGD))
-        if approx is not None and mapped is None:
-            fits[-1].template.approx_ = approx
+        fit = _sgd_fit(params, ctx, weights, None if approx is None else _MappedSGD if mapped else _ApproxSGD)
+        fits.append(fit if approx is None or mapped else replace(fit, transform=approx))
     for i, model in zip(members, train_sgd_many(mapped or parts, fits, ctx)):
         out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, model)
     if mapped is not None:
