@@ -134,7 +134,7 @@ def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     """The chosen rows of several blocks in one random order, written once into a single array."""
     total = sum(len(rows) for _, _, rows in pieces)
     position = np.random.default_rng(seed).permutation(total)
-    X = np.empty((total, pieces[0][0].shape[1]), dtype=pieces[0][0].dtype)  # float32 for mapped kernel features
+    X = np.empty((total, pieces[0][0].shape[1]), dtype=pieces[0][0].dtype)  # float16/32 for mapped kernel features
     y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
     start = 0
     for Xb, yb, rows in pieces:

@@ -355,23 +355,27 @@ def _pipeline(approx: Any, model: Any) -> BaseEstimator:
 
 
 def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | None:
-    """The training blocks mapped once to float32 kernel features and held on the workers, when those take at
-    most ``MAPPED_SHARE`` of the cluster's memory (measured limits; unknown limits: never): every epoch then
-    reads features instead of recomputing the map's ``n_components^2`` product per row."""
-    from distml.models._approx_sgd import _map_part
+    """The training blocks mapped once to kernel features and held on the workers, when those take at most
+    ``MAPPED_SHARE`` of the cluster's memory as float32, or else as float16 (``held_dtypes``; measured limits,
+    unknown limits: never): every epoch then reads features instead of recomputing the map's
+    ``n_components^2`` product per row."""
+    from distml.models._approx_sgd import _map_part, held_dtypes
 
-    need = 4 * ctx.data.train_rows * int(approx.n_components)
+    cells = ctx.data.train_rows * int(approx.n_components)
     budget = MAPPED_SHARE * ctx.env.worker_memory * ctx.env.n_workers
-    if need > budget:
+    dtype = next((d for d in held_dtypes(approx) if np.dtype(d).itemsize * cells <= budget), None)
+    if dtype is None:
+        need = np.dtype(held_dtypes(approx)[-1]).itemsize * cells
         ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB, more than {MAPPED_SHARE:.0%} of the cluster's memory: "
                     "mapping the rows again at every epoch")
         return None
     client = ctx.env.client
     shared = client.scatter(approx, broadcast=True)  # one copy per worker, not one per task
-    train = [client.submit(_map_part, source, shared, key=ctx.env.key("map", i)) for i, source in enumerate(parts.train)]
-    ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB held on the workers for the epochs")
+    train = [client.submit(_map_part, source, shared, dtype, key=ctx.env.key("map", i))
+             for i, source in enumerate(parts.train)]
+    ctx.env.log(f"kernel features: {np.dtype(dtype).itemsize * cells / 2**20:,.0f} MiB of {np.dtype(dtype).name} "
+                "held on the workers for the epochs")
     return replace(parts, train=train, holdout=[], persisted=True)
-
 
 
 def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) -> list[Any] | None:
