@@ -32,9 +32,9 @@ def test_a_job_on_a_fresh_worker_leaves_a_profile_dask_can_size(tmp_path, make_d
     from distml.jobfile import parse_job
     from distml.runner import run_job
 
-    folder, _ = make_data(kind="regression", rows=2000, files=2)
+    folder, _ = make_data("classification", rows=4_000, features=5, files=2)  # as other tests: written once
     spec = parse_job({"name": "fresh", "seed": 0, "data": {"path": str(folder), "target": "target"},
-                      "model": {"kind": "linear"}, "output": {"store": str(tmp_path)}}, "job")
+                      "model": {"kind": "logistic"}, "output": {"store": str(tmp_path)}}, "job")
     # a worker of its own: the session cluster's workers imported pandas and scikit-learn long ago
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", silence_logs=40) as cluster, \
