@@ -91,9 +91,9 @@ class Reader:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
         import pyarrow as pa
 
-        from distml.warmup import READ_MODULES, warm
+        from distml.warmup import read_modules, warm
 
-        warm(READ_MODULES)  # a first read on a fresh worker imports them outside its task thread
+        warm(read_modules(self.protocol))  # a first read on a fresh worker imports them outside its task thread
 
         fs = filesystem(self.protocol, self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)

@@ -28,7 +28,8 @@ REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_svg")  # eva
 # what a worker's tasks import after the statistics pass: the feature transformer and the models
 WORKER_MODULES = ("sklearn.compose", "sklearn.preprocessing", "sklearn.impute", "sklearn.linear_model",
                   "distml.blocks", "distml.encoding")
-# what every pass's reads import on a worker (pyarrow's to_numpy and to_pandas import pandas)
+# what every pass's reads import on a worker (pyarrow's to_numpy and to_pandas import pandas), and the
+# fsspec filesystem of the data's protocol (``read_modules``)
 READ_MODULES = ("pyarrow.parquet", "pyarrow.compute", "pandas")
 
 _done: dict[str, threading.Event] = {}
@@ -103,6 +104,14 @@ def warm(names: tuple[str, ...]) -> None:
         thread = threading.Thread(target=_import_all, args=(names,), name="distml-imports", daemon=True)
         thread.start()
         thread.join()
+
+
+def read_modules(protocol: str) -> tuple[str, ...]:
+    """``READ_MODULES`` and the module of fsspec's filesystem for ``protocol`` (s3fs for ``s3``: as deep as pandas)."""
+    from fsspec.registry import known_implementations
+
+    module = known_implementations.get(protocol, {}).get("class", "").rpartition(".")[0]
+    return (*READ_MODULES, module) if module else READ_MODULES
 
 
 def _warm_part(names: tuple[str, ...]) -> None:
