@@ -91,6 +91,10 @@ class Reader:
         """Read a piece's columns and each row's uniform draw in [0, 1)."""
         import pyarrow as pa
 
+        from distml.warmup import read_modules, warm
+
+        warm(read_modules(self.protocol))  # a first read on a fresh worker imports them outside its task thread
+
         fs = filesystem(self.protocol, self.storage_options)
         members = piece.members if isinstance(piece, PieceGroup) else (piece,)
         tables = [self._checked_table(fs, m) for m in members]

@@ -4,11 +4,13 @@ Once a job's cluster is up, its client imports scikit-learn (for the feature pla
 and matplotlib (for the save) in one background thread, while the workers run the first passes.
 Code that needs a group first calls ``ready(group)``, so no other thread imports those packages at
 the same time (concurrent imports of one package can deadlock). After the statistics pass, fresh
-workers import what their later tasks need while the client waits for its own imports.
+workers import what their later tasks need while the client waits for its own imports. On a worker,
+``warm`` does its imports in a thread of their own, so no task thread's profiled stack gets that deep.
 """
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -26,8 +28,12 @@ REPORT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_svg")  # eva
 # what a worker's tasks import after the statistics pass: the feature transformer and the models
 WORKER_MODULES = ("sklearn.compose", "sklearn.preprocessing", "sklearn.impute", "sklearn.linear_model",
                   "distml.blocks", "distml.encoding")
+# what every pass's reads import on a worker (pyarrow's to_numpy and to_pandas import pandas), and the
+# fsspec filesystem of the data's protocol (``read_modules``)
+READ_MODULES = ("pyarrow.parquet", "pyarrow.compute", "pandas")
 
 _done: dict[str, threading.Event] = {}
+_warming = threading.Lock()
 
 
 def start_client_imports(report: bool = True) -> None:
@@ -84,6 +90,35 @@ def _import_all(names: tuple[str, ...]) -> None:
             return
 
 
+def warm(names: tuple[str, ...]) -> None:
+    """On a worker: import those of ``names`` not imported yet in a thread of their own, and wait for it.
+
+    A cold pandas or scikit-learn import nests about 100 frames deep, and distributed's profiler keeps each
+    sampled task-thread stack as a dict nested as deep (it cuts at 100 frames), which dask's ``sizeof`` cannot
+    measure: each performance report or dashboard profile then made the worker log "Sizeof calculation for
+    object of type 'dict' failed". The profiler samples task threads only; it sees this one wait, shallow.
+    """
+    if all(name in sys.modules for name in names):
+        return
+    with _warming:  # one import thread at a time; a second caller finds the modules imported
+        thread = threading.Thread(target=_import_all, args=(names,), name="distml-imports", daemon=True)
+        thread.start()
+        thread.join()
+
+
+def read_modules(protocol: str) -> tuple[str, ...]:
+    """``READ_MODULES`` and the module of fsspec's filesystem for ``protocol`` (s3fs for ``s3``: as deep as pandas)."""
+    from fsspec.registry import known_implementations
+
+    module = known_implementations.get(protocol, {}).get("class", "").rpartition(".")[0]
+    return (*READ_MODULES, module) if module else READ_MODULES
+
+
+def _warm_part(names: tuple[str, ...]) -> None:
+    """The warm-up task: ``warm`` on the worker it is pinned to."""
+    warm(names)
+
+
 def warm_workers(client: Client, job_id: str) -> list[Future]:
     """Have every worker import ``WORKER_MODULES`` now (a no-op on workers that have them already).
 
@@ -91,7 +126,7 @@ def warm_workers(client: Client, job_id: str) -> list[Future]:
     """
     from distml.tasks import task_key
 
-    return [client.submit(_import_all, WORKER_MODULES, key=task_key("warm", job_id, i), pure=False,
+    return [client.submit(_warm_part, WORKER_MODULES, key=task_key("warm", job_id, i), pure=False,
                           workers=[address], allow_other_workers=False)
             for i, address in enumerate(client.scheduler_info(n_workers=-1)["workers"])]
 

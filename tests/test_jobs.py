@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import processes
 import pytest
 
 from distml.errors import StoreError
@@ -19,6 +20,18 @@ from distml.jobs import PHASE_ORDER, JobRecords, new_record
 
 DISTML = [sys.executable, "-m", "distml"]
 LONG_MODEL = {"kind": "logistic", "params": {"epochs": 1000}}  # runs far longer than any test waits
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory):
+    """One real scheduler and two workers for this module's jobs (conftest's is one per test).
+
+    Each test has a store of its own, and leaves no task of its job on the scheduler: its jobs succeed,
+    are cancelled (the cancel test waits until their tasks are gone) or fail. The test that kills driver
+    workers runs last; their nannies restart them.
+    """
+    with processes.dask_processes(tmp_path_factory.mktemp("cluster")) as address:
+        yield address
 
 
 def distml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -29,24 +29,28 @@ def regression(make_data):
     return make_data("regression", rows=ROWS, features=10, files=8)
 
 
-def test_exact_linear_predictions_equal_linear_regression(client, tmp_path, regression):
+@pytest.fixture(scope="module")
+def regression_reference(regression):
+    """scikit-learn's LinearRegression on the regression job's training rows (read once for the module's two
+    tests): the reference, the holdout rows and targets, and the training rows' count."""
+    train, test = split_frames(regression[0], 0, 0.2)
+    return LinearRegression().fit(*xy(train)), *xy(test), len(train)
+
+
+def test_exact_linear_predictions_equal_linear_regression(client, tmp_path, regression, regression_reference):
     folder, _ = regression
     result, model = _run(client, tmp_path, folder, {"kind": "linear", "params": {"solver": "exact"}})
-    train, test = split_frames(folder, 0, 0.2)
-    reference = LinearRegression().fit(*xy(train))
-    X_test, y_test = xy(test)
+    reference, X_test, y_test, train_rows = regression_reference
     expected = reference.predict(X_test)
     np.testing.assert_allclose(model.predict(X_test), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
     assert result.metrics["r2"] == pytest.approx(r2_score(y_test, expected), abs=1e-6)
-    assert result.rows == {"total": ROWS, "train": len(train), "holdout": len(test)}
+    assert result.rows == {"total": ROWS, "train": train_rows, "holdout": len(y_test)}
 
 
-def test_sgd_linear_r2_within_half_a_point(client, tmp_path, regression):
+def test_sgd_linear_r2_within_half_a_point(client, tmp_path, regression, regression_reference):
     folder, _ = regression
     result, model = _run(client, tmp_path, folder, {"kind": "linear", "params": {"solver": "sgd", "epochs": 3}})
-    train, test = split_frames(folder, 0, 0.2)
-    reference = LinearRegression().fit(*xy(train))
-    X_test, y_test = xy(test)
+    reference, X_test, y_test, _ = regression_reference
     assert abs(r2_score(y_test, model.predict(X_test)) - r2_score(y_test, reference.predict(X_test))) < 0.005
     assert type(model[-1]).__name__ == "SGDRegressor"
 

@@ -69,10 +69,19 @@ def _state(model):
     return [{k: v for k, v in vars(s).items() if k.endswith("_") and not k.startswith("_")} for s in _steps(model)]
 
 
-@pytest.mark.parametrize("route", list(ROUTES))
-def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make_data, route):
+# "-streamed": the route's kernel features mapped again at every epoch (as when they would not fit in memory)
+# instead of held on the workers, by the shared epochs and by each candidate's own fit alike
+CASES = [*ROUTES, "svm-nystroem-streamed"]
+KERNEL_FEATURES = {"held": "held on the workers for the epochs", "streamed": "mapping the rows again at every epoch"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make_data, case, monkeypatch):
     """Bitwise the models of the candidates' own fits, from one task per group of partitions and epoch, the
     epochs of the longest candidate; the early-stopping candidate leaves when it stops."""
+    route = case.removesuffix("-streamed")
+    if case != route:
+        monkeypatch.setattr(svm, "MAPPED_SHARE", 0.0)
     family, kind, grid = ROUTES[route]
     folder, _ = make_data(kind, rows=9000, features=4, files=9, classes=3 if route == "logistic-softmax" else 2)
     logs: list[str] = []
@@ -82,16 +91,21 @@ def test_candidates_sharing_epochs_get_the_models_of_their_own_fits(client, make
     params = [family.Params(**p) for p in grid]
     alone, sections = [], []
     for i, p in enumerate(params):
-        own = TrainContext(replace(ctx.env, job_id=f"{JOB}-{route}-c{i}", record_training=sections.append), ctx.data)
+        own = TrainContext(replace(ctx.env, job_id=f"{JOB}-{case}-c{i}", record_training=sections.append), ctx.data)
         alone.append(_tasks_per_epoch(client, own.env.job_id, lambda p=p, own=own: family.train(parts, p, own)))
     ran = [s["epochs_run"] for s in sections]  # the early-stopping candidates', in order
     epochs_alone = [ran.pop(0) if p.early_stopping else p.epochs for p in params]
     assert all(counts == dict.fromkeys(range(n), groups) for (_, counts), n in zip(alone, epochs_alone))
 
+    alone_logs = logs.copy()
     logs.clear()
-    shared_ctx = TrainContext(replace(ctx.env, job_id=f"{JOB}-{route}-all"), ctx.data)
+    shared_ctx = TrainContext(replace(ctx.env, job_id=f"{JOB}-{case}-all"), ctx.data)
     shared, counts = _tasks_per_epoch(client, shared_ctx.env.job_id,
                                       lambda: family.train_many(parts, params, shared_ctx))
+    if route == "svm-nystroem":  # each own fit, and the shared one, held its features or mapped them again
+        held = KERNEL_FEATURES["streamed" if case != route else "held"]
+        assert [sum(line.startswith("kernel features: ") and line.endswith(held) for line in lines)
+                for lines in (alone_logs, logs)] == [len(params), 1], (alone_logs, logs)
 
     for ours, (theirs, _) in zip(shared, alone):
         assert [(type(s), s.get_params()) for s in _steps(ours)] == [(type(s), s.get_params()) for s in _steps(theirs)]
