@@ -11,7 +11,10 @@ the square of the support vectors. The number of components comes from a small
 learning curve on a larger sample (``CURVE_ROWS``): the most of
 ``CURVE_COMPONENTS`` whose validation accuracy is within ``CURVE_TOL`` of the
 curve's best beyond its noise (``pick_components`` says why the most); the
-route keeps that size's map. Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
+route keeps that size's map. When that is the curve's largest size (no sign of
+overfitting up to there), the route doubles it once if all the training rows give
+``CURVE_ROWS_PER_COMPONENT`` per component: that map is fitted beside the curve
+on the curve's rows, not measured on it (its point would cost more than the rest). Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
 The sample stays on the workers: one task per partition keeps its rows below the
@@ -26,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 
 from distml.kernels import fit_svc
 from distml.models._svsets import SVSet, concat
@@ -36,8 +40,8 @@ if TYPE_CHECKING:
     from distml.models.base import TrainContext
 
 PROBE_ROWS = 4000  # rows of the probe SVC: large enough that its fraction is near the whole problem's
-CURVE_ROWS = 40_000  # rows of the learning curve: its first 80% (by draw) train, the rest validate
-CURVE_COMPONENTS = (250, 500, 1000, 2000, 4000)  # Nyström sizes tried
+CURVE_ROWS = 24_000  # rows of the learning curve: its first 80% (by draw) train, the rest validate
+CURVE_COMPONENTS = (250, 500, 1000, 2000)  # Nyström sizes tried; the route may double the largest taken
 CURVE_ROWS_PER_COMPONENT = 8  # curve training rows per component: fewer, and the curve measures overfitting
 CURVE_TOL = 0.002  # validation accuracy below the curve's best that still counts as no worse
 EPOCHS = 10  # SGD epochs of the curve, and most of the route's (5 end ~0.4 points short of 15 on noisy data)
@@ -69,20 +73,38 @@ def _probe_part(samples: list[SVSet], rows: int, svc_params: dict[str, Any], gra
             "seconds": round(time.perf_counter() - started, 3)}
 
 
+def _curve_rows(samples: list[SVSet], rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The curve's training rows (the first 80% of the sample's first ``rows``, by draw) and validation rows."""
+    curve = _first(samples, rows)
+    cut = int(0.8 * len(curve))
+    return curve.X[:cut], curve.y[:cut], curve.X[cut:], curve.y[cut:]
+
+
+def _curve_map(X: np.ndarray, n: int, nystroem: dict[str, Any]) -> Any:
+    """The Nyström map of ``n`` components fitted on the curve's training rows ``X``."""
+    from sklearn.kernel_approximation import Nystroem
+
+    from distml.models._approx_sgd import fit_nystroem
+
+    return fit_nystroem(Nystroem(n_components=n, **nystroem), X)
+
+
+def _curve_map_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any]) -> Any:
+    """The map of a size beyond the curve, fitted on the curve's training rows as a point's is."""
+    return _curve_map(_curve_rows(samples, rows)[0], n, nystroem)
+
+
 def _curve_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any],
                 sgd: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """One point of the learning curve: the Nyström route with ``n`` components fitted on the sample's first
     rows and scored on the rest; (the point, the fitted map, which the route reuses if it picks ``n``)."""
-    from sklearn.kernel_approximation import Nystroem
     from sklearn.linear_model import SGDClassifier
 
-    from distml.models._approx_sgd import features, fit_nystroem
+    from distml.models._approx_sgd import features
 
     started = time.perf_counter()
-    curve = _first(samples, rows)
-    cut = int(0.8 * len(curve))
-    X, y, Xv, yv = curve.X[:cut], curve.y[:cut], curve.X[cut:], curve.y[cut:]
-    approx = fit_nystroem(Nystroem(n_components=n, **nystroem), X)
+    X, y, Xv, yv = _curve_rows(samples, rows)
+    approx = _curve_map(X, n, nystroem)
     model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(features(approx, X), y)
     accuracy = float((model.predict(features(approx, Xv)) == yv).mean())
     point = {"n_components": n, "accuracy": round(accuracy, 5), "validation_rows": len(yv),
@@ -132,6 +154,14 @@ def _curve_components(curve_rows: int, n_features: int, worker_memory: int) -> l
     return fits or [CURVE_COMPONENTS[0]]
 
 
+def _doubled(components: list[int], train_rows: int, worker_memory: int) -> int | None:
+    """Twice the curve's largest size, if all the training rows give ``CURVE_ROWS_PER_COMPONENT`` per component
+    and its fit's n×n float64 matrices (four) take at most a quarter of a worker's memory; else None."""
+    n = 2 * max(components)
+    fits = CURVE_ROWS_PER_COMPONENT * n <= train_rows and (not worker_memory or 4 * 8 * n * n <= worker_memory // 4)
+    return n if fits else None
+
+
 def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
     """The most components whose validation accuracy is no worse than the curve's best beyond its noise:
     ``CURVE_TOL``, or two standard errors of the best accuracy on the curve's validation rows if more.
@@ -179,19 +209,28 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         want = min(rows, CURVE_ROWS)
         samples = draw(want, "curve")
         components = _curve_components(want, ctx.data.n_features, ctx.env.worker_memory)
-        # one task per size, largest first: the sizes' fits run side by side on the workers
+        doubled = _doubled(components, rows, ctx.env.worker_memory)
+        # the doubled map first, then one task per size, largest first: they run side by side on the workers
+        beyond = None if doubled is None else client.submit(_curve_map_part, samples, want, doubled, nystroem,
+                                                             key=key("probe", 5, doubled))
         points = {n: client.submit(_curve_part, samples, want, n, nystroem, sgd, key=key("probe", 2, n))
                   for n in sorted(components, reverse=True)}
         route.curve = [client.submit(operator.itemgetter(0), points[n], key=key("probe", 3, n)).result()
                        for n in components]
-        route.n_components, tol = pick_components(route.curve)
+        picked, tol = pick_components(route.curve)
         route.name, route.epochs = "nystroem", route_epochs(rows)
-        route.approx = client.submit(operator.itemgetter(1), points[route.n_components], key=key("probe", 4)).result()
-        client.cancel([*points.values(), *samples])
+        size = (f"{picked} components, the most within {tol:.1%} of the best of {components} on a {want:,}-row "
+                "learning curve")
+        if beyond is not None and picked == max(components):
+            route.n_components, route.approx = doubled, beyond.result()
+            size = f"{doubled} components: twice the {size}, its largest size"
+        else:
+            route.n_components = picked
+            route.approx = client.submit(operator.itemgetter(1), points[picked], key=key("probe", 4)).result()
+        client.cancel([*points.values(), *samples, *([beyond] if beyond is not None else [])])
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
-                        f"top fit cost about one SVC; Nyström features ({route.n_components} components, the most "
-                        f"within {tol:.1%} of the best of {components} on a {want:,}-row learning curve) "
-                        f"with a linear SVM instead, {route.epochs} epochs")
+                        f"top fit cost about one SVC; Nyström features ({size}) with a linear SVM instead, "
+                        f"{route.epochs} epochs")
     route.seconds = time.perf_counter() - started
     return route
