@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import numpy as np
 from distml.draws import key_draws, row_draws
 from distml.errors import DataError, first_line
 from distml.remote import filesystem, open_url
+from distml.schemas import CATEGORICAL, OTHER, column_kind, data_columns, reconcile
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from distml.spec import DataSpec
 
-NUMERIC, CATEGORICAL, BOOLEAN, OTHER = "numeric", "categorical", "boolean", "other"
 _GLOB = set("*?[")
 
 
@@ -168,19 +167,6 @@ def _groups(piece: Piece) -> str:
     return ("row group " if len(piece.row_groups) == 1 else "row groups ") + ", ".join(map(str, piece.row_groups))
 
 
-def column_kind(arrow_type: pa.DataType) -> str:
-    """Classify an Arrow type as numeric, boolean, categorical (strings) or other."""
-    import pyarrow as pa
-
-    if pa.types.is_boolean(arrow_type):
-        return BOOLEAN
-    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
-        return NUMERIC
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_dictionary(arrow_type):
-        return CATEGORICAL
-    return OTHER
-
-
 @dataclass
 class Dataset:
     """A Parquet dataset known from its footers: files, schema, rows, and how to read it."""
@@ -304,7 +290,7 @@ def _read_footer(fs: Any, path: str, key: str, protocol: str) -> tuple[FileInfo,
     except Exception as exc:  # pyarrow and fsspec raise many types for a bad file
         reason = first_line(exc) or type(exc).__name__
         raise DataError(f"{_url(protocol, path)}: not a readable Parquet file ({reason})") from None
-    schema = _data_columns(_url(protocol, path), meta.schema.to_arrow_schema())
+    schema = data_columns(_url(protocol, path), meta.schema.to_arrow_schema())
     rg_rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
     stat = fs.info(path)  # the one stat fs.size would have made; it also has the time and ETag
     size = int(stat.get("size") or 0)
@@ -347,25 +333,6 @@ def footer_digest(meta: Any) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def _data_columns(url: str, schema: pa.Schema) -> pa.Schema:
-    """A file's data columns: names must be unique, and the columns pandas stored for a DataFrame's
-    index (``__index_level_0__`` from ``df[mask].to_parquet()``, listed in the pandas metadata) are
-    left out, as ``pandas.read_parquet`` makes them the index rather than data."""
-    import pyarrow as pa
-
-    repeated = [(name, n) for name, n in Counter(schema.names).items() if n > 1]
-    if repeated:
-        name, n = repeated[0]
-        raise DataError(f"{url}: column '{name}' appears {n} times; column names must be unique")
-    try:
-        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
-    except (ValueError, TypeError, AttributeError):  # unreadable pandas metadata: no index columns known
-        index = set()
-    if not index & set(schema.names):
-        return schema
-    return pa.schema([f for f in schema if f.name not in index], metadata=schema.metadata)
-
-
 def root_folder(fs: Any, root: str) -> str:
     """The folder file keys are relative to, so a copied dataset keeps its holdout."""
     if _GLOB & set(root):
@@ -393,7 +360,7 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
         footers = list(pool.map(lambda pk: _read_footer(fs, pk[0], pk[1], protocol), zip(paths, keys)))
     files = [info for info, _ in footers]
     urls = [_url(protocol, info.path) for info in files]
-    arrow_schema = _reconcile(urls, [schema for _, schema in footers])
+    arrow_schema = reconcile(urls, [schema for _, schema in footers])
     schema = {f.name: str(f.type) for f in arrow_schema}
     kinds = {f.name: column_kind(f.type) for f in arrow_schema}
     features = _check_columns(spec, kinds, urls[0])
@@ -403,50 +370,6 @@ def open_dataset(spec: DataSpec, seed: int) -> Dataset:
                    spec.target, features, spec.holdout, seed, missing=spec.missing,
                    impute_strategy=spec.impute_strategy, max_categories=spec.max_categories,
                    rare_categories=spec.rare_categories, arrow_schema=arrow_schema, row_key=spec.row_key)
-
-
-def _reconcile(urls: list[str], schemas: list[pa.Schema]) -> pa.Schema:
-    """One schema for all files: integer and float versions of a column become float64, string and
-    dictionary versions strings, all-null versions take the others' type; anything else is reported
-    by file and column."""
-    import pyarrow as pa
-
-    first = schemas[0]
-    problems = []
-    for url, schema in zip(urls[1:], schemas[1:]):
-        problems += [f"{url}: column '{c}' is missing (present in {urls[0]})" for c in first.names
-                     if c not in schema.names]
-        problems += [f"{url}: column '{c}' is not in {urls[0]}" for c in schema.names if c not in first.names]
-    fields = []
-    for name in first.names:
-        seen = [(url, s.field(name).type) for url, s in zip(urls, schemas) if name in s.names]
-        typed = [(url, t) for url, t in seen if not pa.types.is_null(t)] or seen[:1]
-        base_url, base = typed[0]
-        for url, t in typed[1:]:
-            if column_kind(t) != column_kind(base):
-                problems.append(f"{url}: column '{name}' is {t} ({column_kind(t)}), "
-                                f"expected {column_kind(base)} like {base} (as in {base_url})")
-                break
-        fields.append(pa.field(name, _common_type([t for _, t in typed])))
-    if problems:
-        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise DataError("; ".join(problems[:3]) + more)
-    return pa.schema(fields)
-
-
-def _common_type(types: list[pa.DataType]) -> pa.DataType:
-    """The type every version of a column is read as (the versions are of one kind)."""
-    import pyarrow as pa
-
-    if all(t == types[0] for t in types) and not pa.types.is_decimal(types[0]):
-        return types[0]
-    if column_kind(types[0]) == NUMERIC:
-        if all(pa.types.is_integer(t) for t in types):
-            return pa.int64()
-        return pa.float64()
-    if column_kind(types[0]) == CATEGORICAL:
-        return pa.string()
-    return types[0]
 
 
 def _check_columns(spec: DataSpec, kinds: dict[str, str], first_url: str) -> list[str]:

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distml.data import BOOLEAN, CATEGORICAL, NUMERIC, OTHER, Dataset
+from distml.data import Dataset
 from distml.draws import key_draws
 from distml.errors import DataError
+from distml.schemas import BOOLEAN, CATEGORICAL, NUMERIC, OTHER
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,7 +87,7 @@ class FrameReader:
 
 
 def _kind(dtype: Any) -> tuple[str, str]:
-    """(kind, Arrow-style type name) of a pandas dtype, as ``data.column_kind`` classifies Parquet's."""
+    """(kind, Arrow-style type name) of a pandas dtype, as ``schemas.column_kind`` classifies Parquet's."""
     import pandas as pd
 
     if pd.api.types.is_bool_dtype(dtype):

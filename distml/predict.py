@@ -57,7 +57,7 @@ def _kind_of_type_name(name: str) -> str:
 def check_columns(url: str, schema: Any, features: list[str], trained: dict[str, str],
                   passthrough: tuple[str, ...]) -> None:
     """Refuse a file that lacks a feature or passthrough column or holds one of another kind than in training."""
-    from distml.data import column_kind
+    from distml.schemas import column_kind
 
     names = set(schema.names)
     for column in [*features, *passthrough]:
