@@ -14,7 +14,8 @@ curve's best beyond its noise (``pick_components`` says why the most); the
 route keeps that size's map. When that is the curve's largest size (no sign of
 overfitting up to there), the route doubles it once if all the training rows give
 ``CURVE_ROWS_PER_COMPONENT`` per component: that map is fitted beside the curve
-on the curve's rows, not measured on it (its point would cost more than the rest). Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
+on the curve's rows, not measured on it (its point would cost more than the rest).
+Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
 The sample stays on the workers: one task per partition keeps its rows below the
