@@ -60,7 +60,8 @@ def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(
     measured = probe_fraction(noisy, features, chosen[0].gamma)
     assert route["taken"] == "nystroem" and route["threshold"] == 0.6 and route["probe"]["rows"] == PROBE_ROWS
     assert abs(route["sv_fraction"] - measured) <= 0.01 and route["sv_fraction"] > 0.6, (route, measured)
-    # the curve's largest size within its noise of the best, so the route doubles it: 8,400 rows give 8 per component
+    # the curve's largest size within its noise of the best, so the route goes beyond it: 8,400 rows give 6 per
+    # component to twice it, not to three times
     sizes = [p["n_components"] for p in route["curve"]]
     assert sizes == [250, 500] and chosen[0].n_components == route["n_components"] == 1000, route
     assert "1000 components: twice the 500 components, the most within" in route["reason"], route["reason"]
@@ -208,6 +209,41 @@ def test_the_eigh_fitted_nystroem_is_scikit_learns_map(kernel):
     if kernel["kernel"] != "poly":
         scale = np.abs(theirs.normalization_).max()
         np.testing.assert_allclose(ours.normalization_, theirs.normalization_, rtol=0, atol=1e-7 * scale)
+
+
+def test_the_cholesky_factored_nystroem_approximates_scikit_learns_kernel():
+    """The route's maps: the same basis, a rotation of scikit-learn's map, so the same approximate kernel; a
+    basis kernel Cholesky cannot factor well (duplicate basis rows) gets scikit-learn's map instead."""
+    from sklearn.kernel_approximation import Nystroem
+
+    from distml.models._approx_sgd import fit_nystroem
+
+    rng = np.random.default_rng(0)
+    X, Z = rng.normal(size=(1500, 8)), rng.normal(size=(300, 8))
+    theirs = Nystroem(n_components=300, random_state=3, gamma=0.1).fit(X)
+    ours = fit_nystroem(Nystroem(n_components=300, random_state=3, gamma=0.1), X, factor="cholesky")
+    assert type(ours) is Nystroem and ours.get_feature_names_out().shape == (300,)
+    np.testing.assert_array_equal(ours.components_, theirs.components_)
+    np.testing.assert_allclose(np.tril(ours.normalization_), ours.normalization_)  # L⁻¹, not K^-1/2
+    assert np.abs(ours.normalization_ - theirs.normalization_).max() > 0.1
+    mine, sklearns = ours.transform(Z), theirs.transform(Z)
+    np.testing.assert_allclose(mine @ mine.T, sklearns @ sklearns.T, rtol=0, atol=1e-9)
+    doubled = np.repeat(X[:150], 2, axis=0)
+    fallback = fit_nystroem(Nystroem(n_components=300, random_state=3, gamma=0.1), doubled, factor="cholesky")
+    reference = Nystroem(n_components=300, random_state=3, gamma=0.1).fit(doubled)
+    np.testing.assert_allclose(fallback.transform(Z), reference.transform(Z), atol=1e-8)
+
+
+def test_the_map_beyond_the_curve_is_the_largest_multiple_the_rows_and_memory_allow():
+    from distml.models._svm_route import _beyond
+
+    curve = [250, 500, 1000, 2000]
+    assert _beyond(curve, 40_000, 0) == 6000  # 6.7 rows per component
+    assert _beyond(curve, 30_000, 0) == 4000  # 5 rows per component at 6,000: too few
+    assert _beyond(curve, 20_000, 0) is None
+    assert _beyond(curve, 400_000, 16 * 2**30) == 6000
+    assert _beyond(curve, 400_000, 4 * 2**30) == 4000  # four 6,000² float64 matrices: more than a quarter
+    assert _beyond([250, 500], 8_400, 0) == 1000
 
 
 def test_an_epoch_task_attaches_the_streamed_map_only_while_it_runs():
