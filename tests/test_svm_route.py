@@ -60,8 +60,7 @@ def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(
     measured = probe_fraction(noisy, features, chosen[0].gamma)
     assert route["taken"] == "nystroem" and route["threshold"] == 0.6 and route["probe"]["rows"] == PROBE_ROWS
     assert abs(route["sv_fraction"] - measured) <= 0.01 and route["sv_fraction"] > 0.6, (route, measured)
-    # the curve's largest size within its noise of the best, so the route goes beyond it: 8,400 rows give 6 per
-    # component to twice it, not to three times
+    # the curve's largest size within its noise of the best, so the route doubles it: 8,400 rows give 8 per component
     sizes = [p["n_components"] for p in route["curve"]]
     assert sizes == [250, 500] and chosen[0].n_components == route["n_components"] == 1000, route
     assert "1000 components: twice the 500 components, the most within" in route["reason"], route["reason"]
@@ -234,15 +233,13 @@ def test_the_cholesky_factored_nystroem_approximates_scikit_learns_kernel():
     np.testing.assert_allclose(fallback.transform(Z), reference.transform(Z), atol=1e-8)
 
 
-def test_the_map_beyond_the_curve_is_the_largest_multiple_the_rows_and_memory_allow():
+def test_the_map_beyond_the_curve_is_twice_its_largest_where_rows_and_memory_allow():
     from distml.models._svm_route import _beyond
 
     curve = [250, 500, 1000, 2000]
-    assert _beyond(curve, 40_000, 0) == 6000  # 6.7 rows per component
-    assert _beyond(curve, 30_000, 0) == 4000  # 5 rows per component at 6,000: too few
-    assert _beyond(curve, 20_000, 0) is None
-    assert _beyond(curve, 400_000, 16 * 2**30) == 6000
-    assert _beyond(curve, 400_000, 4 * 2**30) == 4000  # four 6,000² float64 matrices: more than a quarter
+    assert _beyond(curve, 32_000, 0) == _beyond(curve, 400_000, 4 * 2**30) == 4000
+    assert _beyond(curve, 31_999, 0) is None  # fewer than 8 rows per component
+    assert _beyond(curve, 400_000, 3 * 2**29) is None  # four 4,000² float64 matrices: more than a quarter
     assert _beyond([250, 500], 8_400, 0) == 1000
 
 

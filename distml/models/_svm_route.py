@@ -12,10 +12,10 @@ learning curve on a larger sample (``CURVE_ROWS``): the most of
 ``CURVE_COMPONENTS`` whose validation accuracy is within ``CURVE_TOL`` of the
 curve's best beyond its noise (``pick_components`` says why the most); the
 route keeps that size's map. When that is the curve's largest size (no sign of
-overfitting up to there), the route takes three or two times it, the most for which all the
-training rows give ``BEYOND_ROWS_PER_COMPONENT`` per component: that map is fitted beside the
-curve on the curve's rows, not measured on it (its point would cost more than the rest). The
-route's maps factor their basis kernel by Cholesky (``fit_nystroem``), which makes large maps cheap.
+overfitting up to there), the route doubles it once if all the training rows give
+``BEYOND_ROWS_PER_COMPONENT`` per component: that map is fitted beside the curve on the curve's
+rows, not measured on it (its point would cost more than the rest). The route's maps factor
+their basis kernel by Cholesky (``fit_nystroem``), which makes large maps cheap to fit.
 Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
@@ -45,8 +45,7 @@ PROBE_ROWS = 4000  # rows of the probe SVC: large enough that its fraction is ne
 CURVE_ROWS = 24_000  # rows of the learning curve: its first 80% (by draw) train, the rest validate
 CURVE_COMPONENTS = (250, 500, 1000, 2000)  # Nyström sizes tried; the route may go beyond the largest taken
 CURVE_ROWS_PER_COMPONENT = 8  # curve training rows per component: fewer, and the curve measures overfitting
-BEYOND_FACTORS = (3, 2)  # multiples of the curve's largest size the route tries beyond it, most first
-BEYOND_ROWS_PER_COMPONENT = 6  # training rows per component of a map beyond the curve (C regularises it)
+BEYOND_ROWS_PER_COMPONENT = 8  # training rows per component of the doubled map (three times: no better, slower)
 CURVE_TOL = 0.002  # validation accuracy below the curve's best that still counts as no worse
 EPOCHS = 10  # SGD epochs of the curve, and most of the route's (5 end ~0.4 points short of 15 on noisy data)
 MIN_EPOCHS = 3
@@ -159,13 +158,11 @@ def _curve_components(curve_rows: int, n_features: int, worker_memory: int) -> l
 
 
 def _beyond(components: list[int], train_rows: int, worker_memory: int) -> int | None:
-    """The most of ``BEYOND_FACTORS`` times the curve's largest size for which all the training rows give
-    ``BEYOND_ROWS_PER_COMPONENT`` per component and its fit's n×n float64 matrices (four) take at most a
-    quarter of a worker's memory; else None."""
-    for n in (factor * max(components) for factor in BEYOND_FACTORS):
-        if BEYOND_ROWS_PER_COMPONENT * n <= train_rows and (not worker_memory or 4 * 8 * n * n <= worker_memory // 4):
-            return n
-    return None
+    """Twice the curve's largest size, if all the training rows give ``BEYOND_ROWS_PER_COMPONENT`` per
+    component and its fit's n×n float64 matrices (four) take at most a quarter of a worker's memory; else None."""
+    n = 2 * max(components)
+    fits = BEYOND_ROWS_PER_COMPONENT * n <= train_rows and (not worker_memory or 4 * 8 * n * n <= worker_memory // 4)
+    return n if fits else None
 
 
 def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
@@ -229,8 +226,7 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
                 "learning curve")
         if beyond is not None and picked == max(components):
             route.n_components, route.approx = larger, beyond.result()
-            times = {2: "twice", 3: "three times"}[larger // max(components)]
-            size = f"{larger} components: {times} the {size}, its largest size"
+            size = f"{larger} components: twice the {size}, its largest size"
         else:
             route.n_components = picked
             route.approx = client.submit(operator.itemgetter(1), points[picked], key=key("probe", 4)).result()
