@@ -163,7 +163,7 @@ def fit_svc(X: np.ndarray, y: np.ndarray, params: dict[str, Any], gram_bytes: in
 
     model = SVC(**params)
     if 8 * len(X) ** 2 > gram_bytes or model.kernel not in GRAM_KERNELS:
-        return _fit_own_kernel(model, X, y, gram_bytes)
+        return model.fit(X, y)
     solved = SVC(**{**params, **PRECOMPUTED_SOLVER}).fit(gram_matrix(X, model), y)
     hyper = model.get_params()
     for name, value in vars(solved).items():  # the fitted state: dual coefficients, intercepts, classes…
@@ -172,17 +172,3 @@ def fit_svc(X: np.ndarray, y: np.ndarray, params: dict[str, Any], gram_bytes: in
     model.support_vectors_ = X[solved.support_]
     model.shape_fit_, model.n_features_in_, model._gamma = X.shape, X.shape[1], float(params["gamma"])
     return model
-
-
-def _fit_own_kernel(model: SVC, X: np.ndarray, y: np.ndarray, gram_bytes: int) -> SVC:
-    """``model.fit(X, y)`` on libsvm's own kernel, its cache of kernel columns allowed the Gram matrix's budget.
-
-    libsvm caches float32 columns (``4 n^2`` bytes for all of them); its default 200 MB holds a few
-    thousand columns of a large problem, so a problem made mostly of support vectors computes most
-    columns again and again. The cache size is a solver setting, not the model's: the fitted SVC keeps
-    the one it was given.
-    """
-    given = model.cache_size
-    cache_mb = max(given, min(gram_bytes, 4 * len(X) ** 2) / 2**20)
-    model.set_params(cache_size=cache_mb).fit(X, y)
-    return model.set_params(cache_size=given)

@@ -255,24 +255,3 @@ def test_an_svc_solved_on_a_gram_matrix_is_the_svc_libsvm_fits_on_the_rows(class
     native = fit_svc(X[:2_000], y[:2_000], params, gram_bytes=8 * 2_000**2 - 1)
     np.testing.assert_array_equal(native.support_, reference.support_)
     np.testing.assert_array_equal(native.dual_coef_, reference.dual_coef_)
-    assert native.get_params() == reference.get_params()  # its larger kernel cache was the solver's, not the model's
-
-
-def test_a_fit_over_the_gram_budget_gives_libsvms_kernel_cache_that_budget(monkeypatch):
-    from sklearn.svm import SVC
-
-    from distml.kernels import fit_svc
-    from distml.synth import make_nonlinear_rows
-
-    X, y = make_nonlinear_rows(1_000, 8, 2, seed=2, stream=0)
-    seen = []
-    fit = SVC.fit
-    monkeypatch.setattr(SVC, "fit", lambda self, *a, **k: seen.append(self.cache_size) or fit(self, *a, **k))
-    params = {"kernel": "rbf", "C": 1.0, "gamma": 0.1, "cache_size": 1}  # MB: below what the budget allows
-    all_columns = 4 * 1_000**2 / 2**20  # libsvm's float32 columns, all of them
-    models = [fit_svc(X, y, params, gram_bytes=8 * 1_000**2 - 1),  # just over: every column fits the budget
-              fit_svc(X, y, params, gram_bytes=2 * 2**20),  # the budget caps the cache
-              fit_svc(X, y, {**params, "kernel": "sigmoid"}, gram_bytes=2**40),  # no Gram matrix for sigmoid
-              fit_svc(X, y, {**params, "cache_size": 50}, gram_bytes=2 * 2**20)]  # never below the one asked
-    assert seen == [all_columns, 2.0, all_columns, 50]
-    assert [m.cache_size for m in models] == [1, 1, 1, 50]
