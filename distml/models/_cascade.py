@@ -97,18 +97,9 @@ def _first_part(pieces: list[SVSet], cap: int, svc_params: dict[str, Any], gram_
     return _fit(rows, svc_params, None, gram_bytes)  # chunk rows, not support vectors: bounded by chunk_rows
 
 
-def _sv_heavy(svc_params: dict[str, Any]) -> dict[str, Any]:
-    """SVC parameters for problems made mostly of support vectors (merges, top, refits).
-
-    libsvm's shrinking pays off when most rows end with a zero weight; when most
-    are support vectors it only costs time on libsvm's own kernel. On a Gram matrix ``fit_svc`` shrinks anyway.
-    """
-    return {**svc_params, "shrinking": False}
-
-
 def _merge_part(sets: list[SVSet], svc_params: dict[str, Any], limit: int, gram_bytes: int) -> SVSet:
     """A merge layer: refit on the union of a few support-vector sets."""
-    return _fit(concat(sets), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(sets), svc_params, limit, gram_bytes)
 
 
 def _margins_under(block: Any, rows: SVSet) -> np.ndarray | None:
@@ -150,7 +141,7 @@ def _top_part(candidates: list[SVSet], below: list[SVSet], svc_params: dict[str,
               gram_bytes: int) -> SVSet:
     """Top layer: one SVC on the screened candidates (plus the rows of any set below left unfitted)."""
     unfitted = [SVSet(s.X, s.y, s.ids) for s in below if s.model is None]  # single-class sets: not screened
-    return _fit(concat(candidates + unfitted), _sv_heavy(svc_params), limit, gram_bytes)
+    return _fit(concat(candidates + unfitted), svc_params, limit, gram_bytes)
 
 
 def _kkt_part(source: Any, final: SVSet, slack: float) -> SVSet:
@@ -173,7 +164,7 @@ def _refit_part(final: SVSet, violators: list[SVSet], svc_params: dict[str, Any]
         raise JobFailed(f"the cascade SVM found {len(rows):,} support vectors and rows violating their margins, "
                         f"more than model.params.max_support_vectors={limit:,}; use kernel: linear, or a kernel "
                         "approximation (approximation: nystroem) for data this large")
-    return _fit(rows, _sv_heavy(svc_params), None, gram_bytes)
+    return _fit(rows, svc_params, None, gram_bytes)
 
 
 def _count_part(rows: SVSet) -> tuple[int, int]:
@@ -182,7 +173,7 @@ def _count_part(rows: SVSet) -> tuple[int, int]:
 
 def _final_fit_part(final: SVSet, svc_params: dict[str, Any], gram_bytes: int) -> SVC:
     """The saved SVC: fitted on the final support vectors alone (with Platt scaling if asked)."""
-    return fit_svc(final.X, final.y, _sv_heavy(svc_params), gram_bytes)
+    return fit_svc(final.X, final.y, svc_params, gram_bytes)
 
 
 # --- runs on the client ------------------------------------------------------
