@@ -4,7 +4,8 @@ Run on demand: ``python tests/benchmarks/bench_svm.py [--sizes 20000,50000,10000
 ``--noisy-sizes 20000,50000`` adds the noisy dataset (``distml.synth.make_noisy_rows``: most rows end as
 support vectors, best accuracy about 0.80): one SVC and distml side by side at those sizes, and distml
 alone at ``--noisy-alone 200000,500000``, with the route distml took and the prediction time per 10k rows
-(``--sizes ''`` and ``--scaling-size 0`` skip the first dataset).
+(``--sizes ''`` and ``--scaling-size 0`` skip the first dataset); ``--noisy-cascade 50000`` also runs the
+cascade on those rows (``switch_sv_fraction: 1``), with its phases.
 Each size runs ``--repeat`` times, cascade and reference side by side each time; a summary gives the
 median ratio. Prints a table and writes JSON to ``bench-results/svm-<time>.json``. The cascade runs as
 a ``kind: svm`` job on a LocalCluster of two single-threaded workers, each with LocalCluster's share of
@@ -168,6 +169,7 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
         [(int(s), False) for s in args.noisy_alone.split(",") if s]
     if not sizes:
         return []
+    forced = {int(s) for s in args.noisy_cascade.split(",") if s}
     print(f"\nnoisy data ({args.noisy_features} features, 10% flips), load average {os.getloadavg()[0]:.1f}")
     print(f"{'rows':>8} {'who':>7} {'train s':>8} {'job s':>7} {'accuracy':>9} {'SVs/comp':>9} {'pred 10k s':>10}  route")
     out = []
@@ -192,6 +194,14 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
             print(f"{size:>8} {'SVC':>7} {ref['seconds']:>8.1f} {'':>7} {ref['accuracy']:>9.4f} "
                   f"{ref['support_vectors']:>9} {ref['predict_10k']:>10.2f}  one SVC in this process "
                   f"(distml/SVC time {row['ratio']:.2f}, accuracy {row['accuracy_gap']:+.4f})", flush=True)
+        if size in forced:
+            cascade = run_cascade(folder, tmp / "models", 2, {"switch_sv_fraction": 1.0}, args.worker_memory)
+            cascade.pop("model")
+            row["cascade"] = cascade
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in cascade["phases"].items())
+            print(f"{size:>8} {'cascade':>7} {cascade['seconds']:>8.1f} {'':>7} {cascade['accuracy']:>9.4f} "
+                  f"{cascade['support_vectors']:>9} {'':>10}  the cascade kept (switch_sv_fraction: 1): {phases}",
+                  flush=True)
         out.append(row)
         Path(args.out).mkdir(exist_ok=True)  # each size as it finishes: a long run that is stopped keeps its rows
         (Path(args.out) / "svm-noisy-latest.json").write_text(json.dumps(out, indent=2))
@@ -213,6 +223,8 @@ def main() -> None:
     parser.add_argument("--noisy-sizes", default="20000,50000", help="noisy rows for one SVC and distml ('': none)")
     parser.add_argument("--noisy-alone", default="200000,500000", help="noisy rows for distml alone ('': none)")
     parser.add_argument("--noisy-features", type=int, default=24, help="features of the noisy data (20-28)")
+    parser.add_argument("--noisy-cascade", default="",
+                        help="of those noisy sizes, the ones where the cascade also runs, kept by switch_sv_fraction: 1")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
     params = {"chunk_rows": args.chunk_rows, "C": args.C}
