@@ -255,3 +255,15 @@ def test_an_svc_solved_on_a_gram_matrix_is_the_svc_libsvm_fits_on_the_rows(class
     native = fit_svc(X[:2_000], y[:2_000], params, gram_bytes=8 * 2_000**2 - 1)
     np.testing.assert_array_equal(native.support_, reference.support_)
     np.testing.assert_array_equal(native.dual_coef_, reference.dual_coef_)
+
+
+@pytest.mark.parametrize("worker_memory, threads, expected", [(12 * 2**30, 1, 256 * 2**20), (512 * 2**20, 1, 128 * 2**20),
+                                                              (512 * 2**20, 2, 64 * 2**20), (None, 1, 256 * 2**20)])
+def test_a_fit_builds_a_gram_matrix_of_at_most_256_mib_or_a_quarter_of_its_threads_memory(worker_memory, threads,
+                                                                                          expected):
+    from types import SimpleNamespace
+
+    from distml.models.svm import _gram_bytes
+
+    env = SimpleNamespace(worker_memory=worker_memory, max_in_flight=2 * threads, n_workers=2)
+    assert _gram_bytes(SimpleNamespace(env=env)) == expected

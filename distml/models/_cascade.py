@@ -31,8 +31,9 @@ a resumed job puts the last one's sets back on the workers and goes on from the
 next layer, so it fits the same sets in the same order: the same model.
 
 Every fit goes through ``distml.kernels.fit_svc``: on a kernel matrix computed
-with BLAS when its ``8 n^2`` bytes fit ``gram_bytes`` (a quarter of a worker
-thread's memory share), else on libsvm's own kernel. Besides that matrix, a task
+with BLAS when its ``8 n^2`` bytes fit ``gram_bytes`` (``svm.GRAM_MAX_BYTES``, or a
+quarter of a worker thread's memory share if less: the probe and the first
+layer's chunks), else on libsvm's own kernel. Besides that matrix, a task
 holds at most ``chunk_rows`` rows plus the support vectors it was handed.
 
 Only chunk pieces, screened rows and support vectors move between workers; the

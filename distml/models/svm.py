@@ -40,7 +40,10 @@ NYSTROEM_FIT_COPIES = 4  # n×n float64 arrays while Nystroem fits (on a worker)
 NYSTROEM_ARRIVED_COPIES = 2  # the fitted normalisation where it arrives (client, workers), and its copy while unpickled
 WORKER_SHARE = 0.6  # of a worker's memory limit; Dask pauses a worker past it
 MAPPED_SHARE = 0.25  # of the cluster's memory: kernel features held for the epochs of an approximation
-DEFAULT_GRAM_BYTES = 2**30  # precomputed kernel matrix budget per fit when workers have no memory limit
+# Largest precomputed kernel matrix one fit builds, whatever the workers' memory. Its 8 n^2 bytes are fresh memory
+# each time, and where touching fresh memory is slow (virtual machines that hand freed memory back to their host) a
+# larger matrix costs more than libsvm's own kernel with shrinking: README, "The cascade on the same noisy data".
+GRAM_MAX_BYTES = 256 * 2**20
 _CASCADE_ONLY = {"probability", "chunk_rows", "max_passes", "max_support_vectors", "feedback_tol",
                  "switch_sv_fraction"}
 _SGD_ONLY = {"alpha", "loss", "epochs", "early_stopping", "validation_fraction", "n_iter_no_change"}
@@ -218,11 +221,12 @@ def _max_support_vectors(params: Params, ctx: TrainContext) -> int:
 
 
 def _gram_bytes(ctx: TrainContext) -> int:
-    """Largest precomputed kernel matrix one fit may build: a quarter of a worker thread's memory share."""
+    """Largest precomputed kernel matrix one fit may build: ``GRAM_MAX_BYTES``, or less where a quarter of a worker
+    thread's memory share is less."""
     if not ctx.env.worker_memory:
-        return DEFAULT_GRAM_BYTES
+        return GRAM_MAX_BYTES
     threads_per_worker = max(1, ctx.env.max_in_flight // max(1, ctx.env.n_workers))
-    return ctx.env.worker_memory // 4 // threads_per_worker
+    return min(GRAM_MAX_BYTES, ctx.env.worker_memory // 4 // threads_per_worker)
 
 
 def _chunks_per_read(n_chunks: int, params: Params, ctx: TrainContext) -> int:
