@@ -155,9 +155,11 @@ def fit_svc(X: np.ndarray, y: np.ndarray, params: dict[str, Any], gram_bytes: in
     libsvm evaluates kernel entries one at a time (float64 ``exp``), most of an
     SVC's time on support-vector-heavy problems. Solving on a precomputed matrix
     built in float32 BLAS blocks gives the same solution (support vectors equal
-    but for a few borderline rows, decision values within 0.02) in less time,
-    first touch of the matrix's memory included. The result is a plain ``SVC`` with the named kernel and ``params``,
-    fitted on ``X``, as if libsvm had computed the kernel itself.
+    but for a few borderline rows, decision values within 0.02) in less time while
+    the matrix is small: its memory is touched fresh at every fit, which is slow on
+    some virtual machines, hence the callers' small budget (``svm.GRAM_MAX_BYTES``).
+    The result is a plain ``SVC`` with the named kernel and ``params``, fitted on
+    ``X``, as if libsvm had computed the kernel itself.
     """
     from sklearn.svm import SVC
 
