@@ -405,6 +405,9 @@ def check_finite(estimator: Any, job_id: str, params: Any = None) -> None:
     """
     import numpy as np
 
+    parts = [step for _, step in getattr(estimator, "steps", ())] + list(getattr(estimator, "estimators_", ()))
+    for part in parts:  # a Pipeline's steps, a one-vs-one model's binary models (a forest's trees hold no arrays)
+        check_finite(part, job_id, params)
     for name, value in sorted(vars(estimator).items()):
         if not name.endswith("_") or name.startswith("_"):
             continue  # fitted attributes only, as scikit-learn names them

@@ -32,6 +32,7 @@ SAVED_ESTIMATORS = frozenset({
     "sklearn.linear_model._stochastic_gradient.SGDClassifier",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.svm._classes.SVC",
+    "sklearn.multiclass.OneVsOneClassifier",
     "sklearn.kernel_approximation.Nystroem",
     "sklearn.kernel_approximation.RBFSampler",
     "sklearn.ensemble._forest.RandomForestClassifier",

@@ -15,7 +15,7 @@ import numpy as np
 import processes
 import pytest
 
-from distml.checkpoints import EXIT_HOOK, HOOK_EXIT_STATUS
+from distml.checkpoints import EXIT_HOOK, HOOK_EXIT_STATUS, Checkpoints
 from distml.jobs import JobRecords
 
 DISTML = [sys.executable, "-m", "distml"]
@@ -322,6 +322,19 @@ class Killed(Exception):
     """Raised by ``KilledAt`` where the test hook would end the driver."""
 
 
+class KilledAt(Checkpoints):
+    """A job's checkpoints whose driver dies (``Killed``) right after writing checkpoint ``at``."""
+
+    def __init__(self, records, job_id, *, at):
+        super().__init__(records, job_id)
+        self.at = at
+
+    def write(self, step, state):
+        super().write(step, state)
+        if step == self.at:
+            raise Killed
+
+
 @pytest.fixture(scope="module")
 def exact_plan(cluster, make_data):
     """The feature plan of a 3-class dataset (every row trains), shared by the in-process exact-solver fits."""
@@ -379,7 +392,6 @@ def exact_fit(client, plan, checkpoints, job_id, solver="newton", die_at=None, m
 def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_redoing_only_step_3(
         client, exact_plan, tmp_path):
     """Through a job's real checkpoint files: killed once step 3's passes are made, before its checkpoint."""
-    from distml.checkpoints import Checkpoints
 
     records = JobRecords(str(tmp_path))
     job_id, plan = "20260101-000000-0e1070", exact_plan
@@ -409,19 +421,12 @@ def test_newton_killed_in_step_3_resumes_after_step_2_to_identical_coefficients_
 def test_lbfgs_resumed_in_process_after_iteration_3_replays_its_passes_to_identical_coefficients(client, exact_plan,
                                                                                                 tmp_path, monkeypatch):
     """scipy's L-BFGS-B runs again from zero; the passes the killed run made are answered from its checkpoint."""
-    from distml.checkpoints import Checkpoints
-
-    class KilledAt(Checkpoints):
-        def write(self, step, state):
-            super().write(step, state)
-            if step == 3:
-                raise Killed
 
     records = JobRecords(str(tmp_path))
     job_id, plan = "20260101-000000-1bf650", exact_plan
     expected, expected_logs, expected_passes = exact_fit(client, plan, None, "20260101-000000-b11b11", "lbfgs")
     assert expected.n_iter_[0] >= 6, expected.n_iter_
-    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id), job_id, "lbfgs")
+    killed, _, killed_passes = exact_fit(client, plan, KilledAt(records, job_id, at=3), job_id, "lbfgs")
     assert killed is None
     saved = Checkpoints(records, job_id, resume=True)
     got, logs, resumed_passes = exact_fit(client, plan, saved, job_id, "lbfgs")
@@ -465,3 +470,41 @@ def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after
     np.testing.assert_array_equal(got.support_vectors_, expected.support_vectors_)
     np.testing.assert_array_equal(got.dual_coef_, expected.dual_coef_)
     np.testing.assert_array_equal(got.intercept_, expected.intercept_)
+
+
+def _pairs_fit(client, plan, checkpoints, job_id):
+    from distml.cluster import worker_resources
+    from distml.models import svm
+    from distml.models.base import TrainContext
+
+    logs = []
+    ctx = TrainContext.create(client=client, job_id=job_id, seed=0, plan=plan, resources=worker_resources(client),
+                              log=logs.append, checkpoints=checkpoints)
+    params = svm.Params(kernel="linear", epochs=4)
+    try:
+        return svm._train_pairs(plan.parts, params, svm._sgd_fit(params, ctx, None), ctx), logs
+    except Killed:
+        return None, logs
+
+
+def test_pairs_killed_after_epoch_2_resume_together_to_identical_models(client, exact_plan, tmp_path):
+    """The Nyström route's one-vs-one fits share one checkpoint per epoch and resume from it together."""
+
+    records = JobRecords(str(tmp_path))
+    job_id = "20260101-000000-0a1b2c"
+    expected, expected_logs = _pairs_fit(client, exact_plan, None, "20260101-000000-0d0e0f")
+    killed, killed_logs = _pairs_fit(client, exact_plan, KilledAt(records, job_id, at=2), job_id)
+    assert killed is None and killed_logs[-1].startswith("epoch 1: 3 one-vs-one fits trained in ")
+    saved = Checkpoints(records, job_id, resume=True)
+    got, logs = _pairs_fit(client, exact_plan, saved, job_id)
+
+    assert [line.split(":")[0] for line in logs[1:]] == ["epoch 2", "epoch 3"]
+    assert logs[-2:] == expected_logs[-2:]
+    assert len(got.estimators_) == len(expected.estimators_) == 3
+    for one, twin in zip(got.estimators_, expected.estimators_):
+        np.testing.assert_array_equal(one.coef_, twin.coef_)
+        np.testing.assert_array_equal(one.intercept_, twin.intercept_)
+    assert saved.latest()["step"] == 4
+    # each pair was fitted with SVC's regularisation for its own rows
+    counts = dict(zip(exact_plan.classes.tolist(), exact_plan.class_counts.tolist()))
+    assert [e.alpha for e in got.estimators_] == [1.0 / (counts[a] + counts[b]) for a, b in ((0, 1), (0, 2), (1, 2))]

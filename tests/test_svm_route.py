@@ -86,17 +86,27 @@ def one_svc_accuracy(folder: Path, features, gamma: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the route's linear model is one-vs-rest, SVC one-vs-one: 1.4 points below on "
-                                       "these rows (in memory, one-vs-one SGD on the same map gains about half of it)")
-def test_three_noisy_classes_take_the_nystroem_route_within_a_point_of_one_svc(client, data_dir, tmp_path):
+def test_three_noisy_classes_take_the_nystroem_route_one_vs_one_within_a_point_of_one_svc(client, data_dir,
+                                                                                          tmp_path):
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.multiclass import OneVsOneClassifier
+
     from distml import load_model
     from distml.synth import make_noisy_dataset
 
     folder = make_noisy_dataset(data_dir / "noisy3-10500", rows=10_500, features=24, classes=3)[0]
-    result = run_job(svm_job(folder, tmp_path), client)
+    events: list[str] = []
+    result = run_job(svm_job(folder, tmp_path), client, log=events.append)
     model = load_model(result.uri)
     route = route_record(result)
     assert route["taken"] == "nystroem" and route["sv_fraction"] > 0.6, route
+    # one binary SVM per pair of classes, as SVC decides, each trained on its pair's rows only
+    assert route["multiclass"] == "one-vs-one" and "a linear SVM instead (one-vs-one)" in route["reason"], route
+    ovo = model[-1][-1]
+    assert type(ovo) is OneVsOneClassifier and [type(e) for e in ovo.estimators_] == [SGDClassifier] * 3
+    assert ovo.classes_.tolist() == [0, 1, 2]
+    assert "one-vs-one: 3 binary linear SVMs, one per pair of the 3 classes, each on its pair's rows (as SVC)" in events
+    assert sum(e.startswith("epoch ") and "3 one-vs-one fits trained in" in e for e in events) == route["epochs"]
     assert abs(route["sv_fraction"] - probe_fraction(folder, model[0], model[-1][0].gamma)) <= 0.01
     reference = one_svc_accuracy(folder, model[0], model[-1][0].gamma)
     assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)

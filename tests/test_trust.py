@@ -278,8 +278,11 @@ def test_an_empty_key_file_is_a_usage_error(tmp_path):
         resolve_key(key_file=str(empty))
 
 
-def test_the_allow_list_is_exactly_what_every_family_saves(client, tmp_path):
+def test_the_allow_list_is_exactly_what_every_family_saves(client, tmp_path, monkeypatch):
     """Save a model of every family and feature plan; the trusted types are those they hold, and they load."""
+    from distml.models import _svm_route
+
+    monkeypatch.setattr(_svm_route, "PROBE_ROWS", 500)  # the route's one-vs-one model from 3,000 rows
     cls, test_cls = make_dataset(tmp_path / "cls", "classification", 3_000, 4, 2, 3, 0, False)
     binary, test_binary = make_dataset(tmp_path / "bin", "classification", 3_000, 4, 2, 2, 0, False)
     reg, test_reg = make_dataset(tmp_path / "reg", "regression", 3_000, 4, 2, 2, 0, False)
@@ -300,6 +303,7 @@ def test_the_allow_list_is_exactly_what_every_family_saves(client, tmp_path):
                                                          "epochs": 1}}, {}),
         (binary, test_binary, {"kind": "svm", "params": {"approximation": "rbf_sampler", "n_components": 20,
                                                          "epochs": 1}}, {}),
+        (cls, test_cls, {"kind": "svm", "params": {"switch_sv_fraction": 0.0}}, {}),
         (cls, test_cls, {"kind": "forest", "params": {"n_estimators": 2}}, {}),
         (reg, test_reg, {"kind": "forest", "params": {"n_estimators": 2}}, {}),
         (table, test_table, {"kind": "logistic", "params": {"epochs": 1}}, tables),

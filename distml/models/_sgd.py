@@ -66,11 +66,12 @@ class StepInput:
     fit_kwargs: dict[str, Any]
     y_shift: float = 0.0
     y_scale: float = 1.0
+    labels: tuple[Any, ...] | None = None  # train and score on the rows of these classes only (None: all)
 
     @property
-    def rows(self) -> tuple[float, float, float]:
+    def rows(self) -> tuple[float, float, float, tuple[Any, ...] | None]:
         """What fixes the rows this fit trains on: fits that agree on it share one shuffled copy."""
-        return self.fraction, self.y_shift, self.y_scale
+        return self.fraction, self.y_shift, self.y_scale, self.labels
 
 
 def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[StepInput], seed: int,
@@ -82,16 +83,18 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
     transforms = transforms or [None] * len(inputs)
     blocks = [source.load() for source in sources]
     out: list[LaneState] = list(states)
-    sharing: dict[tuple[float, float, float], list[int]] = {}
+    sharing: dict[tuple[float, float, float, tuple[Any, ...] | None], list[int]] = {}
     for i, step in enumerate(inputs):
         sharing.setdefault(step.rows, []).append(i)
-    for (fraction, shift, scale), members in sharing.items():
+    for (fraction, shift, scale, labels), members in sharing.items():
         members = [i for i in members if states[i].error is None]
         scoring = [i for i in members if inputs[i].loss is not None and inputs[i].reference is not None]
         val_loss, n_val, train = dict.fromkeys(members, 0.0), 0, []
         for block in blocks:
             y = block.y if scale == 1.0 and shift == 0.0 else (block.y - shift) / scale
             val = block.u < fraction
+            mine = np.ones(len(y), dtype=bool) if labels is None else np.isin(block.y, labels)
+            val &= mine
             if scoring and val.any():
                 X_val = block.X[val]
                 for i in (i for i in scoring if out[i].error is None):
@@ -100,7 +103,7 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
                     except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
                         out[i] = replace(out[i], error=exc)
             n_val += int(val.sum())
-            train.append((block.X, y, np.flatnonzero(~val)))
+            train.append((block.X, y, np.flatnonzero(mine & ~val)))
         X, y = _shuffled_together(train, seed)
         for i in members:
             state = out[i]
@@ -174,6 +177,7 @@ class SGDFit:
     scale_target: bool = False
     metric: str = "validation loss"
     transform: Any = None
+    labels: tuple[Any, ...] | None = None  # the classes whose rows it trains on (a one-vs-one pair); None: all
 
 
 def _average(models: list[BaseSGD], weights: list[int]) -> BaseSGD:
@@ -234,7 +238,7 @@ class _Run:
         schedule = self.fit.schedule
         self.reference = self.model if epoch > 0 and schedule.early_stopping else None
         fraction = schedule.validation_fraction if schedule.early_stopping else 0.0
-        return StepInput(self.reference, fraction, self.fit.loss, self.fit.fit_kwargs, *self.scale)
+        return StepInput(self.reference, fraction, self.fit.loss, self.fit.fit_kwargs, *self.scale, self.fit.labels)
 
     def average(self, epoch: int, lane_states: list[LaneState]) -> tuple[float, int, int]:
         """The lanes' average becomes the model; returns the validation sums and the rows trained on."""
@@ -370,6 +374,33 @@ def train_sgd(parts: Partitions, fit: SGDFit, ctx: TrainContext) -> BaseSGD:
     if fit.schedule.early_stopping:
         ctx.env.record_training(run.section())
     return run.result()
+
+
+def train_sgd_together(parts: Partitions, fits: list[SGDFit], ctx: TrainContext, what: str) -> list[Any]:
+    """Every fit of ``fits`` (none stopping early) from shared epochs, checkpointed and resumed together: the
+    binary fits of one model (``_pairs``). Each equals the model ``train_sgd`` gives that fit alone.
+
+    ``what`` names the fits in the log's line per epoch. A fit whose step raised ends the job with its error.
+    """
+    lanes, start = _lanes(parts, ctx), 0
+    models = [fit.template for fit in fits]
+    restored = ctx.env.restore()
+    if restored is not None:
+        start, state = restored
+        models = [with_state(fit.template, saved) for fit, saved in zip(fits, state["models"], strict=True)]
+        lanes = state.get("lanes") or lanes
+    runs = [_Run(fit, model, _scale(fit, ctx), epochs_run=start, trained_epochs=start)
+            for fit, model in zip(fits, models)]
+
+    def after(epoch: int) -> None:
+        failed = next((r.error for r in runs if r.error is not None), None)
+        if failed is not None:
+            raise failed
+        ctx.env.log(f"epoch {epoch}: {len(runs)} {what} trained in {lanes} lanes")
+        ctx.env.checkpoint(epoch + 1, {"models": [fitted_state(r.model) for r in runs], "lanes": lanes})
+
+    _epochs(parts, ctx, runs, lanes, start, after_epoch=after)
+    return [r.result() for r in runs]
 
 
 def train_sgd_many(parts: Partitions, fits: list[SGDFit], ctx: TrainContext) -> list[Any]:

@@ -15,7 +15,9 @@ route keeps that size's map. When that is the curve's largest size (no sign of
 overfitting up to there), the route doubles it once if all the training rows give
 ``BEYOND_ROWS_PER_COMPONENT`` per component: that map is fitted beside the curve on the curve's
 rows, not measured on it (its point would cost more than the rest). The route's maps factor
-their basis kernel by Cholesky (``fit_nystroem``), which makes large maps cheap to fit.
+their basis kernel by Cholesky (``fit_nystroem``), which makes large maps cheap to fit. With more
+than two classes the route's linear SVM (and the curve's) is one binary SVM per pair of classes,
+as the SVC it replaces decides (``_pairs``), unless probabilities are asked or the classes are many.
 Data of at most ``2 * PROBE_ROWS`` training rows keeps the cascade
 without a probe: one or two chunks, as costly as one SVC, and exact.
 
@@ -97,18 +99,32 @@ def _curve_map_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str,
     return _curve_map(_curve_rows(samples, rows)[0], n, nystroem)
 
 
-def _curve_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any],
-                sgd: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """One point of the learning curve: the Nyström route with ``n`` components fitted on the sample's first
-    rows and scored on the rest; (the point, the fitted map, which the route reuses if it picks ``n``)."""
+def _curve_model(Z: np.ndarray, y: np.ndarray, sgd: dict[str, Any], pairs: bool) -> Any:
+    """The route's linear SVM on the curve's features ``Z``: one SGDClassifier, or one per pair of classes."""
     from sklearn.linear_model import SGDClassifier
 
+    if not pairs:
+        return SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(Z)}).fit(Z, y)
+    from distml.models._pairs import one_vs_one, pair_weights, pairs_of
+
+    binaries = []
+    for pair in pairs_of(np.unique(y)):
+        rows = np.isin(y, pair)
+        binaries.append(SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / rows.sum(),
+                                         "class_weight": pair_weights(sgd["class_weight"], pair)}).fit(Z[rows], y[rows]))
+    return one_vs_one(binaries, np.unique(y))
+
+
+def _curve_part(samples: list[SVSet], rows: int, n: int, nystroem: dict[str, Any],
+                sgd: dict[str, Any], pairs: bool = False) -> tuple[dict[str, Any], Any]:
+    """One point of the learning curve: the Nyström route with ``n`` components fitted on the sample's first
+    rows and scored on the rest; (the point, the fitted map, which the route reuses if it picks ``n``)."""
     from distml.models._approx_sgd import features
 
     started = time.perf_counter()
     X, y, Xv, yv = _curve_rows(samples, rows)
     approx = _curve_map(X, n, nystroem)
-    model = SGDClassifier(**{**sgd, "alpha": sgd["alpha"] / len(X)}).fit(features(approx, X), y)
+    model = _curve_model(features(approx, X), y, sgd, pairs)
     accuracy = float((model.predict(features(approx, Xv)) == yv).mean())
     point = {"n_components": n, "accuracy": round(accuracy, 5), "validation_rows": len(yv),
              "seconds": round(time.perf_counter() - started, 3)}
@@ -129,6 +145,7 @@ class Route:
     curve: list[dict[str, Any]] = field(default_factory=list)
     n_components: int | None = None
     epochs: int | None = None  # the Nystroem route's SGD epochs
+    multiclass: str | None = None  # the Nystroem route's linear SVM for 3+ classes: one-vs-one | one-vs-rest
     approx: Any = None  # the fitted Nystroem map of the chosen size (from the curve)
     seconds: float = 0.0  # probe and curve, as the client waited for them
 
@@ -140,7 +157,7 @@ class Route:
         """The manifest's section: the route, the measured fraction against its threshold, and the costs."""
         return {"route": {"taken": self.name, "reason": self.reason, "sv_fraction": self.sv_fraction,
                           "threshold": self.threshold, "probe": self.probe, "curve": self.curve,
-                          "n_components": self.n_components, "epochs": self.epochs,
+                          "n_components": self.n_components, "epochs": self.epochs, "multiclass": self.multiclass,
                           "choice_seconds": round(self.seconds, 3), "train_seconds": round(train_seconds, 3)}}
 
 
@@ -180,10 +197,11 @@ def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
 
 
 def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: dict[str, Any], gram_bytes: int,
-           sgd: dict[str, Any]) -> Route:
+           sgd: dict[str, Any], multiclass: str | None = None) -> Route:
     """Measure the support-vector fraction of a probe SVC and choose the route (see the module's docstring).
 
-    ``sgd`` holds the curve's SGDClassifier parameters, with ``alpha`` as ``alpha * rows`` (``1 / C``).
+    ``sgd`` holds the curve's SGDClassifier parameters, with ``alpha`` as ``alpha * rows`` (``1 / C``);
+    ``multiclass`` how the Nystroem route decides between 3+ classes (``one-vs-one``: one fit per pair).
     """
     rows = ctx.data.train_rows
     if rows <= 2 * PROBE_ROWS:
@@ -216,12 +234,13 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         # the map beyond the curve first, then one task per size, largest first: they run side by side
         beyond = None if larger is None else client.submit(_curve_map_part, samples, want, larger, nystroem,
                                                            key=key("probe", 5, larger))
-        points = {n: client.submit(_curve_part, samples, want, n, nystroem, sgd, key=key("probe", 2, n))
+        pairs = multiclass == "one-vs-one"
+        points = {n: client.submit(_curve_part, samples, want, n, nystroem, sgd, pairs, key=key("probe", 2, n))
                   for n in sorted(components, reverse=True)}
         route.curve = [client.submit(operator.itemgetter(0), points[n], key=key("probe", 3, n)).result()
                        for n in components]
         picked, tol = pick_components(route.curve)
-        route.name, route.epochs = "nystroem", route_epochs(rows)
+        route.name, route.epochs, route.multiclass = "nystroem", route_epochs(rows), multiclass
         size = (f"{picked} components, the most within {tol:.1%} of the best of {components} on a {want:,}-row "
                 "learning curve")
         if beyond is not None and picked == max(components):
@@ -233,7 +252,7 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         client.cancel([*points.values(), *samples, *([beyond] if beyond is not None else [])])
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
-                        f"top fit cost about one SVC; Nyström features ({size}) with a linear SVM instead, "
-                        f"{route.epochs} epochs")
+                        f"top fit cost about one SVC; Nyström features ({size}) with a linear SVM instead"
+                        f"{f' ({multiclass})' if multiclass else ''}, {route.epochs} epochs")
     route.seconds = time.perf_counter() - started
     return route

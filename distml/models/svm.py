@@ -8,7 +8,9 @@ to approximate kernel features and trains the linear SVM on them; the result
 is ``Pipeline([approx, SGDClassifier])``, the route for data whose support
 vectors would not fit a worker. Without an explicit ``approximation`` the
 kernel routes measure first (``_svm_route``): when most rows of a probe SVC are
-support vectors, Nyström features sized by a learning curve replace the cascade.
+support vectors, Nyström features sized by a learning curve replace the cascade;
+with more than two classes that route trains one binary SVM per pair of classes, as
+SVC does (``_pairs``: ``Pipeline([Nystroem, OneVsOneClassifier])``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
-from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many, train_sgd_together
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import submit_bounded
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from sklearn.linear_model import SGDClassifier
 
     from distml.blocks import Partitions
-    from distml.models._approx_sgd import _ApproxSGD
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
@@ -292,7 +294,7 @@ def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> 
     return fitted
 
 
-def _plain(model: _ApproxSGD) -> SGDClassifier:
+def _plain(model: _ApproxSGD | _MappedSGD) -> SGDClassifier:
     """The training-time subclass as an ordinary, fitted SGDClassifier."""
     from sklearn.linear_model import SGDClassifier
 
@@ -316,7 +318,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
     svc = _svc_params(params, ctx, weights)
     sgd = {"loss": _route_loss(params), "alpha": 1.0 / params.C, "class_weight": weights, "average": True,
            "max_iter": EPOCHS, "tol": None, "random_state": ctx.env.seed}
-    route = choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd)
+    route = choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd, _multiclass(params, ctx))
     ctx.env.log(f"svm route: {route.name}: {route.reason} ({route.seconds:.2f}s)")
     started = time.perf_counter()
     if route.name == "cascade":
@@ -325,7 +327,8 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
         switched = params.model_copy(update={"approximation": "nystroem", "n_components": route.n_components,
                                              "epochs": route.epochs})
         _check_nystroem_memory(switched, ctx)
-        model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params), approx=route.approx)
+        model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params), approx=route.approx,
+                                     pairs=route.multiclass == "one-vs-one")
     ctx.env.record_training(route.record(time.perf_counter() - started))
     return model
 
@@ -335,27 +338,57 @@ def _route_loss(params: Params) -> str:
     return "log_loss" if params.probability else params.loss
 
 
+def _multiclass(params: Params, ctx: TrainContext) -> str | None:
+    """How the Nystroem route would decide between more than two classes (None: two classes).
+
+    ``one-vs-one`` as the SVC it stands in for (``_pairs``); ``one-vs-rest`` where probabilities are asked
+    (scikit-learn's one-vs-one has no ``predict_proba``) or where the pairs' models would be too many.
+    """
+    from distml.models._pairs import MAX_PAIR_CLASSES
+
+    n_classes = len(ctx.data.classes)
+    if n_classes <= 2:
+        return None
+    return "one-vs-rest" if params.probability or n_classes > MAX_PAIR_CLASSES else "one-vs-one"
+
+
 def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, weights: Any,
-                         loss: str | None = None, approx: Any = None) -> BaseEstimator:
-    """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``
-    (``approx``: a map already fitted, else one fitted on a sample)."""
+                         loss: str | None = None, approx: Any = None, pairs: bool = False) -> BaseEstimator:
+    """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``, or
+    with ``pairs`` ``Pipeline([approx, OneVsOneClassifier])`` (``approx``: a map already fitted, else one
+    fitted on a sample)."""
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
 
     approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
     mapped = _mapped(parts, approx, ctx)
     if mapped is None:  # mapped rows at every epoch: nothing held beyond one batch's features
-        model = train_sgd(parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx), ctx)
+        data, fit = parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx)
     else:
-        model = train_sgd(mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss), ctx)
+        data, fit = mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss)
+    model = _train_pairs(data, params, fit, ctx) if pairs else _plain(train_sgd(data, fit, ctx))
+    if mapped is not None:
         ctx.env.client.cancel(mapped.train)
     return _pipeline(approx, model)
 
 
+def _train_pairs(parts: Partitions, params: Params, fit: SGDFit, ctx: TrainContext) -> BaseEstimator:
+    """One binary linear SVM per pair of classes from shared epochs, as one ``OneVsOneClassifier`` (``_pairs``)."""
+    from distml.models._pairs import one_vs_one, pair_fits
+
+    classes = ctx.data.classes
+    counts = dict(zip(classes.tolist(), ctx.data.class_counts.tolist()))
+    fits = pair_fits(fit, classes, params.C, counts, params.alpha)
+    ctx.env.log(f"one-vs-one: {len(fits)} binary linear SVMs, one per pair of the {len(classes)} classes, "
+                "each on its pair's rows (as SVC)")
+    binaries = train_sgd_together(parts, fits, ctx, "one-vs-one fits")
+    return one_vs_one([_plain(b) for b in binaries], classes)
+
+
 def _pipeline(approx: Any, model: Any) -> BaseEstimator:
-    """The artifact of an approximation route: ``Pipeline([approx, SGDClassifier])``."""
+    """The artifact of an approximation route: ``Pipeline([approx, SGDClassifier or OneVsOneClassifier])``."""
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([("approx", approx), ("svm", _plain(model))])
+    return Pipeline([("approx", approx), ("svm", model)])
 
 
 def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | None:
@@ -420,7 +453,7 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
         fit = _sgd_fit(params, ctx, weights, None if approx is None else _MappedSGD if mapped else _ApproxSGD)
         fits.append(fit if approx is None or mapped else replace(fit, transform=approx))
     for i, model in zip(members, train_sgd_many(mapped or parts, fits, ctx)):
-        out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, model)
+        out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, _plain(model))
     if mapped is not None:
         ctx.env.client.cancel(mapped.train)
     return out
