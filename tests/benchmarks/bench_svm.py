@@ -5,7 +5,8 @@ Run on demand: ``python tests/benchmarks/bench_svm.py [--sizes 20000,50000,10000
 support vectors, best accuracy about 0.80): one SVC and distml side by side at those sizes, and distml
 alone at ``--noisy-alone 200000,500000``, with the route distml took and the prediction time per 10k rows
 (``--sizes ''`` and ``--scaling-size 0`` skip the first dataset); ``--noisy-cascade 50000`` also runs the
-cascade on those rows (``switch_sv_fraction: 1``), with its phases.
+cascade on those rows (``switch_sv_fraction: 1``), with its phases; ``--noisy-classes 3`` makes that data
+three classes (the route then trains one-vs-one).
 Each size runs ``--repeat`` times, cascade and reference side by side each time; a summary gives the
 median ratio. Prints a table and writes JSON to ``bench-results/svm-<time>.json``. The cascade runs as
 a ``kind: svm`` job on a LocalCluster of two single-threaded workers, each with LocalCluster's share of
@@ -170,17 +171,21 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
     if not sizes:
         return []
     forced = {int(s) for s in args.noisy_cascade.split(",") if s}
-    print(f"\nnoisy data ({args.noisy_features} features, 10% flips), load average {os.getloadavg()[0]:.1f}")
+    print(f"\nnoisy data ({args.noisy_features} features, {args.noisy_classes} classes, 10% flips), load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'rows':>8} {'who':>7} {'train s':>8} {'job s':>7} {'accuracy':>9} {'SVs/comp':>9} {'pred 10k s':>10}  route")
     out = []
     for size, with_svc in sizes:
-        folder = make_noisy_dataset(tmp / f"noisy-{size}", rows=size, features=args.noisy_features)[0]
+        folder = make_noisy_dataset(tmp / f"noisy-{size}-{args.noisy_classes}", rows=size,
+                                    features=args.noisy_features, classes=args.noisy_classes)[0]
         ours = run_noisy(folder, tmp / "models", 2, args.worker_memory)
         model = ours.pop("model")
-        row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "distml": ours, "load": os.getloadavg()[0]}
+        row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "classes": args.noisy_classes, "distml": ours,
+               "load": os.getloadavg()[0]}
         print(f"{size:>8} {'distml':>7} {ours['seconds']:>8.1f} {ours['job_seconds']:>7.1f} {ours['accuracy']:>9.4f} "
               f"{ours['size']:>9} {ours['predict_10k']:>10.2f}  {ours['route']} (probe SV fraction "
-              f"{ours['sv_fraction']})", flush=True)
+              f"{ours['sv_fraction']}{', ' + ours['record']['multiclass'] if ours['record'].get('multiclass') else ''})",
+              flush=True)
         if with_svc:
             train, test = split(folder)
             X, y = model[0].transform(train.drop(columns=["target"])), train["target"].to_numpy()
@@ -223,6 +228,7 @@ def main() -> None:
     parser.add_argument("--noisy-sizes", default="20000,50000", help="noisy rows for one SVC and distml ('': none)")
     parser.add_argument("--noisy-alone", default="200000,500000", help="noisy rows for distml alone ('': none)")
     parser.add_argument("--noisy-features", type=int, default=24, help="features of the noisy data (20-28)")
+    parser.add_argument("--noisy-classes", type=int, default=2, help="classes of the noisy data")
     parser.add_argument("--noisy-cascade", default="",
                         help="of those noisy sizes, the ones where the cascade also runs, kept by switch_sv_fraction: 1")
     parser.add_argument("--out", default="bench-results")
