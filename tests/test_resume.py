@@ -475,6 +475,7 @@ def test_a_detached_cascade_svm_whose_driver_worker_dies_resumes_by_itself_after
 def _pairs_fit(client, plan, checkpoints, job_id):
     from distml.cluster import worker_resources
     from distml.models import svm
+    from distml.models._pairs import train_pairs
     from distml.models.base import TrainContext
 
     logs = []
@@ -482,7 +483,7 @@ def _pairs_fit(client, plan, checkpoints, job_id):
                               log=logs.append, checkpoints=checkpoints)
     params = svm.Params(kernel="linear", epochs=4)
     try:
-        return svm._train_pairs(plan.parts, params, svm._sgd_fit(params, ctx, None), ctx), logs
+        return train_pairs(plan.parts, svm._sgd_fit(params, ctx, None), ctx, params.C, params.alpha), logs
     except Killed:
         return None, logs
 

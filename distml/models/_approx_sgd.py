@@ -14,7 +14,7 @@ class _ApproxSGD(SGDClassifier):
     """Training-time only: an SGDClassifier that maps rows through ``approx_`` first.
 
     It lets the shared SGD engine stream approximate kernel features without
-    holding them anywhere (a batch of rows at a time); ``_plain`` turns it into an ordinary SGDClassifier.
+    holding them anywhere (a batch of rows at a time); ``plain_sgd`` turns it into an ordinary SGDClassifier.
     """
 
     approx_: Any = None
@@ -151,3 +151,12 @@ def _map_part(source: Any, approx: Any, dtype: type = np.float32) -> Any:
     for lo in range(0, len(block.X), step):
         out[lo:lo + step] = features32(approx, block.X[lo:lo + step])
     return Block(out, block.y, block.u)
+
+
+def plain_sgd(model: _ApproxSGD | _MappedSGD) -> SGDClassifier:
+    """A training-time subclass as an ordinary, fitted SGDClassifier (the artifact's), without its map."""
+    plain = SGDClassifier(**model.get_params())
+    for name, value in vars(model).items():
+        if name != "approx_":
+            setattr(plain, name, value)
+    return plain

@@ -18,7 +18,9 @@ import numpy as np
 if TYPE_CHECKING:
     from sklearn.multiclass import OneVsOneClassifier
 
+    from distml.blocks import Partitions
     from distml.models._sgd import SGDFit
+    from distml.models.base import TrainContext
 
 MAX_PAIR_CLASSES = 10  # more classes train one-vs-rest: 45 pairs at most, each a model of the map's width
 
@@ -63,3 +65,28 @@ def one_vs_one(binaries: list[Any], classes: Any) -> OneVsOneClassifier:
     ovo.estimators_, ovo.classes_, ovo.pairwise_indices_ = list(binaries), np.asarray(classes), None
     ovo.n_features_in_ = binaries[0].n_features_in_
     return ovo
+
+
+def multiclass(n_classes: int, probability: bool) -> str | None:
+    """How the Nystroem route decides between more than two classes (None: two classes).
+
+    ``one-vs-one`` as the SVC it stands in for; ``one-vs-rest`` where probabilities are asked (scikit-learn's
+    one-vs-one has no ``predict_proba``) or where the pairs' models would be too many.
+    """
+    if n_classes <= 2:
+        return None
+    return "one-vs-rest" if probability or n_classes > MAX_PAIR_CLASSES else "one-vs-one"
+
+
+def train_pairs(parts: Partitions, fit: SGDFit, ctx: TrainContext, C: float, alpha: float | None) -> OneVsOneClassifier:
+    """One binary linear SVM per pair of classes from shared epochs, as one ``OneVsOneClassifier``."""
+    from distml.models._approx_sgd import plain_sgd
+    from distml.models._sgd import train_sgd_together
+
+    classes = ctx.data.classes
+    counts = dict(zip(classes.tolist(), ctx.data.class_counts.tolist()))
+    fits = pair_fits(fit, classes, C, counts, alpha)
+    ctx.env.log(f"one-vs-one: {len(fits)} binary linear SVMs, one per pair of the {len(classes)} classes, "
+                "each on its pair's rows (as SVC)")
+    binaries = train_sgd_together(parts, fits, ctx, "one-vs-one fits")
+    return one_vs_one([plain_sgd(b) for b in binaries], classes)

@@ -23,18 +23,15 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from distml.errors import DataError
 from distml.models._cascade import Cascade, CascadePlan, plan_chunks
-from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many, train_sgd_together
+from distml.models._sgd import SGDFit, SGDSchedule, train_sgd, train_sgd_many
 from distml.models._weights import class_weights
 from distml.models.base import Encoding, FamilyParams, Task, TrainContext
 from distml.tasks import submit_bounded
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
-    from sklearn.linear_model import SGDClassifier
 
     from distml.blocks import Partitions
-    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
-
 MIN_CLASS_ROWS_PER_CHUNK = 10  # expected rows of the rarest class in a chunk; P(a chunk misses it) < 1e-4
 PROBA_MIN_CLASS_ROWS = 10  # libsvm's Platt scaling runs a 5-fold cross-validation
 SAMPLE_ROWS_PER_COMPONENT = 4  # rows sampled to fit a kernel approximation, per component
@@ -294,17 +291,6 @@ def _fit_approximation(parts: Partitions, params: Params, ctx: TrainContext) -> 
     return fitted
 
 
-def _plain(model: _ApproxSGD | _MappedSGD) -> SGDClassifier:
-    """The training-time subclass as an ordinary, fitted SGDClassifier."""
-    from sklearn.linear_model import SGDClassifier
-
-    plain = SGDClassifier(**model.get_params())
-    for name, value in vars(model).items():
-        if name != "approx_":
-            setattr(plain, name, value)
-    return plain
-
-
 def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator:
     """Fit an SVM on the cluster: SGDClassifier (linear), SVC (cascade) or Pipeline(approx, SGDClassifier)."""
     _check_data(params, ctx)
@@ -313,12 +299,13 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
         return train_sgd(parts, _sgd_fit(params, ctx, weights), ctx)
     if params.route == "approximation":
         return _train_approximation(parts, params, ctx, weights)
+    from distml.models._pairs import multiclass
     from distml.models._svm_route import EPOCHS, choose
 
     svc = _svc_params(params, ctx, weights)
     sgd = {"loss": _route_loss(params), "alpha": 1.0 / params.C, "class_weight": weights, "average": True,
            "max_iter": EPOCHS, "tol": None, "random_state": ctx.env.seed}
-    route = choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd, _multiclass(params, ctx))
+    route = choose(parts, ctx, params.switch_sv_fraction, svc, _gram_bytes(ctx), sgd, multiclass(len(ctx.data.classes), params.probability))
     ctx.env.log(f"svm route: {route.name}: {route.reason} ({route.seconds:.2f}s)")
     started = time.perf_counter()
     if route.name == "cascade":
@@ -338,26 +325,13 @@ def _route_loss(params: Params) -> str:
     return "log_loss" if params.probability else params.loss
 
 
-def _multiclass(params: Params, ctx: TrainContext) -> str | None:
-    """How the Nystroem route would decide between more than two classes (None: two classes).
-
-    ``one-vs-one`` as the SVC it stands in for (``_pairs``); ``one-vs-rest`` where probabilities are asked
-    (scikit-learn's one-vs-one has no ``predict_proba``) or where the pairs' models would be too many.
-    """
-    from distml.models._pairs import MAX_PAIR_CLASSES
-
-    n_classes = len(ctx.data.classes)
-    if n_classes <= 2:
-        return None
-    return "one-vs-rest" if params.probability or n_classes > MAX_PAIR_CLASSES else "one-vs-one"
-
-
 def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, weights: Any,
                          loss: str | None = None, approx: Any = None, pairs: bool = False) -> BaseEstimator:
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``, or
     with ``pairs`` ``Pipeline([approx, OneVsOneClassifier])`` (``approx``: a map already fitted, else one
     fitted on a sample)."""
-    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD, plain_sgd
+    from distml.models._pairs import train_pairs
 
     approx = approx if approx is not None else _fit_approximation(parts, params, ctx)
     mapped = _mapped(parts, approx, ctx)
@@ -365,23 +339,10 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
         data, fit = parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx)
     else:
         data, fit = mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss)
-    model = _train_pairs(data, params, fit, ctx) if pairs else _plain(train_sgd(data, fit, ctx))
+    model = train_pairs(data, fit, ctx, params.C, params.alpha) if pairs else plain_sgd(train_sgd(data, fit, ctx))
     if mapped is not None:
         ctx.env.client.cancel(mapped.train)
     return _pipeline(approx, model)
-
-
-def _train_pairs(parts: Partitions, params: Params, fit: SGDFit, ctx: TrainContext) -> BaseEstimator:
-    """One binary linear SVM per pair of classes from shared epochs, as one ``OneVsOneClassifier`` (``_pairs``)."""
-    from distml.models._pairs import one_vs_one, pair_fits
-
-    classes = ctx.data.classes
-    counts = dict(zip(classes.tolist(), ctx.data.class_counts.tolist()))
-    fits = pair_fits(fit, classes, params.C, counts, params.alpha)
-    ctx.env.log(f"one-vs-one: {len(fits)} binary linear SVMs, one per pair of the {len(classes)} classes, "
-                "each on its pair's rows (as SVC)")
-    binaries = train_sgd_together(parts, fits, ctx, "one-vs-one fits")
-    return one_vs_one([_plain(b) for b in binaries], classes)
 
 
 def _pipeline(approx: Any, model: Any) -> BaseEstimator:
@@ -426,7 +387,7 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
     ``DataError`` in place of its model. None (each candidate trains alone) otherwise: a kernel route without
     an explicit approximation is chosen per fit from what it measures.
     """
-    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD
+    from distml.models._approx_sgd import _ApproxSGD, _MappedSGD, plain_sgd
 
     routes, maps = {p.route for p in params_list}, {_map_key(p) for p in params_list}
     if routes != {"linear"} and (routes != {"approximation"} or len(maps) != 1):
@@ -453,7 +414,7 @@ def train_many(parts: Partitions, params_list: list[Params], ctx: TrainContext) 
         fit = _sgd_fit(params, ctx, weights, None if approx is None else _MappedSGD if mapped else _ApproxSGD)
         fits.append(fit if approx is None or mapped else replace(fit, transform=approx))
     for i, model in zip(members, train_sgd_many(mapped or parts, fits, ctx)):
-        out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, _plain(model))
+        out[i] = model if approx is None or isinstance(model, Exception) else _pipeline(approx, plain_sgd(model))
     if mapped is not None:
         ctx.env.client.cancel(mapped.train)
     return out
