@@ -85,7 +85,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
            signing_key_file: str | None) -> None:
     """Run the job in JOB_FILE: train, evaluate and save the model."""
-    from distml.cluster import connect
+    from distml.cluster import begin_embedded, connect
     from distml.console import Console
     from distml.data import open_dataset
     from distml.errors import SpecError
@@ -95,6 +95,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.signing import resolve_key
     from distml.store import Store
     from distml.tracking import cluster_info
+    from distml.warmup import start_client_imports
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
@@ -103,7 +104,10 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
                         "an embedded cluster stops when distml exits")
+    begin_embedded(spec.cluster, spec.data.path)
     dataset = open_dataset(spec.data, spec.seed)
+    if not detach:  # the job's own client needs scikit-learn after the statistics pass, skops for the save
+        start_client_imports(report=spec.output.evaluation_report)
     check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
     console = Console(quiet or as_json)
@@ -421,7 +425,7 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
                 scheduler: str | None, quiet: bool) -> None:
     """Rerun a failed or interrupted job from its record, continuing from its last checkpoint."""
     from distml.checkpoints import Checkpoints
-    from distml.cluster import connect
+    from distml.cluster import begin_embedded, connect
     from distml.console import Console
     from distml.dashboard import register_page
     from distml.data import open_dataset
@@ -430,6 +434,7 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
     from distml.runner import run_job
     from distml.service import check_same_data, note_resume, resumable
     from distml.tracking import cluster_info, publisher
+    from distml.warmup import start_client_imports
 
     records = _records(store, options)
     given = load_job(job_file) if job_file else None
@@ -437,9 +442,11 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
         given = given.with_overrides(store=store)
     spec, record = resumable(records, job_id, given)
     spec = spec.with_overrides(scheduler=scheduler, **tls_flags())
+    begin_embedded(spec.cluster, spec.data.path)
     checkpoints = Checkpoints(records, job_id, resume=True)
     meta = checkpoints.latest()
     dataset = open_dataset(spec.data, spec.seed)
+    start_client_imports(report=spec.output.evaluation_report)
     if meta is not None:
         check_same_data(meta, dataset, job_id)
     console = Console(quiet)

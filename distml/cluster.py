@@ -152,6 +152,25 @@ async def _identity(address: str, security: Security | None = None) -> Any:
             comm.abort()
 
 
+def begin_embedded(spec: ClusterSpec, data_url: str) -> None:
+    """If ``spec`` is the embedded cluster, start its workers' fork server now (``distml.fork_server``).
+
+    Called as soon as the job file is read, so the workers' imports (with the filesystem module of
+    ``data_url``'s protocol) run while this process reads footers and starts the scheduler.
+    """
+    if spec.scheduler or os.environ.get("DISTML_SCHEDULER"):
+        return
+    from distml.fork_server import start_fork_server
+    from distml.remote import url_protocol
+    from distml.warmup import read_modules
+
+    restore = _workers_ignore_sigint()
+    try:
+        start_fork_server(read_modules(url_protocol(data_url)))
+    finally:
+        restore()
+
+
 @contextlib.contextmanager
 def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
     """Start the embedded cluster (its workers spawned with SIGINT ignored: only the client handles Ctrl-C); close it quickly at the end."""
@@ -167,8 +186,10 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
 
 
 def _start_local_cluster(spec: ClusterSpec) -> Any:
+    import dask
     from distributed import LocalCluster
 
+    from distml.fork_server import start_fork_server
     from distml.spec import parse_size
     from distml.tls import embedded_security
 
@@ -176,19 +197,21 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
     security = embedded_security(spec)
     _ignore_busy_port_warning()
+    method = "forkserver" if start_fork_server() else "spawn"  # started already, if the caller began early
     try:
-        return LocalCluster(
-            n_workers=spec.n_workers or n_workers,
-            threads_per_worker=spec.threads_per_worker or threads,
-            memory_limit=memory,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:8787",
-            # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
-            silence_logs=_silence_level(),
-            **({"security": security} if security is not None else {}),
-            scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
-        )
+        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+            return LocalCluster(
+                n_workers=spec.n_workers or n_workers,
+                threads_per_worker=spec.threads_per_worker or threads,
+                memory_limit=memory,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:8787",
+                # worker tracebacks and ERROR lines stay off the user's terminal unless DISTML_DEBUG asks for them
+                silence_logs=_silence_level(),
+                **({"security": security} if security is not None else {}),
+                scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
+            )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None
 

@@ -22,12 +22,16 @@ def bounded_options(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "config_kwargs": config}
 
 
+def url_protocol(url: str) -> str:
+    """The fsspec protocol a URL names (``file`` for a plain path)."""
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
 def open_url(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     """``fsspec.core.url_to_fs`` with bounded waits: the filesystem and the path in it."""
     import fsspec
 
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    fs, path = fsspec.core.url_to_fs(url, **bounded_options(protocol, options))
+    fs, path = fsspec.core.url_to_fs(url, **bounded_options(url_protocol(url), options))
     _bound_retries(fs)
     return fs, path
 

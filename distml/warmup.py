@@ -1,10 +1,12 @@
 """Imports a job needs later, done while it waits for its cluster.
 
-Once a job's cluster is up, its client imports scikit-learn (for the feature plan) and then skops
-and matplotlib (for the save) in one background thread, while the workers run the first passes.
+Once a job's footers are read (the command line) or its cluster is up (any other caller), its client
+imports scikit-learn (for the feature plan) and then skops and matplotlib (for the save) in one
+background thread, while the cluster starts and the workers run the first passes.
 Code that needs a group first calls ``ready(group)``, so no other thread imports those packages at
 the same time (concurrent imports of one package can deadlock). After the statistics pass, fresh
-workers import what their later tasks need while the client waits for its own imports. On a worker,
+workers import what their later tasks need while the client waits for its own imports (the embedded
+cluster's workers have them already: ``distml.fork_server``). On a worker,
 ``warm`` does its imports in a thread of their own, so no task thread's profiled stack gets that deep.
 """
 from __future__ import annotations

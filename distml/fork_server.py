@@ -1,0 +1,50 @@
+"""Where the embedded cluster's workers come from: forks of one process that has imported what they need.
+
+A spawned worker starts a fresh Python and imports distributed, pyarrow, pandas and scikit-learn itself,
+each worker again, while the job's first tasks wait for it. The embedded cluster's workers are forked
+instead from multiprocessing's fork server: one clean single-threaded process (no scheduler, no client
+threads, so forking it is safe) that imports those modules once, started as soon as the job file says
+the cluster is embedded, so the imports run beside the submitting process's own start-up. A worker the
+nanny restarts later is spawned as usual (the start method is set for the cluster's start only).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import os
+
+from distml.warmup import READ_MODULES, WORKER_MODULES
+
+# what every embedded worker imports sooner or later; the last one makes the server's own exit quick
+PRELOAD = ("distributed", "distributed.worker", *READ_MODULES, "fsspec.implementations.local", *WORKER_MODULES,
+           "distml.data", "distml.stats")
+LAST_PRELOAD = "distml._fork_server_exit"
+
+
+def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
+    """Start the fork server with ``PRELOAD`` and ``modules`` (once per process); False where there is none.
+
+    Returns at once: the server imports in the background, and the first fork waits for it. Dask's
+    ``distributed.nanny.pre-spawn-environ`` (single-threaded BLAS, malloc trimming) and the nanny's
+    fixed hash seed go into the environment first, as a fork never starts a new interpreter. Call it
+    with SIGINT ignored (``distml.cluster``): the workers keep the handlers the server started with.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    import dask
+    import distributed.utils
+
+    environ = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()}
+    if environ.get("PYTHONHASHSEED") in (None, "0"):
+        environ["PYTHONHASHSEED"] = "6640"  # as the nanny sets it, for the same hashing on every worker
+    os.environ.update(environ)  # as the nanny does before it spawns a worker
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(dict.fromkeys((*PRELOAD, *modules, LAST_PRELOAD))))
+    try:
+        multiprocessing.forkserver.ensure_running()
+    except OSError:
+        return False
+    # distributed's first forkserver context would import its optional packages (pandas…) here, in the
+    # submitting process, to preload them: this server already has its own.
+    distributed.utils._forkserver_preload_set = True
+    return True
