@@ -19,6 +19,9 @@ from distml.warmup import READ_MODULES, WORKER_MODULES
 PRELOAD = ("distributed", "distributed.worker", *READ_MODULES, "fsspec.implementations.local", *WORKER_MODULES,
            "distml.data", "distml.stats")
 LAST_PRELOAD = "distml._fork_server_exit"
+# distributed.yaml's ``distributed.nanny.pre-spawn-environ``: what a spawned worker's environment gets
+PRE_SPAWN_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                     "OPENBLAS_NUM_THREADS": 1}
 
 
 def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
@@ -32,9 +35,11 @@ def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     import dask
-    import distributed.utils
+    import dask.config
 
-    environ = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()}
+    # distributed's defaults join dask's config when distributed is imported: not yet, so they are here too
+    asked = dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}
+    environ = {k: str(v) for k, v in {**PRE_SPAWN_ENVIRON, **asked}.items() if v is not None}
     if environ.get("PYTHONHASHSEED") in (None, "0"):
         environ["PYTHONHASHSEED"] = "6640"  # as the nanny sets it, for the same hashing on every worker
     os.environ.update(environ)  # as the nanny does before it spawns a worker
@@ -44,6 +49,8 @@ def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
         multiprocessing.forkserver.ensure_running()
     except OSError:
         return False
+    import distributed.utils  # after the server's start: this import is most of distributed
+
     # distributed's first forkserver context would import its optional packages (pandas…) here, in the
     # submitting process, to preload them: this server already has its own.
     distributed.utils._forkserver_preload_set = True

@@ -23,3 +23,13 @@ def test_embedded_workers_are_forks_of_one_server_and_start_with_their_imports_d
     assert len(facts) == 2
     assert len(parents) == 1 and parents != {os.getpid()}  # the fork server, not this process (the nannies')
     assert {worker: missing for worker, (_, missing) in facts.items()} == {worker: [] for worker in facts}
+
+
+def test_the_fork_servers_environment_defaults_are_distributeds_own():
+    """The server starts before distributed is imported, so it carries a copy of distributed.yaml's defaults."""
+    import dask
+    import distributed  # noqa: F401 - its import adds its defaults to dask's config
+
+    from distml.fork_server import PRE_SPAWN_ENVIRON
+
+    assert dask.config.get("distributed.nanny.pre-spawn-environ") == PRE_SPAWN_ENVIRON
