@@ -54,9 +54,12 @@ class PartSource:
         return self._block(frame, draws, self.split)
 
     def load_both(self) -> tuple[Block, Block]:
-        """The partition's training and holdout blocks from one read."""
+        """The partition's training and holdout blocks from one read (its features transformed once)."""
+        from distml.encoding import scaled_numeric
+
         frame, draws = self._read()
-        return self._block(frame, draws, "train"), self._block(frame, draws, "holdout")
+        scaled = scaled_numeric(self.transformer, frame[list(self.reader.columns[:-1])])
+        return self._block(frame, draws, "train", scaled), self._block(frame, draws, "holdout", scaled)
 
     def _read(self) -> tuple[pd.DataFrame, np.ndarray]:
         frame, draws = self.reader.read(self.piece)
@@ -65,19 +68,26 @@ class PartSource:
             frame, draws = frame[keep], draws[keep]
         return frame, draws
 
-    def _block(self, frame: pd.DataFrame, draws: np.ndarray, split: str) -> Block:
+    def _block(self, frame: pd.DataFrame, draws: np.ndarray, split: str, scaled: np.ndarray | None = None) -> Block:
+        """One split's block; ``scaled``: every row's features already transformed (``load_both``)."""
+        from distml.encoding import scaled_numeric
+
         if split == "train":
             keep = draws >= self.holdout
             u = (draws[keep] - self.holdout) / (1.0 - self.holdout)
         else:
             keep = draws < self.holdout
             u = draws[keep] / self.holdout
-        frame = frame.loc[keep]
-        if len(frame):
-            X = np.asarray(self.transformer.transform(frame[list(self.reader.columns[:-1])]), dtype=np.float64)
-        else:  # scikit-learn refuses to transform zero rows
+        y = frame[self.reader.columns[-1]].to_numpy()[keep]
+        if scaled is not None:
+            return Block(scaled[keep], y, u)
+        rows = frame.loc[keep, list(self.reader.columns[:-1])]
+        X = scaled_numeric(self.transformer, rows)  # numpy where it can, to scikit-learn's bits
+        if X is None and len(rows):
+            X = np.asarray(self.transformer.transform(rows), dtype=np.float64)
+        elif X is None:  # scikit-learn refuses to transform zero rows
             X = np.empty((0, len(self.transformer.get_feature_names_out())))
-        return Block(X, frame[self.reader.columns[-1]].to_numpy(), u)
+        return Block(X, y, u)
 
 
 def _load_part(source: PartSource) -> Block:

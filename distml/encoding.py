@@ -16,6 +16,7 @@ from distml.errors import DataError
 from distml.stats import Moments, cap_counts, hll_count
 
 if TYPE_CHECKING:
+    import pandas as pd
     from sklearn.compose import ColumnTransformer
 
     from distml.data import Dataset
@@ -141,3 +142,38 @@ def output_variance(plan: ColumnPlan, counts: dict[str, dict[Any, int]]) -> tupl
         return 0, 0.0
     m, v = np.array(means), np.array(variances)
     return len(m), float(v.mean() + m.var())
+
+
+def scaled_numeric(transformer: ColumnTransformer, frame: pd.DataFrame) -> np.ndarray | None:
+    """``transformer.transform(frame)`` with numpy alone, to the same bits, when it only imputes and scales numbers.
+
+    That is the transformer ``build_transformer`` makes for numeric features, and every pass over
+    the data applies it on a worker: scikit-learn's validation copies each block several times on
+    the way, where this makes one C-ordered float64 copy and works on it in place. None where scikit-learn's
+    own transform must run: another transformer, categorical columns, an imputer without a value
+    for a column, or columns that are not float64 or integers (scikit-learn keeps float32 in float32).
+    """
+    fitted = getattr(transformer, "transformers_", None)  # a ColumnTransformer's fitted steps
+    steps = [step for step in fitted or () if not (isinstance(step[1], str) and step[1] == "drop")]
+    if len(steps) != 1 or steps[0][0] != "num" or list(steps[0][2]) != list(frame.columns):
+        return None
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    imputer, scaler = ([step for _, step in getattr(steps[0][1], "steps", ())] + [None, None])[:2]
+    if not (type(imputer) is SimpleImputer and type(scaler) is StandardScaler and len(steps[0][1].steps) == 2):
+        return None
+    fill = imputer.statistics_
+    if not (imputer.missing_values != imputer.missing_values  # NaN: the numeric imputer's missing value
+            and np.isfinite(fill).all() and scaler.with_mean and scaler.with_std and scaler.scale_ is not None):
+        return None
+    if not all(kind in "fiu" and (kind != "f" or size == 8) for kind, size in
+               ((dtype.kind, dtype.itemsize) for dtype in frame.dtypes)):
+        return None
+    values = np.array(frame.to_numpy(dtype=np.float64, na_value=np.nan), order="C")  # a copy, never the frame's memory
+    missing = np.isnan(values)
+    if missing.any():
+        values[missing] = np.broadcast_to(fill, values.shape)[missing]
+    values -= scaler.mean_
+    values /= scaler.scale_
+    return values
