@@ -251,6 +251,12 @@ def used_rows(frame: pd.DataFrame, target: str, features: list[str], drop_nulls:
     return keep
 
 
+def column_major_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, stored column by column: each column's sum, min and max then read contiguous memory
+    (numpy reduces a row-major matrix's columns with strided loops, several times slower)."""
+    return values.T.compress(rows, axis=1).T
+
+
 def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> PartStats:
     """Statistics of one partition, all from one read.
 
@@ -276,10 +282,10 @@ def _stats_part(piece: Piece | PieceGroup, reader: Reader, plan: StatsPlan) -> P
             keep = keep & frame[c].notna().to_numpy()
     kept = int(keep.sum())
     if kept < len(keep):
-        values, draws, y = values[keep], draws[keep], y[keep]
+        values, draws, y = column_major_rows(values, keep), draws[keep], y[keep]
     train = draws >= plan.holdout
     nonfinite = {} if finite else {c: int(n) for c, n in zip(numeric, np.isinf(values).sum(axis=0)) if n}
-    train_values = values[train]  # one copy, shared by the moments and the sketches
+    train_values = column_major_rows(values, train)  # one copy, shared by the moments and the sketches
     moments = Moments._of_finite(train_values) if finite else Moments.of(train_values)
     stats = PartStats(kept, int(train.sum()), nulls, nonfinite, moments, None,
                       dropped_target=dropped_target, dropped_nulls=len(keep) - kept - dropped_target,
