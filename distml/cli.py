@@ -104,12 +104,13 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     if detach and not (spec.cluster.scheduler or os.environ.get("DISTML_SCHEDULER")):
         raise SpecError("--detach needs a running cluster (--scheduler tcp://host:8786): "
                         "an embedded cluster stops when distml exits")
-    begin_embedded(spec.cluster, spec.data.path)
     dataset = open_dataset(spec.data, spec.seed)
-    if not detach:  # the job's own client needs scikit-learn after the statistics pass, skops for the save
-        start_client_imports(report=spec.output.evaluation_report)
     check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
+    # Bad input has failed by now, with no process left behind to hold the output open.
+    begin_embedded(spec.cluster, spec.data.path)
+    if not detach:  # the job's own client needs scikit-learn after the statistics pass, skops for the save
+        start_client_imports(report=spec.output.evaluation_report)
     console = Console(quiet or as_json)
     with connect(spec.cluster) as client:
         if detach:
@@ -442,13 +443,13 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
         given = given.with_overrides(store=store)
     spec, record = resumable(records, job_id, given)
     spec = spec.with_overrides(scheduler=scheduler, **tls_flags())
-    begin_embedded(spec.cluster, spec.data.path)
     checkpoints = Checkpoints(records, job_id, resume=True)
     meta = checkpoints.latest()
     dataset = open_dataset(spec.data, spec.seed)
-    start_client_imports(report=spec.output.evaluation_report)
     if meta is not None:
         check_same_data(meta, dataset, job_id)
+    begin_embedded(spec.cluster, spec.data.path)
+    start_client_imports(report=spec.output.evaluation_report)
     console = Console(quiet)
     with connect(spec.cluster) as client:
         register_page(client)

@@ -155,8 +155,8 @@ async def _identity(address: str, security: Security | None = None) -> Any:
 def begin_embedded(spec: ClusterSpec, data_url: str) -> None:
     """If ``spec`` is the embedded cluster, start its workers' fork server now (``distml.fork_server``).
 
-    Called as soon as the job file is read, so the workers' imports (with the filesystem module of
-    ``data_url``'s protocol) run while this process reads footers and starts the scheduler.
+    Called once the job's input is checked, so the workers' imports (with the filesystem module of
+    ``data_url``'s protocol) run while this process starts the scheduler and imports its own.
     """
     if spec.scheduler or os.environ.get("DISTML_SCHEDULER"):
         return

@@ -3,8 +3,8 @@
 A spawned worker starts a fresh Python and imports distributed, pyarrow, pandas and scikit-learn itself,
 each worker again, while the job's first tasks wait for it. The embedded cluster's workers are forked
 instead from multiprocessing's fork server: one clean single-threaded process (no scheduler, no client
-threads, so forking it is safe) that imports those modules once, started as soon as the job file says
-the cluster is embedded, so the imports run beside the submitting process's own start-up. A worker the
+threads, so forking it is safe) that imports those modules once, started as soon as the job's input
+is checked, so the imports run beside the submitting process's own start-up. A worker the
 nanny restarts later is spawned as usual (the start method is set for the cluster's start only).
 """
 from __future__ import annotations
