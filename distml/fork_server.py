@@ -34,7 +34,6 @@ def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
-    import dask
     import dask.config
 
     # distributed's defaults join dask's config when distributed is imported: not yet, so they are here too
