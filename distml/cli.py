@@ -85,7 +85,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
            threads: int | None, memory_limit: str | None, quiet: bool, as_json: bool, detach: bool,
            signing_key_file: str | None) -> None:
     """Run the job in JOB_FILE: train, evaluate and save the model."""
-    from distml.cluster import begin_embedded, connect
+    from distml.cluster import begin_job, connect
     from distml.console import Console
     from distml.data import open_dataset
     from distml.errors import SpecError
@@ -95,7 +95,6 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     from distml.signing import resolve_key
     from distml.store import Store
     from distml.tracking import cluster_info
-    from distml.warmup import start_client_imports
 
     spec = load_job(job_file).with_overrides(
         scheduler=scheduler, n_workers=workers, threads_per_worker=threads, memory_limit=memory_limit, store=store,
@@ -107,10 +106,7 @@ def submit(job_file: str, scheduler: str | None, store: str | None, workers: int
     dataset = open_dataset(spec.data, spec.seed)
     check_rows(spec, dataset.num_rows)
     Store(spec.output.store, spec.output.storage_options).check_writable()
-    # Bad input has failed by now, with no process left behind to hold the output open.
-    begin_embedded(spec.cluster, spec.data.path)
-    if not detach:  # the job's own client needs scikit-learn after the statistics pass, skops for the save
-        start_client_imports(report=spec.output.evaluation_report)
+    begin_job(spec.cluster, spec.data.path, None if detach else spec.output.evaluation_report)
     console = Console(quiet or as_json)
     with connect(spec.cluster) as client:
         if detach:
@@ -426,7 +422,7 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
                 scheduler: str | None, quiet: bool) -> None:
     """Rerun a failed or interrupted job from its record, continuing from its last checkpoint."""
     from distml.checkpoints import Checkpoints
-    from distml.cluster import begin_embedded, connect
+    from distml.cluster import begin_job, connect
     from distml.console import Console
     from distml.dashboard import register_page
     from distml.data import open_dataset
@@ -435,7 +431,6 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
     from distml.runner import run_job
     from distml.service import check_same_data, note_resume, resumable
     from distml.tracking import cluster_info, publisher
-    from distml.warmup import start_client_imports
 
     records = _records(store, options)
     given = load_job(job_file) if job_file else None
@@ -448,8 +443,7 @@ def jobs_resume(job_id: str, store: str, options: tuple[tuple[str, Any], ...], j
     dataset = open_dataset(spec.data, spec.seed)
     if meta is not None:
         check_same_data(meta, dataset, job_id)
-    begin_embedded(spec.cluster, spec.data.path)
-    start_client_imports(report=spec.output.evaluation_report)
+    begin_job(spec.cluster, spec.data.path, spec.output.evaluation_report)
     console = Console(quiet)
     with connect(spec.cluster) as client:
         register_page(client)

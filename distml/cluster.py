@@ -152,23 +152,27 @@ async def _identity(address: str, security: Security | None = None) -> Any:
             comm.abort()
 
 
-def begin_embedded(spec: ClusterSpec, data_url: str) -> None:
-    """If ``spec`` is the embedded cluster, start its workers' fork server now (``distml.fork_server``).
+def begin_job(spec: ClusterSpec, data_url: str, report: bool | None) -> None:
+    """Begin what a job's start waits for, once its input is checked: the embedded workers' fork server
+    (``distml.fork_server``, with ``data_url``'s filesystem module) if ``spec`` is the embedded cluster,
+    and the client's own imports (``distml.warmup``; ``report``: with evaluation.html's, None: none).
 
-    Called once the job's input is checked, so the workers' imports (with the filesystem module of
-    ``data_url``'s protocol) run while this process starts the scheduler and imports its own.
+    Both run while this process starts the scheduler; a job that fails before leaves no process behind.
     """
-    if spec.scheduler or os.environ.get("DISTML_SCHEDULER"):
-        return
-    from distml.fork_server import start_fork_server
-    from distml.remote import url_protocol
-    from distml.warmup import read_modules
+    from distml.warmup import start_client_imports
 
-    restore = _workers_ignore_sigint()
-    try:
-        start_fork_server(read_modules(url_protocol(data_url)))
-    finally:
-        restore()
+    if not (spec.scheduler or os.environ.get("DISTML_SCHEDULER")):
+        from distml.fork_server import start_fork_server
+        from distml.remote import url_protocol
+        from distml.warmup import read_modules
+
+        restore = _workers_ignore_sigint()
+        try:
+            start_fork_server(read_modules(url_protocol(data_url)))
+        finally:
+            restore()
+    if report is not None:
+        start_client_imports(report=report)
 
 
 @contextlib.contextmanager
