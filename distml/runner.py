@@ -78,13 +78,16 @@ def partition_bytes(setting: str | None, dataset: Dataset, threads: int, headroo
 
     A task holds about six copies of its partition at its peak (Arrow table,
     pandas frame, numpy block, transformed block, a shuffled copy), so a
-    partition gets a sixth of the measured headroom per worker thread.
+    partition gets a sixth of the measured headroom per worker thread. The
+    share for every thread is counted in the row size the cut itself uses
+    (``Dataset.row_bytes``): counted in fewer bytes a row, a file of exactly a
+    thread's share was cut in two, and small jobs paid for twice the tasks.
     """
     from distml.spec import parse_size
 
     if setting:
         return parse_size(setting)
-    total = dataset.num_rows * 8 * (len(dataset.features) + 1)
+    total = dataset.num_rows * dataset.row_bytes()
     limit = DEFAULT_PARTITION_BYTES if not headroom else min(DEFAULT_PARTITION_BYTES, headroom // 6)
     return max(2**20, min(limit, total // max(1, 2 * threads)))
 
