@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from distml.spec import DataSpec
 
 _GLOB = set("*?[")
+ROW_GROUP_SLACK = 1.25  # a row group up to this many times a partition's rows is read whole, not cut
 
 
 @dataclass(frozen=True)
@@ -215,25 +216,32 @@ class Dataset:
         return self.pieces
 
     def cut(self, target_bytes: int, width: int = 0) -> list[Piece | PieceGroup]:
-        """Pieces of about ``target_bytes`` in memory: large row groups are split, small row groups and
-        small files combined (``width``: values per row after the transformer). Changes nothing."""
+        """Pieces of about ``target_bytes`` in memory (a whole row group up to ``ROW_GROUP_SLACK`` times
+        more): large row groups are split, small row groups and small files combined (``width``: values
+        per row after the transformer). Changes nothing."""
         max_rows = max(1000, target_bytes // self.row_bytes(width))
         return _combine([p for f in self.files for p in _file_pieces(f, max_rows)], max_rows)
 
 
 def _file_pieces(info: FileInfo, max_rows: int) -> list[Piece]:
-    """Group small row groups together and cut large ones, keeping file order."""
+    """Group small row groups together and cut large ones into equal pieces, keeping file order.
+
+    A row group up to ``ROW_GROUP_SLACK`` times ``max_rows`` stays whole: Parquet decodes a row group
+    from its start, so every piece cut from one reads all of it, and a row group a little over the
+    size asked for would be read twice a pass (and its tail would be a task of its own).
+    """
     pieces: list[Piece] = []
     group: list[int] = []
     group_rows = start = 0
     offset = 0
     for i, n in enumerate(info.row_group_rows):
-        if n > max_rows:
+        if n > max_rows * ROW_GROUP_SLACK:
             if group:
                 pieces.append(Piece(info.path, info.key, tuple(group), 0, start, group_rows))
                 group, group_rows = [], 0
-            for skip in range(0, n, max_rows):
-                pieces.append(Piece(info.path, info.key, (i,), skip, offset + skip, min(max_rows, n - skip)))
+            cuts = -(-n // max_rows)
+            bounds = [n * k // cuts for k in range(cuts + 1)]
+            pieces.extend(Piece(info.path, info.key, (i,), a, offset + a, b - a) for a, b in zip(bounds, bounds[1:]))
         else:
             if group and group_rows + n > max_rows:
                 pieces.append(Piece(info.path, info.key, tuple(group), 0, start, group_rows))

@@ -6,7 +6,6 @@ that group under declared phase words on the dashboard.
 """
 from __future__ import annotations
 
-import time
 import typing
 
 import numpy as np
@@ -52,13 +51,24 @@ def _job(kind, folder, store):
                       "output": {"store": str(store)}}, f"{kind}.yaml")
 
 
+def _stream_index(dask_scheduler):
+    return dask_scheduler.plugins["task-stream"].index
+
+
+def _keys_since(index, dask_scheduler):
+    return [record["key"] for record in dask_scheduler.plugins["task-stream"].collect(start_index=index)]
+
+
 def _run(client, kind, folder, store):
-    """Run one job on the cluster; returns the loaded Pipeline and the keys of every task that ran."""
+    """Run one job on the cluster; returns the loaded Pipeline and the keys of every task that ran.
+
+    The tasks are those the scheduler recorded after the job began, by position: a window by time
+    bisects records that are not sorted by time, and can take in the last tasks of the job before.
+    """
     client.get_task_stream(start=0, stop=0)  # makes sure the scheduler records a task stream
-    started = time.time()
+    began = client.run_on_scheduler(_stream_index)
     result = run_job(_job(kind, folder, store), client)
-    keys = [record["key"] for record in client.get_task_stream(start=started)]
-    return load_model(result.uri), result.job_id, keys
+    return load_model(result.uri), result.job_id, client.run_on_scheduler(_keys_since, began)
 
 
 @pytest.fixture

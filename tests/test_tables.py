@@ -236,12 +236,17 @@ def test_holdout_rows_are_the_same_whatever_the_partitioning_and_workers(client,
     np.testing.assert_allclose(x_small, x_large, rtol=1e-9, atol=1e-9)  # ...with the same values
 
 
-def test_pieces_split_large_row_groups_and_combine_small_files(tmp_path):
+def test_pieces_split_large_row_groups_evenly_and_combine_small_files(tmp_path):
     info = FileInfo("f", "f", 25_000, 0, (10_000, 500, 500, 14_000))
     pieces = _file_pieces(info, 4_000)
-    assert [(p.row_groups, p.skip, p.first_row, p.num_rows) for p in pieces][:4] == [
-        ((0,), 0, 0, 4000), ((0,), 4000, 4000, 4000), ((0,), 8000, 8000, 2000), ((1, 2), 0, 10_000, 1000)]
-    assert sum(p.num_rows for p in pieces) == 25_000
+    assert [(p.row_groups, p.skip, p.first_row, p.num_rows) for p in pieces] == [
+        ((0,), 0, 0, 3333), ((0,), 3333, 3333, 3333), ((0,), 6666, 6666, 3334), ((1, 2), 0, 10_000, 1000),
+        ((3,), 0, 11_000, 3500), ((3,), 3500, 14_500, 3500), ((3,), 7000, 18_000, 3500), ((3,), 10_500, 21_500, 3500)]
+    # a row group a little over the size asked for stays whole: cut, it would be read twice a pass
+    info = FileInfo("g", "g", 9_500, 0, (4_900, 4_600))
+    assert [(p.row_groups, p.skip, p.num_rows) for p in _file_pieces(info, 4_000)] == [((0,), 0, 4_900), ((1,), 0, 4_600)]
+    assert [(p.row_groups, p.num_rows) for p in _file_pieces(info, 3_900)] == [((0,), 2_450), ((0,), 2_450),
+                                                                               ((1,), 4_600)]
     folder = tmp_path / "small"
     for i in range(12):
         _write(folder / f"f{i:02d}.parquet", x=np.arange(i * 100, (i + 1) * 100, dtype=np.float64),
