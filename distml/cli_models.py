@@ -81,7 +81,7 @@ def reading_store(url: str) -> Iterator[None]:
 
     try:
         yield
-    except DistmlError:
+    except (DistmlError, BrokenPipeError):  # `distml models list | head`: click ends it quietly
         raise
     except Exception as exc:
         raise StoreError(f"{url}: cannot read the store ({type(exc).__name__}: {first_line(exc)})") from None

@@ -42,3 +42,29 @@ def test_the_command_exits_with_its_status_and_all_its_output(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
         f"Error: Invalid value for 'JOB_FILE': File '{missing}' does not exist.")
+
+
+def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """``distml models list | head -1``: the closed pipe is not reported as a store that cannot be read."""
+    import fcntl
+    import os
+
+    store = tmp_path / "models"
+    for i in range(400):  # about 50 KiB of listing: far more than the pipe below holds
+        version = store / "m" / f"20261207T000000{i:06d}Z-abcdef"
+        version.mkdir(parents=True)
+        (version / "manifest.json").write_text(json.dumps({"files": {}, "metrics": {"accuracy": 0.5}}))
+    read, write = os.pipe()
+    fcntl.fcntl(write, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe, so the listing waits for its reader
+    with (tmp_path / "stderr").open("w+") as err:
+        listing = subprocess.Popen([sys.executable, "-m", "distml", "models", "list", str(store)], stdout=write,
+                                   stderr=err, text=True)
+        os.close(write)
+        with os.fdopen(read) as out:
+            first = out.readline()
+        listing.wait(timeout=60)
+        err.seek(0)
+        message = err.read()
+    assert first == "m  20261207T000000000000Z-abcdef  accuracy 0.5000\n"
+    assert message == ""  # neither "cannot read the store" nor a traceback
+    assert listing.returncode == 1  # click's quiet exit for a closed pipe
