@@ -78,8 +78,9 @@ def partition_bytes(setting: str | None, dataset: Dataset, threads: int, headroo
 
     A task holds about six copies of its partition at its peak (Arrow table,
     pandas frame, numpy block, transformed block, a shuffled copy), so a
-    partition gets a sixth of the measured headroom per worker thread. The
-    share for every thread is counted in the row size the cut itself uses
+    partition gets a sixth of the measured headroom per worker thread (a row
+    group up to ``data.ROW_GROUP_SLACK`` times that is kept whole, as reading
+    part of one decodes all of it). The share for every thread is counted in the row size the cut itself uses
     (``Dataset.row_bytes``): counted in fewer bytes a row, a file of exactly a
     thread's share was cut in two, and small jobs paid for twice the tasks.
     """
