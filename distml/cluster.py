@@ -196,6 +196,7 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     from distml.fork_server import start_fork_server
     from distml.spec import parse_size
     from distml.tls import embedded_security
+    from distml.worker_heap import HeapPad
 
     n_workers, threads = default_workers()
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
@@ -215,6 +216,7 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
                 silence_logs=_silence_level(),
                 **({"security": security} if security is not None else {}),
                 scheduler_kwargs={"worker_ttl": embedded_worker_ttl()},  # a frozen worker is dropped, its tasks rerun
+                plugins=(HeapPad(),),  # each worker keeps some freed heap for its next task
             )
     except Exception as exc:
         raise ClusterError(f"cannot start the embedded Dask cluster ({type(exc).__name__}: {exc})") from None

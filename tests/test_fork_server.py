@@ -33,3 +33,34 @@ def test_the_fork_servers_environment_defaults_are_distributeds_own():
     from distml.fork_server import PRE_SPAWN_ENVIRON
 
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == PRE_SPAWN_ENVIRON
+
+
+def _page_faults_of_a_reused_block(rows: int) -> int:
+    """Run in a task: the minor page faults of allocating (and filling) a block of ``rows`` × 28 floats again."""
+    import resource
+
+    import numpy as np
+
+    np.ones((rows, 28))  # the first one may grow the heap
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(5):
+        block = np.ones((rows, 28))
+        del block
+    return (resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before) // 5
+
+
+def test_an_embedded_worker_keeps_a_bounded_free_heap_for_its_next_block():
+    """Dask's malloc trimming alone hands a freed block back to the OS, so the next task faults its pages in again."""
+    import platform
+
+    import pytest
+
+    from distml.worker_heap import HEAP_PAD_SHARE, MAX_HEAP_PAD, heap_pad
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the top pad is glibc's")
+    with connect(ClusterSpec(n_workers=1, threads_per_worker=1, memory_limit="256MiB")) as client:
+        faults = client.submit(_page_faults_of_a_reused_block, 100_000, pure=False).result()  # 22 MB
+    assert heap_pad(256 * 2**20) == 256 * 2**20 // HEAP_PAD_SHARE == 32 * 2**20  # the block fits in the pad
+    assert faults < 50  # trimmed at once, the block's 22 MB fault in again: hundreds of faults
+    assert heap_pad(None) == heap_pad(64 * 2**30) == MAX_HEAP_PAD
