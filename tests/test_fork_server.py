@@ -49,7 +49,7 @@ def _page_faults_of_a_reused_block(rows: int) -> int:
     return (resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before) // 5
 
 
-def test_an_embedded_worker_keeps_a_bounded_free_heap_for_its_next_block():
+def test_an_embedded_worker_keeps_the_freed_heap_of_a_block_smaller_than_its_pad_for_its_next_task():
     """Dask's malloc trimming alone hands a freed block back to the OS, so the next task faults its pages in again."""
     import platform
 
