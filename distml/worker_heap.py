@@ -4,8 +4,9 @@ Dask starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that freed memory g
 the worker's memory figure stays true. Then every task's block arrays fault fresh zeroed pages in
 again, and a pass over re-read data spends much of its time in the kernel. ``mallopt(M_TOP_PAD)`` lets
 a worker keep a bounded amount of free heap (at most ``MAX_HEAP_PAD``, and never more than
-1/``HEAP_PAD_SHARE`` of its memory limit); everything above it is still trimmed. Measured in README
-(Speed). glibc only: elsewhere nothing changes.
+1/``HEAP_PAD_SHARE`` of its memory limit); everything above it is still trimmed. glibc keeps the pad
+per malloc arena, and each thread that allocates may have its own: a worker of several threads may
+keep that much per thread. Measured in README (Speed). glibc only: elsewhere nothing changes.
 """
 from __future__ import annotations
 
