@@ -23,8 +23,9 @@ that has stopped or run its epochs leaves the later epochs.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,8 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
             model = copy.deepcopy(state.model)  # never mutate a task's input: it may be another task's result
             try:
                 if len(y):
-                    _attached(model, transforms[i], copy_first=False).partial_fit(X, y, **inputs[i].fit_kwargs)
+                    with _in_given_order(model):
+                        _attached(model, transforms[i], copy_first=False).partial_fit(X, y, **inputs[i].fit_kwargs)
             except Exception as exc:  # noqa: BLE001 - one fit's failure is its own; the others go on
                 out[i] = replace(state, error=exc)
                 continue
@@ -130,6 +132,21 @@ def _attached(model: Any, transform: Any, copy_first: bool = True) -> Any:
     model = copy.copy(model) if copy_first else model
     model.approx_ = transform
     return model
+
+
+@contextlib.contextmanager
+def _in_given_order(model: Any) -> Iterator[None]:
+    """``model.partial_fit`` visits the rows in the order given: they come uniformly shuffled across the
+    group (``_shuffled_together``), so scikit-learn's own shuffle (``shuffle=True``, its default) would
+    only add its random access into the rows. The parameter is restored: the saved model keeps it."""
+    shuffles = getattr(model, "shuffle", False) is True
+    if shuffles:
+        model.shuffle = False
+    try:
+        yield
+    finally:
+        if shuffles:
+            model.shuffle = True
 
 
 def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
