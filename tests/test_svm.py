@@ -81,6 +81,7 @@ def test_linear_kernel_is_within_half_a_point_of_linearsvc(client, make_data, tm
     result = run_job(svm_job(folder, tmp_path, kernel="linear"), client)
     model = load_model(result.uri)
     assert type(model[-1]) is SGDClassifier and model[-1].loss == "hinge"
+    assert model[-1].shuffle is True  # training turns scikit-learn's own shuffle off per step; the saved model keeps it
     reference = reference_accuracy(folder, model, LinearSVC(C=1.0, loss="hinge", max_iter=5000))
     assert abs(result.metrics["accuracy"] - reference) <= 0.005, (result.metrics["accuracy"], reference)
 
