@@ -9,9 +9,12 @@ nanny restarts later is spawned as usual (the start method is set for the cluste
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import sys
+from collections.abc import Iterator
 
 from distml.warmup import READ_MODULES, WORKER_MODULES
 
@@ -45,7 +48,8 @@ def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(dict.fromkeys((*PRELOAD, *modules, LAST_PRELOAD))))
     try:
-        multiprocessing.forkserver.ensure_running()
+        with _import_path_of_this_process():
+            multiprocessing.forkserver.ensure_running()
     except OSError:
         return False
     import distributed.utils  # after the server's start: this import is most of distributed
@@ -54,3 +58,25 @@ def start_fork_server(modules: tuple[str, ...] = ()) -> bool:
     # submitting process, to preload them: this server already has its own.
     distributed.utils._forkserver_preload_set = True
     return True
+
+
+@contextlib.contextmanager
+def _import_path_of_this_process() -> Iterator[None]:
+    """While the server starts: its ``sys.path`` is this process's, so it preloads the modules this process imports.
+
+    Python 3.11's fork server ignores the ``sys_path`` it is handed and starts as ``python -c``, whose path
+    begins with the current folder: a ``distml/`` folder (or a ``pandas.py``) there is what it would preload,
+    and its forks keep what it preloaded. So the server starts with this process's path as ``PYTHONPATH``
+    and ``PYTHONSAFEPATH`` set (nothing prepended); both are restored at once.
+    """
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

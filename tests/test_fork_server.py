@@ -64,3 +64,41 @@ def test_an_embedded_worker_keeps_the_freed_heap_of_a_block_smaller_than_its_pad
     assert heap_pad(256 * 2**20) == 256 * 2**20 // HEAP_PAD_SHARE == 32 * 2**20  # the block fits in the pad
     assert faults < 50  # trimmed at once, the block's 22 MB fault in again: hundreds of faults
     assert heap_pad(None) == heap_pad(64 * 2**30) == MAX_HEAP_PAD
+
+
+PROBE_JOB = """
+import probe_mod
+
+from distml.cluster import connect
+from distml.fork_server import start_fork_server
+from distml.spec import ClusterSpec
+
+
+def where_a_task_imports_it():
+    import probe_mod
+
+    return probe_mod.WHERE
+
+
+if __name__ == "__main__":
+    start_fork_server(("probe_mod",))  # preloaded by the server, as distml's own modules are
+    with connect(ClusterSpec(n_workers=1, threads_per_worker=1)) as client:
+        print(probe_mod.WHERE, client.submit(where_a_task_imports_it).result())
+"""
+
+
+def test_workers_import_what_the_submitting_process_imports_not_the_modules_of_its_current_folder(tmp_path):
+    """Python 3.11's fork server starts with the current folder first on its path, and a worker forked from it
+    keeps the modules the server preloaded from there (distml's own, say) whatever path it then gets."""
+    import subprocess
+    import sys
+
+    script, elsewhere = tmp_path / "script", tmp_path / "elsewhere"
+    for folder in (script, elsewhere):
+        folder.mkdir()
+        (folder / "probe_mod.py").write_text(f"WHERE = {folder.name!r}\n")
+    (script / "probe_job.py").write_text(PROBE_JOB)
+    done = subprocess.run([sys.executable, str(script / "probe_job.py")], cwd=elsewhere, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["script", "script"]
