@@ -3,7 +3,10 @@
 Each epoch the partitions are shuffled (seeded) into groups of ``MIX`` and the
 groups dealt to ``lanes``, one lane per worker thread. A lane is a chain of
 tasks: each reads one group's partitions, shuffles their rows together and
-calls ``partial_fit``, handing the model to the next task. At the end of
+calls ``partial_fit``, handing the model to the next task. With fewer groups
+than threads (data that fits: two partitions a thread), each group is cut into
+row slices by the rows' draw (``_slices``), a task per slice, so that every
+thread has a lane and each lane still mixes the rows of a whole group. At the end of
 the epoch the lane models are averaged on the client (Zinkevich et al., 2010) and the next epoch starts from the average. Rows are
 shuffled across the partitions of a group, so files sorted by the label, or
 each holding nearly one class, do not make a lane train on long runs of one
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 
 LossFn = Callable[[Any, np.ndarray, np.ndarray], float]
 MIX = 4  # partitions one lane step reads and shuffles together (it holds them and their shuffled copy)
+MIN_SLICE_ROWS = 10_000  # a group is cut into row slices of no fewer training rows than this
+SLICE_DIGITS = 2**20  # a row's slice is taken from the draw's low digits, not from its range (validation's)
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -76,13 +81,15 @@ class StepInput:
 
 
 def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[StepInput], seed: int,
-                    transforms: list[Any] | None = None) -> list[LaneState]:
+                    transforms: list[Any] | None = None, row_slice: tuple[int, int] = (0, 1)) -> list[LaneState]:
     """One step of one lane for every fit: read the group once; per fit, score its ``reference`` on the
     validation rows, then ``partial_fit`` a copy of its model on the training rows of all ``sources`` shuffled
     together. Fits with the same ``rows`` share the shuffled (and mapped) copy, made one at a time.
-    ``transforms[i]`` is fit i's map (``SGDFit.transform``), attached while it scores and trains."""
+    ``transforms[i]`` is fit i's map (``SGDFit.transform``), attached while it scores and trains.
+    ``row_slice`` = (k, n): the step takes only the rows of the group's slice k of n (``_in_slice``)."""
     transforms = transforms or [None] * len(inputs)
     blocks = [source.load() for source in sources]
+    slices = [_in_slice(block.u, *row_slice) for block in blocks]
     out: list[LaneState] = list(states)
     sharing: dict[tuple[float, float, float, tuple[Any, ...] | None], list[int]] = {}
     for i, step in enumerate(inputs):
@@ -91,10 +98,10 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
         members = [i for i in members if states[i].error is None]
         scoring = [i for i in members if inputs[i].loss is not None and inputs[i].reference is not None]
         val_loss, n_val, train = dict.fromkeys(members, 0.0), 0, []
-        for block in blocks:
+        for block, in_slice in zip(blocks, slices):
             y = block.y if scale == 1.0 and shift == 0.0 else (block.y - shift) / scale
             val = block.u < fraction
-            mine = np.ones(len(y), dtype=bool) if labels is None else np.isin(block.y, labels)
+            mine = in_slice if labels is None else in_slice & np.isin(block.y, labels)
             val &= mine
             if scoring and val.any():
                 X_val = block.X[val]
@@ -123,6 +130,14 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
                     model.approx_ = None  # the map stays out of the state that leaves the task
             out[i] = LaneState(model, state.val_loss + val_loss[i], state.n_val + n_val, state.n_trained + len(y))
     return out
+
+
+def _in_slice(u: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Which rows fall in slice ``k`` of ``n``: a uniform 1/n of the rows, by the low digits of their draw
+    ``u``, so each slice keeps its share of validation rows (``u < fraction``) and of every class."""
+    if n == 1:
+        return np.ones(len(u), dtype=bool)
+    return (np.floor(u * SLICE_DIGITS).astype(np.int64) % n) == k
 
 
 def _attached(model: Any, transform: Any, copy_first: bool = True) -> Any:
@@ -312,10 +327,26 @@ class _Run:
         return model
 
 
+def _groups(n_parts: int) -> int:
+    return -(-n_parts // MIX)
+
+
+def _slices(parts: Partitions, lanes: int) -> int:
+    """Row slices a group is cut into so that ``lanes`` lanes have work: 1 while there are as many groups as
+    lanes; else enough slices for every lane, each of at least ``MIN_SLICE_ROWS`` training rows.
+
+    A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint classes)
+    average badly. A slice of a whole group keeps that, where lanes of fewer partitions each would not."""
+    groups = _groups(parts.n_parts)
+    if groups >= lanes:
+        return 1
+    return max(1, min(-(-lanes // groups), parts.train_rows // (groups * MIN_SLICE_ROWS)))
+
+
 def _lanes(parts: Partitions, ctx: TrainContext) -> int:
-    """A lane must see rows of many partitions: lane models trained on disjoint files (say, disjoint
-    classes) average badly, so with few partitions there are fewer lanes, each mixing more."""
-    return max(1, min(parts.n_parts // MIX, ctx.env.max_in_flight))
+    """One lane per worker thread, as far as the groups and their slices give each one a task."""
+    threads = ctx.env.max_in_flight
+    return max(1, min(threads, _groups(parts.n_parts) * _slices(parts, threads)))
 
 
 def _epochs(parts: Partitions, ctx: TrainContext, runs: list[_Run], lanes: int, start: int,
@@ -326,7 +357,7 @@ def _epochs(parts: Partitions, ctx: TrainContext, runs: list[_Run], lanes: int, 
     final states (a model and three sums per fit) come back to the client.
     """
     client, n_parts = ctx.env.client, parts.n_parts
-    mix = max(1, min(MIX, n_parts))
+    mix, n_slices = max(1, min(MIX, n_parts)), _slices(parts, lanes)
     total = max((r.fit.schedule.epochs for r in runs), default=1)
     live, epoch = [r for r in runs if r.running], start
     transforms = {id(r.fit.transform): r.fit.transform for r in live if r.fit.transform is not None}
@@ -334,15 +365,17 @@ def _epochs(parts: Partitions, ctx: TrainContext, runs: list[_Run], lanes: int, 
     while live:
         order = np.random.default_rng(ctx.env.child_seeds(1, salt=epoch)[0]).permutation(n_parts)
         groups = [order[i:i + mix] for i in range(0, n_parts, mix)]
-        seeds = ctx.env.child_seeds(len(groups), salt=epoch + 1_000_000)
+        tasks = [(g, k) for g in range(len(groups)) for k in range(n_slices)]
+        seeds = ctx.env.child_seeds(len(tasks), salt=epoch + 1_000_000)
         inputs = [r.step_input(epoch) for r in live]
         maps = [shipped.get(id(r.fit.transform)) for r in live] if shipped else None
         ends = []
         for lane in range(lanes):
             states: Any = [LaneState(r.model) for r in live]
-            for step, g in enumerate(range(lane, len(groups), lanes)):
+            for step, t in enumerate(range(lane, len(tasks), lanes)):
+                g, k = tasks[t]
                 states = client.submit(_sgd_epoch_part, states, [parts.train[i] for i in groups[g]], inputs,
-                                       seeds[g], maps, key=ctx.env.key("train", epoch, lane, step))
+                                       seeds[t], maps, (k, n_slices), key=ctx.env.key("train", epoch, lane, step))
             ends.append(states)
         by_lane: list[list[LaneState]] = client.gather(ends)
         sums = [r.average(epoch, [lane[j] for lane in by_lane]) for j, r in enumerate(live)]
