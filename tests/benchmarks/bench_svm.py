@@ -6,7 +6,9 @@ support vectors, best accuracy about 0.80): one SVC and distml side by side at t
 alone at ``--noisy-alone 200000,500000``, with the route distml took and the prediction time per 10k rows
 (``--sizes ''`` and ``--scaling-size 0`` skip the first dataset); ``--noisy-cascade 50000`` also runs the
 cascade on those rows (``switch_sv_fraction: 1``), with its phases; ``--noisy-classes 3`` makes that data
-three classes (the route then trains one-vs-one).
+three classes (the route then trains one-vs-one); ``--noisy-seeds 0,1,2`` runs each size on that many datasets
+(one per seed) and prints the median accuracy gap and time ratio with their spread, as one 10k-row test set
+moves an accuracy by tenths of a point.
 Each size runs ``--repeat`` times, cascade and reference side by side each time; a summary gives the
 median ratio. Prints a table and writes JSON to ``bench-results/svm-<time>.json``. The cascade runs as
 a ``kind: svm`` job on a LocalCluster of two single-threaded workers, each with LocalCluster's share of
@@ -17,6 +19,7 @@ gamma, fitted in this process on the same (transformed) rows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -175,13 +178,14 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
           f"{os.getloadavg()[0]:.1f}")
     print(f"{'rows':>8} {'who':>7} {'train s':>8} {'job s':>7} {'accuracy':>9} {'SVs/comp':>9} {'pred 10k s':>10}  route")
     out = []
-    for size, with_svc in sizes:
-        folder = make_noisy_dataset(tmp / f"noisy-{size}-{args.noisy_classes}", rows=size,
-                                    features=args.noisy_features, classes=args.noisy_classes)[0]
+    seeds = [int(s) for s in args.noisy_seeds.split(",")]
+    for (size, with_svc), seed in itertools.product(sizes, seeds):
+        folder = make_noisy_dataset(tmp / f"noisy-{size}-{args.noisy_classes}-{seed}", rows=size,
+                                    features=args.noisy_features, classes=args.noisy_classes, seed=seed)[0]
         ours = run_noisy(folder, tmp / "models", 2, args.worker_memory)
         model = ours.pop("model")
-        row = {"rows": size, "train_rows": int(size * (1 - HOLDOUT)), "classes": args.noisy_classes, "distml": ours,
-               "load": os.getloadavg()[0]}
+        row = {"rows": size, "seed": seed, "train_rows": int(size * (1 - HOLDOUT)), "classes": args.noisy_classes,
+               "distml": ours, "load": os.getloadavg()[0]}
         print(f"{size:>8} {'distml':>7} {ours['seconds']:>8.1f} {ours['job_seconds']:>7.1f} {ours['accuracy']:>9.4f} "
               f"{ours['size']:>9} {ours['predict_10k']:>10.2f}  {ours['route']} (probe SV fraction "
               f"{ours['sv_fraction']}{', ' + ours['record']['multiclass'] if ours['record'].get('multiclass') else ''})",
@@ -210,7 +214,17 @@ def noisy_section(args: argparse.Namespace, tmp: Path) -> list[dict]:
         out.append(row)
         Path(args.out).mkdir(exist_ok=True)  # each size as it finishes: a long run that is stopped keeps its rows
         (Path(args.out) / "svm-noisy-latest.json").write_text(json.dumps(out, indent=2))
+        if with_svc and len(seeds) > 1 and seed == seeds[-1]:
+            _print_spread([r for r in out if r["rows"] == size and "svc" in r])
     return out
+
+
+def _print_spread(rows: list[dict]) -> None:
+    """One size's runs over the data's seeds: median (min-max) of the accuracy gap to one SVC and of the time ratio."""
+    gaps, ratios = [r["accuracy_gap"] for r in rows], [r["ratio"] for r in rows]
+    print(f"{rows[0]['rows']:>8} {'spread':>7}  over data seeds {[r['seed'] for r in rows]}: accuracy distml - SVC "
+          f"{statistics.median(gaps):+.4f} ({min(gaps):+.4f} to {max(gaps):+.4f}), distml/SVC time "
+          f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", flush=True)
 
 
 def main() -> None:
@@ -229,6 +243,8 @@ def main() -> None:
     parser.add_argument("--noisy-alone", default="200000,500000", help="noisy rows for distml alone ('': none)")
     parser.add_argument("--noisy-features", type=int, default=24, help="features of the noisy data (20-28)")
     parser.add_argument("--noisy-classes", type=int, default=2, help="classes of the noisy data")
+    parser.add_argument("--noisy-seeds", default="0",
+                        help="seeds of the noisy data, one dataset each (a 10k-row test set moves accuracy by tenths)")
     parser.add_argument("--noisy-cascade", default="",
                         help="of those noisy sizes, the ones where the cascade also runs, kept by switch_sv_fraction: 1")
     parser.add_argument("--out", default="bench-results")
