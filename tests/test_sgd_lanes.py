@@ -17,7 +17,7 @@ from distml.cluster import worker_resources
 from distml.data import open_dataset
 from distml.features import plan_features
 from distml.models import logistic
-from distml.models._sgd import MIX, _in_slice
+from distml.models._sgd import MIX, ShuffledRows, _in_slice
 from distml.models.base import TrainContext
 from distml.spec import DataSpec
 from distml.synth import _write, make_rows
@@ -61,3 +61,23 @@ def test_few_partitions_of_files_one_class_each_train_in_both_lanes_within_half_
     reference = LogisticRegression(max_iter=1000).fit(plan.transformer.transform(pd.DataFrame(X, columns=columns)), y)
     theirs, mine = (reference.predict(test) == test_y).mean(), (ours.predict(test) == test_y).mean()
     assert mine > theirs - 0.005, (mine, theirs)
+
+
+def test_shuffled_rows_gathered_in_batches_are_the_whole_shuffled_copy():
+    """The mapped route's SGD gathers each float64 batch from the held blocks: the same rows, in the same order."""
+    rng = np.random.default_rng(1)
+    pieces = [(rng.random((n, 5), dtype=np.float32), rng.integers(0, 3, n), np.flatnonzero(rng.random(n) < 0.7))
+              for n in (40, 7, 25)]
+    rows = ShuffledRows(pieces, seed=3)
+    whole = rows.whole()
+    chosen = np.concatenate([Xb[r] for Xb, _, r in pieces])
+    labels = np.concatenate([yb[r] for _, yb, r in pieces])
+    assert whole.dtype == np.float32 and len(rows) == len(chosen)
+    order = np.lexsort(whole.T)  # the same rows with their labels, shuffled
+    np.testing.assert_array_equal(whole[order], chosen[np.lexsort(chosen.T)])
+    np.testing.assert_array_equal(rows.y[order], labels[np.lexsort(chosen.T)])
+    assert not np.array_equal(whole, chosen)
+    batches = [rows.batch(lo, min(lo + 8, len(rows))).copy() for lo in range(0, len(rows), 8)]
+    assert all(b.dtype == np.float64 for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), whole.astype(np.float64))
+    np.testing.assert_array_equal(ShuffledRows(pieces, seed=3).whole(), whole)  # the seed fixes the order

@@ -152,14 +152,18 @@ def features(approx: Any, X: np.ndarray) -> np.ndarray:
 
 class _MappedSGD(SGDClassifier):
     """Training-time only: an SGDClassifier on blocks already mapped to features (``_map_part``),
-    fed to SGD a float64 batch at a time."""
+    fed to SGD a float64 batch at a time; from the SGD engine's shuffled rows, each batch is gathered
+    from the held blocks (``BATCHED``: no whole shuffled copy of the features)."""
+
+    BATCHED = True
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _MappedSGD:
         step = max(256, FEATURE_BATCH_BYTES // (8 * max(1, X.shape[1])))
+        gather = getattr(X, "batch", None)  # _sgd.ShuffledRows
         for lo in range(0, max(1, len(X)), step):
             weight = None if sample_weight is None else sample_weight[lo:lo + step]
-            super().partial_fit(np.asarray(X[lo:lo + step], dtype=np.float64), y[lo:lo + step], classes=classes,
-                                sample_weight=weight)
+            rows = gather(lo, min(lo + step, len(X))) if gather else np.asarray(X[lo:lo + step], dtype=np.float64)
+            super().partial_fit(rows, y[lo:lo + step], classes=classes, sample_weight=weight)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -112,7 +112,9 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
                         out[i] = replace(out[i], error=exc)
             n_val += int(val.sum())
             train.append((block.X, y, np.flatnonzero(mine & ~val)))
-        X, y = _shuffled_together(train, seed)
+        rows = ShuffledRows(train, seed)
+        # one copy for every fit that takes the rows whole; none when each gathers its batches (BATCHED)
+        y, X = rows.y, rows if all(getattr(states[i].model, "BATCHED", False) for i in members) else rows.whole()
         for i in members:
             state = out[i]
             if state.error is not None:  # its scoring failed
@@ -152,7 +154,7 @@ def _attached(model: Any, transform: Any, copy_first: bool = True) -> Any:
 @contextlib.contextmanager
 def _in_given_order(model: Any) -> Iterator[None]:
     """``model.partial_fit`` visits the rows in the order given: they come uniformly shuffled across the
-    group (``_shuffled_together``), so scikit-learn's own shuffle (``shuffle=True``, its default) would
+    group (``ShuffledRows``), so scikit-learn's own shuffle (``shuffle=True``, its default) would
     only add its random access into the rows. The parameter is restored: the saved model keeps it."""
     shuffles = getattr(model, "shuffle", False) is True
     if shuffles:
@@ -164,19 +166,54 @@ def _in_given_order(model: Any) -> Iterator[None]:
             model.shuffle = True
 
 
-def _shuffled_together(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """The chosen rows of several blocks in one random order, written once into a single array."""
-    total = sum(len(rows) for _, _, rows in pieces)
-    position = np.random.default_rng(seed).permutation(total)
-    X = np.empty((total, pieces[0][0].shape[1]), dtype=pieces[0][0].dtype)  # float16/32 for mapped kernel features
-    y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
-    start = 0
-    for Xb, yb, rows in pieces:
-        where = position[start:start + len(rows)]
-        X[where], y[where] = Xb[rows], yb[rows]
-        start += len(rows)
-    return X, y
+class ShuffledRows:
+    """The chosen rows of several blocks in one random order: their labels, and their features either written
+    once into a single array (``whole``) or gathered a batch at a time (``batch``).
+
+    Batches suit wide features (a kernel map's, held on the workers): there the whole shuffled copy, fresh
+    memory as large as the group's features, costs about as much as the SGD steps over it.
+    """
+
+    def __init__(self, pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int) -> None:
+        total = sum(len(rows) for _, _, rows in pieces)
+        position = np.random.default_rng(seed).permutation(total)
+        self.pieces = [Xb for Xb, _, _ in pieces]
+        self.owner, self.local = np.empty(total, dtype=np.intp), np.empty(total, dtype=np.intp)
+        self.y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
+        start = 0
+        for piece, (_, yb, rows) in enumerate(pieces):
+            where = position[start:start + len(rows)]
+            self.owner[where], self.local[where], self.y[where] = piece, rows, yb[rows]
+            start += len(rows)
+        self.shape = (total, pieces[0][0].shape[1])
+        self._buffer: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def whole(self) -> np.ndarray:
+        """Every row's features in the shuffled order, in the blocks' dtype (float16/32 for mapped kernel features)."""
+        X = np.empty(self.shape, dtype=self.pieces[0].dtype)
+        self._gather(X, slice(None))
+        return X
+
+    def batch(self, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo:hi`` of the shuffled order as float64, in one buffer reused from batch to batch (the
+        previous batch is overwritten: the caller is done with it)."""
+        if self._buffer is None or len(self._buffer) < hi - lo:
+            self._buffer = np.empty((hi - lo, self.shape[1]), dtype=np.float64)
+        out = self._buffer[:hi - lo]
+        self._gather(out, slice(lo, hi))
+        return out
+
+    def _gather(self, out: np.ndarray, span: slice) -> None:
+        owner, local = self.owner[span], self.local[span]
+        if len(self.pieces) == 1:
+            out[:] = self.pieces[0][local]
+            return
+        for piece, Xb in enumerate(self.pieces):
+            mine = np.flatnonzero(owner == piece)
+            out[mine] = Xb[local[mine]]
 
 
 # --- runs on the client ------------------------------------------------------
