@@ -190,6 +190,14 @@ def _local_cluster(spec: ClusterSpec) -> Iterator[Any]:
 
 
 def _start_local_cluster(spec: ClusterSpec) -> Any:
+    """The embedded LocalCluster: forked workers (``distml.fork_server``), loopback only, the nanny's memory limit.
+
+    A single-threaded worker is never paused for memory. Pausing stops the next task from starting until
+    Dask's memory monitor (every 100 ms) sees the process below 80% of its limit; it cannot shrink the task that
+    raised the memory, which has ended by then. On data larger than memory, a lane step's peak crossed 80%
+    at nearly every step and each next task waited for the monitor's tick. Spilling and the nanny's restart
+    at 95% still apply.
+    """
     import dask
     from distributed import LocalCluster
 
@@ -199,15 +207,18 @@ def _start_local_cluster(spec: ClusterSpec) -> Any:
     from distml.worker_heap import HeapPad
 
     n_workers, threads = default_workers()
+    threads = spec.threads_per_worker or threads
     memory = parse_size(spec.memory_limit) if spec.memory_limit else "auto"
     security = embedded_security(spec)
     _ignore_busy_port_warning()
     method = "forkserver" if start_fork_server() else "spawn"  # started already, if the caller began early
+    settings = {"distributed.worker.multiprocessing-method": method,
+                **({"distributed.worker.memory.pause": False} if threads == 1 else {})}
     try:
-        with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+        with dask.config.set(settings):  # the nannies hand their config to the workers they start
             return LocalCluster(
                 n_workers=spec.n_workers or n_workers,
-                threads_per_worker=spec.threads_per_worker or threads,
+                threads_per_worker=threads,
                 memory_limit=memory,
                 processes=True,
                 host="127.0.0.1",

@@ -174,3 +174,21 @@ def test_tree_sums_combine_by_position_whatever_order_the_parts_finish_in(client
         while reach < n:
             depth, reach = depth + 1, reach * fan_in
         assert len(levels) == depth and levels == set(range(depth)), (levels, n)
+
+
+def _pause_fraction(dask_worker) -> float | bool:
+    return dask_worker.memory_manager.memory_pause_fraction
+
+
+def test_single_threaded_embedded_workers_are_never_paused_for_memory_and_threaded_ones_keep_dasks_pause():
+    """Pausing cannot shrink a lone thread's task, only delay the next one by a monitor tick; spilling and the
+    nanny's restart still guard the worker. With several threads the pause keeps new tasks from piling up."""
+    from distml.cluster import connect
+    from distml.spec import ClusterSpec
+
+    for threads, pause in ((1, False), (2, 0.8)):
+        with connect(ClusterSpec(n_workers=1, threads_per_worker=threads, memory_limit="400MiB")) as client:
+            assert list(client.run(_pause_fraction).values()) == [pause]
+            memory = client.run(lambda dask_worker: (dask_worker.memory_manager.memory_limit,
+                                                     dask_worker.memory_manager.memory_spill_fraction))
+            assert list(memory.values()) == [(400 * 2**20, 0.7)]
