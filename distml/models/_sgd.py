@@ -177,15 +177,16 @@ class ShuffledRows:
     def __init__(self, pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int) -> None:
         total = sum(len(rows) for _, _, rows in pieces)
         position = np.random.default_rng(seed).permutation(total)
-        self.pieces = [Xb for Xb, _, _ in pieces]
-        self.owner, self.local = np.empty(total, dtype=np.intp), np.empty(total, dtype=np.intp)
+        self.pieces, self._rows, self._where = [Xb for Xb, _, _ in pieces], [rows for _, _, rows in pieces], []
         self.y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
         start = 0
-        for piece, (_, yb, rows) in enumerate(pieces):
-            where = position[start:start + len(rows)]
-            self.owner[where], self.local[where], self.y[where] = piece, rows, yb[rows]
+        for _, yb, rows in pieces:
+            where = position[start:start + len(rows)]  # where each chosen row of the piece goes
+            self._where.append(where)
+            self.y[where] = yb[rows]
             start += len(rows)
         self.shape = (total, pieces[0][0].shape[1])
+        self._source: tuple[np.ndarray, np.ndarray] | None = None  # (piece, row) of each position, for batches
         self._buffer: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -194,26 +195,26 @@ class ShuffledRows:
     def whole(self) -> np.ndarray:
         """Every row's features in the shuffled order, in the blocks' dtype (float16/32 for mapped kernel features)."""
         X = np.empty(self.shape, dtype=self.pieces[0].dtype)
-        self._gather(X, slice(None))
+        for Xb, rows, where in zip(self.pieces, self._rows, self._where):
+            X[where] = Xb[rows]
         return X
 
     def batch(self, lo: int, hi: int) -> np.ndarray:
         """Rows ``lo:hi`` of the shuffled order as float64, in one buffer reused from batch to batch (the
         previous batch is overwritten: the caller is done with it)."""
+        if self._source is None:
+            owner, local = np.empty(len(self), dtype=np.intp), np.empty(len(self), dtype=np.intp)
+            for piece, (rows, where) in enumerate(zip(self._rows, self._where)):
+                owner[where], local[where] = piece, rows
+            self._source = owner, local
         if self._buffer is None or len(self._buffer) < hi - lo:
             self._buffer = np.empty((hi - lo, self.shape[1]), dtype=np.float64)
         out = self._buffer[:hi - lo]
-        self._gather(out, slice(lo, hi))
-        return out
-
-    def _gather(self, out: np.ndarray, span: slice) -> None:
-        owner, local = self.owner[span], self.local[span]
-        if len(self.pieces) == 1:
-            out[:] = self.pieces[0][local]
-            return
+        owner, local = self._source[0][lo:hi], self._source[1][lo:hi]
         for piece, Xb in enumerate(self.pieces):
-            mine = np.flatnonzero(owner == piece)
+            mine = np.flatnonzero(owner == piece) if len(self.pieces) > 1 else slice(None)
             out[mine] = Xb[local[mine]]
+        return out
 
 
 # --- runs on the client ------------------------------------------------------
