@@ -17,7 +17,8 @@ from distml.cluster import worker_resources
 from distml.data import open_dataset
 from distml.features import plan_features
 from distml.models import logistic
-from distml.models._sgd import MIX, ShuffledRows, _in_slice
+from distml.models._lane_rows import ShuffledRows, in_slice
+from distml.models._sgd import MIX
 from distml.models.base import TrainContext
 from distml.spec import DataSpec
 from distml.synth import _write, make_rows
@@ -27,11 +28,11 @@ JOB = "20260101-000000-lanes"
 
 def test_slices_cut_the_rows_into_disjoint_even_shares_that_keep_the_validation_share():
     u = np.random.default_rng(0).random(300_000)
-    masks = [_in_slice(u, k, 3) for k in range(3)]
+    masks = [in_slice(u, k, 3) for k in range(3)]
     assert (np.sum(masks, axis=0) == 1).all()  # every row in exactly one slice
     assert [round(m.mean(), 2) for m in masks] == [0.33] * 3
     assert [round((u[m] < 0.1).mean(), 2) for m in masks] == [0.1] * 3  # validation rows are u < fraction
-    assert _in_slice(u, 0, 1).all()
+    assert in_slice(u, 0, 1).all()
 
 
 def test_few_partitions_of_files_one_class_each_train_in_both_lanes_within_half_a_point(client, tmp_path):

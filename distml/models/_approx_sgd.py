@@ -159,7 +159,7 @@ class _MappedSGD(SGDClassifier):
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> _MappedSGD:
         step = max(256, FEATURE_BATCH_BYTES // (8 * max(1, X.shape[1])))
-        gather = getattr(X, "batch", None)  # _sgd.ShuffledRows
+        gather = getattr(X, "batch", None)  # _lane_rows.ShuffledRows
         for lo in range(0, max(1, len(X)), step):
             weight = None if sample_weight is None else sample_weight[lo:lo + step]
             rows = gather(lo, min(lo + step, len(X))) if gather else np.asarray(X[lo:lo + step], dtype=np.float64)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distml.checkpoints import fitted_state, with_state
+from distml.models._lane_rows import ShuffledRows, in_slice
 from distml.models._stopping import best_and_stale
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 LossFn = Callable[[Any, np.ndarray, np.ndarray], float]
 MIX = 4  # partitions one lane step reads and shuffles together (it holds them and their shuffled copy)
 MIN_SLICE_ROWS = 10_000  # a group is cut into row slices of no fewer training rows than this
-SLICE_DIGITS = 2**20  # a row's slice is taken from the draw's low digits, not from its range (validation's)
 
 # --- runs on workers ---------------------------------------------------------
 
@@ -86,10 +86,10 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
     validation rows, then ``partial_fit`` a copy of its model on the training rows of all ``sources`` shuffled
     together. Fits with the same ``rows`` share the shuffled (and mapped) copy, made one at a time.
     ``transforms[i]`` is fit i's map (``SGDFit.transform``), attached while it scores and trains.
-    ``row_slice`` = (k, n): the step takes only the rows of the group's slice k of n (``_in_slice``)."""
+    ``row_slice`` = (k, n): the step takes only the rows of the group's slice k of n (``in_slice``)."""
     transforms = transforms or [None] * len(inputs)
     blocks = [source.load() for source in sources]
-    slices = [_in_slice(block.u, *row_slice) for block in blocks]
+    slices = [in_slice(block.u, *row_slice) for block in blocks]
     out: list[LaneState] = list(states)
     sharing: dict[tuple[float, float, float, tuple[Any, ...] | None], list[int]] = {}
     for i, step in enumerate(inputs):
@@ -98,10 +98,10 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
         members = [i for i in members if states[i].error is None]
         scoring = [i for i in members if inputs[i].loss is not None and inputs[i].reference is not None]
         val_loss, n_val, train = dict.fromkeys(members, 0.0), 0, []
-        for block, in_slice in zip(blocks, slices):
+        for block, sliced in zip(blocks, slices):
             y = block.y if scale == 1.0 and shift == 0.0 else (block.y - shift) / scale
             val = block.u < fraction
-            mine = in_slice if labels is None else in_slice & np.isin(block.y, labels)
+            mine = sliced if labels is None else sliced & np.isin(block.y, labels)
             val &= mine
             if scoring and val.any():
                 X_val = block.X[val]
@@ -134,14 +134,6 @@ def _sgd_epoch_part(states: list[LaneState], sources: list[Any], inputs: list[St
     return out
 
 
-def _in_slice(u: np.ndarray, k: int, n: int) -> np.ndarray:
-    """Which rows fall in slice ``k`` of ``n``: a uniform 1/n of the rows, by the low digits of their draw
-    ``u``, so each slice keeps its share of validation rows (``u < fraction``) and of every class."""
-    if n == 1:
-        return np.ones(len(u), dtype=bool)
-    return (np.floor(u * SLICE_DIGITS).astype(np.int64) % n) == k
-
-
 def _attached(model: Any, transform: Any, copy_first: bool = True) -> Any:
     """``model`` with ``transform`` as its ``approx_`` (a shallow copy unless ``copy_first`` is False)."""
     if transform is None:
@@ -164,57 +156,6 @@ def _in_given_order(model: Any) -> Iterator[None]:
     finally:
         if shuffles:
             model.shuffle = True
-
-
-class ShuffledRows:
-    """The chosen rows of several blocks in one random order: their labels, and their features either written
-    once into a single array (``whole``) or gathered a batch at a time (``batch``).
-
-    Batches suit wide features (a kernel map's, held on the workers): there the whole shuffled copy, fresh
-    memory as large as the group's features, costs about as much as the SGD steps over it.
-    """
-
-    def __init__(self, pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int) -> None:
-        total = sum(len(rows) for _, _, rows in pieces)
-        position = np.random.default_rng(seed).permutation(total)
-        self.pieces, self._rows, self._where = [Xb for Xb, _, _ in pieces], [rows for _, _, rows in pieces], []
-        self.y = np.empty(total, dtype=np.result_type(*(yb.dtype for _, yb, _ in pieces)))
-        start = 0
-        for _, yb, rows in pieces:
-            where = position[start:start + len(rows)]  # where each chosen row of the piece goes
-            self._where.append(where)
-            self.y[where] = yb[rows]
-            start += len(rows)
-        self.shape = (total, pieces[0][0].shape[1])
-        self._source: tuple[np.ndarray, np.ndarray] | None = None  # (piece, row) of each position, for batches
-        self._buffer: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def whole(self) -> np.ndarray:
-        """Every row's features in the shuffled order, in the blocks' dtype (float16/32 for mapped kernel features)."""
-        X = np.empty(self.shape, dtype=self.pieces[0].dtype)
-        for Xb, rows, where in zip(self.pieces, self._rows, self._where):
-            X[where] = Xb[rows]
-        return X
-
-    def batch(self, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo:hi`` of the shuffled order as float64, in one buffer reused from batch to batch (the
-        previous batch is overwritten: the caller is done with it)."""
-        if self._source is None:
-            owner, local = np.empty(len(self), dtype=np.intp), np.empty(len(self), dtype=np.intp)
-            for piece, (rows, where) in enumerate(zip(self._rows, self._where)):
-                owner[where], local[where] = piece, rows
-            self._source = owner, local
-        if self._buffer is None or len(self._buffer) < hi - lo:
-            self._buffer = np.empty((hi - lo, self.shape[1]), dtype=np.float64)
-        out = self._buffer[:hi - lo]
-        owner, local = self._source[0][lo:hi], self._source[1][lo:hi]
-        for piece, Xb in enumerate(self.pieces):
-            mine = np.flatnonzero(owner == piece) if len(self.pieces) > 1 else slice(None)
-            out[mine] = Xb[local[mine]]
-        return out
 
 
 # --- runs on the client ------------------------------------------------------
