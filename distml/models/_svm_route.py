@@ -196,6 +196,14 @@ def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
     return max(p["n_components"] for p in curve if p["accuracy"] >= best - tol), tol
 
 
+def _solver(route: Route, sgd: dict[str, Any], ctx: TrainContext) -> str:
+    """How the route's linear SVM is fitted, for its reason: by its dual (two classes, hinge loss) where the
+    features are held, else by SGD."""
+    if route.multiclass is None and sgd["loss"] == "hinge" and len(ctx.data.classes) == 2:
+        return f" (solved by its dual where the features are held, else {route.epochs} epochs of SGD)"
+    return f", {route.epochs} epochs"
+
+
 def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: dict[str, Any], gram_bytes: int,
            sgd: dict[str, Any], multiclass: str | None = None) -> Route:
     """Measure the support-vector fraction of a probe SVC and choose the route (see the module's docstring).
@@ -253,6 +261,6 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
                         f"top fit cost about one SVC; Nyström features ({size}) with a linear SVM instead"
-                        f"{f' ({multiclass})' if multiclass else ''}, {route.epochs} epochs")
+                        f"{f' ({multiclass})' if multiclass else ''}{_solver(route, sgd, ctx)}")
     route.seconds = time.perf_counter() - started
     return route

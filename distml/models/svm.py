@@ -315,7 +315,7 @@ def train(parts: Partitions, params: Params, ctx: TrainContext) -> BaseEstimator
                                              "epochs": route.epochs})
         _check_nystroem_memory(switched, ctx)
         model = _train_approximation(parts, switched, ctx, weights, loss=_route_loss(params), approx=route.approx,
-                                     pairs=route.multiclass == "one-vs-one")
+                                     pairs=route.multiclass == "one-vs-one", exact=True)
     ctx.env.record_training(route.record(time.perf_counter() - started))
     return model
 
@@ -326,10 +326,12 @@ def _route_loss(params: Params) -> str:
 
 
 def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, weights: Any,
-                         loss: str | None = None, approx: Any = None, pairs: bool = False) -> BaseEstimator:
+                         loss: str | None = None, approx: Any = None, pairs: bool = False,
+                         exact: bool = False) -> BaseEstimator:
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``, or
     with ``pairs`` ``Pipeline([approx, OneVsOneClassifier])`` (``approx``: a map already fitted, else one
-    fitted on a sample)."""
+    fitted on a sample). ``exact`` (the route's): a binary hinge SVM on held features is solved by its dual
+    (``_dual_svm``), not by SGD, which stops short of it."""
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD, plain_sgd
     from distml.models._pairs import train_pairs
 
@@ -339,7 +341,18 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
         data, fit = parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx)
     else:
         data, fit = mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss)
-    model = train_pairs(data, fit, ctx, params.C, params.alpha) if pairs else plain_sgd(train_sgd(data, fit, ctx))
+    if exact and mapped is not None and not pairs and fit.template.loss == "hinge" and len(ctx.data.classes) == 2:
+        from distml.models._dual_svm import as_sgd, train_dual
+
+        w, solve = train_dual(mapped, ctx, int(approx.n_components), params.C, weights, residual=getattr(approx, "kernel", None) == "rbf")
+        ctx.env.log(f"linear SVM: {solve['solver']}, {solve['rounds']} rounds, relative duality gap "
+                    f"{solve['duality_gap']:.1e}")
+        ctx.env.record_training({"solver": solve})
+        model = as_sgd(plain_sgd(fit.template), w, ctx.data.classes, solve["rounds"])
+    elif pairs:
+        model = train_pairs(data, fit, ctx, params.C, params.alpha)
+    else:
+        model = plain_sgd(train_sgd(data, fit, ctx))
     if mapped is not None:
         ctx.env.client.cancel(mapped.train)
     return _pipeline(approx, model)
@@ -367,9 +380,14 @@ def _mapped(parts: Partitions, approx: Any, ctx: TrainContext) -> Partitions | N
         ctx.env.log(f"kernel features: {need / 2**20:,.0f} MiB, more than {MAPPED_SHARE:.0%} of the cluster's memory: "
                     "mapping the rows again at every epoch")
         return None
+    from distml.models._dual_svm import lane_homes, lane_of
+
     client = ctx.env.client
     shared = client.scatter(approx, broadcast=True)  # one copy per worker, not one per task
-    train = [client.submit(_map_part, source, shared, dtype, key=ctx.env.key("map", i))
+    lanes = max(1, min(ctx.env.max_in_flight, len(parts.train)))
+    homes = lane_homes(client, lanes)  # where the exact solver's lanes will read them (the SGD engine: anywhere)
+    train = [client.submit(_map_part, source, shared, dtype, key=ctx.env.key("map", i),
+                           workers=homes[lane_of(i, lanes)], allow_other_workers=True)
              for i, source in enumerate(parts.train)]
     ctx.env.log(f"kernel features: {np.dtype(dtype).itemsize * cells / 2**20:,.0f} MiB of {np.dtype(dtype).name} "
                 "held on the workers for the epochs")
