@@ -19,8 +19,8 @@ JOB = "20260101-000000-dual"
 TOL = 1e-3  # tighter than the route's DUAL_TOL: the solver itself must reach the optimum
 
 
-def _held(client, tmp_path, rows: int = 6000):
-    X, y = make_rows("classification", rows, 6, 2, seed=3, stream=0, noise=2.0)
+def _held(client, tmp_path, rows: int = 6000, classes: int = 2):
+    X, y = make_rows("classification", rows, 6, classes, seed=3, stream=0, noise=2.0)
     for i, part in enumerate(np.array_split(np.arange(rows), 4)):
         _write(tmp_path / f"part-{i}.parquet", X[part], y[part], None)
     dataset = open_dataset(DataSpec(path=str(tmp_path), target="target", holdout=0.0), 0)
@@ -52,11 +52,12 @@ def _mapped(client, parts, Z: np.ndarray, components: int):
     return held, np.concatenate(client.gather([client.submit(lambda b: b.X, f) for f in held.train])).astype(np.float64)
 
 
-def _optimum(Z: np.ndarray, signs: np.ndarray, r: np.ndarray, C: float) -> tuple[np.ndarray, float]:
-    """The smoothed-hinge primal's minimiser (features, then the intercept) by L-BFGS, in memory."""
+def _optimum(Z: np.ndarray, signs: np.ndarray, r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, float]:
+    """The smoothed-hinge primal's minimiser (features, then the intercept) by L-BFGS, in memory (``c``: each
+    row's bound of α, C times its class weight)."""
     from scipy.optimize import minimize
 
-    A, c = np.hstack([Z, np.ones((len(Z), 1))]), np.full(len(Z), C)
+    A = np.hstack([Z, np.ones((len(Z), 1))])
 
     def primal(v: np.ndarray) -> tuple[float, np.ndarray]:
         margins = signs * (A @ v)
@@ -72,10 +73,11 @@ def test_the_lanes_solve_the_svm_of_the_map_with_its_residual_diagonal(client, t
     ctx, parts, X, y, logs = _held(client, tmp_path)
     held, Z = _mapped(client, parts, X, components=200)
     w, solve = train_dual(held, ctx, Z.shape[1], 1.0, None, residual=True, tol=TOL, max_rounds=400)
+    w = w[0]
     client.cancel([*parts.train, *held.train])
     signs = np.where(y == np.unique(y)[1], 1.0, -1.0)
     r = np.maximum(1.0 - np.einsum("ij,ij->i", Z, Z), 0.0)
-    best, lowest = _optimum(Z, signs, r, 1.0)
+    best, lowest = _optimum(Z, signs, r, np.ones(len(Z)))
     ours = 0.5 * w @ w + smoothed_hinge(signs * (Z @ w[:-1] + w[-1]), r, np.ones(len(Z))).sum()
     assert solve["duality_gap"] <= TOL and solve["lanes"] == 2 and solve["residual_diagonal"]
     assert lowest <= ours <= lowest * (1 + TOL)  # the gap bounds our distance to the optimum
@@ -83,9 +85,31 @@ def test_the_lanes_solve_the_svm_of_the_map_with_its_residual_diagonal(client, t
     assert logs[-1].startswith(f"dual round {solve['rounds']}: ")
 
 
+def test_three_classes_solve_one_svm_per_pair_on_its_rows_with_its_class_weights(client, tmp_path):
+    from distml.models._pairs import pairs_of
+
+    ctx, parts, X, y, _ = _held(client, tmp_path, classes=3)
+    held, Z = _mapped(client, parts, X, components=150)
+    pairs, weights = pairs_of([0, 1, 2]), {0: 1.0, 1: 2.0, 2: 0.5}
+    tol = 3 * TOL  # three problems, the gap the largest of theirs
+    W, solve = train_dual(held, ctx, Z.shape[1], 0.5, weights, residual=True, pairs=pairs, tol=tol, max_rounds=400)
+    client.cancel([*parts.train, *held.train])
+    assert W.shape == (3, Z.shape[1] + 1) and solve["problems"] == 3 and solve["duality_gap"] <= tol
+    r = np.maximum(1.0 - np.einsum("ij,ij->i", Z, Z), 0.0)
+    for (negative, positive), w in zip(pairs, W):
+        rows = np.isin(y, (negative, positive))
+        signs = np.where(y[rows] == positive, 1.0, -1.0)
+        c = 0.5 * np.where(y[rows] == positive, weights[positive], weights[negative])
+        best, lowest = _optimum(Z[rows], signs, r[rows], c)
+        ours = 0.5 * w @ w + smoothed_hinge(signs * (Z[rows] @ w[:-1] + w[-1]), r[rows], c).sum()
+        assert lowest <= ours <= lowest * (1 + tol)
+        assert np.linalg.norm(w - best) <= np.sqrt(2 * (ours - lowest)) + 1e-6
+
+
 def test_without_a_residual_the_lanes_approach_the_svm_liblinear_solves(client, tmp_path):
     ctx, parts, Z, y, _ = _held(client, tmp_path)
     w, solve = train_dual(parts, ctx, Z.shape[1], 1.0, None, residual=False, max_rounds=100)
+    w = w[0]
     client.cancel(parts.train)
     signs = np.where(y == np.unique(y)[1], 1.0, -1.0)
     ref = LinearSVC(C=1.0, loss="hinge", intercept_scaling=1.0, tol=1e-6, max_iter=200_000).fit(Z, y)

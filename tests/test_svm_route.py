@@ -106,7 +106,9 @@ def test_three_noisy_classes_take_the_nystroem_route_one_vs_one_within_a_point_o
     assert type(ovo) is OneVsOneClassifier and [type(e) for e in ovo.estimators_] == [SGDClassifier] * 3
     assert ovo.classes_.tolist() == [0, 1, 2]
     assert "one-vs-one: 3 binary linear SVMs, one per pair of the 3 classes, each on its pair's rows (as SVC)" in events
-    assert sum(e.startswith("epoch ") and "3 one-vs-one fits trained in" in e for e in events) == route["epochs"]
+    solve = json.loads((Path(result.uri) / "manifest.json").read_text())["training"]["solver"]
+    assert solve["problems"] == 3 and sum(e.startswith("dual round ") for e in events) == solve["rounds"]
+    assert any(e.startswith(f"linear SVM: dual coordinate descent (CoCoA+), {solve['rounds']} rounds") for e in events)
     assert abs(route["sv_fraction"] - probe_fraction(folder, model[0], model[-1][0].gamma)) <= 0.01
     reference = one_svc_accuracy(folder, model[0], model[-1][0].gamma)
     assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)

@@ -78,6 +78,12 @@ def multiclass(n_classes: int, probability: bool) -> str | None:
     return "one-vs-rest" if probability or n_classes > MAX_PAIR_CLASSES else "one-vs-one"
 
 
+def log_pairs(ctx: TrainContext, n_classes: int) -> None:
+    """The log's line for a one-vs-one model."""
+    ctx.env.log(f"one-vs-one: {n_classes * (n_classes - 1) // 2} binary linear SVMs, one per pair of the {n_classes} "
+                "classes, each on its pair's rows (as SVC)")
+
+
 def train_pairs(parts: Partitions, fit: SGDFit, ctx: TrainContext, C: float, alpha: float | None) -> OneVsOneClassifier:
     """One binary linear SVM per pair of classes from shared epochs, as one ``OneVsOneClassifier``."""
     from distml.models._approx_sgd import plain_sgd
@@ -86,7 +92,6 @@ def train_pairs(parts: Partitions, fit: SGDFit, ctx: TrainContext, C: float, alp
     classes = ctx.data.classes
     counts = dict(zip(classes.tolist(), ctx.data.class_counts.tolist()))
     fits = pair_fits(fit, classes, C, counts, alpha)
-    ctx.env.log(f"one-vs-one: {len(fits)} binary linear SVMs, one per pair of the {len(classes)} classes, "
-                "each on its pair's rows (as SVC)")
+    log_pairs(ctx, len(classes))
     binaries = train_sgd_together(parts, fits, ctx, "one-vs-one fits")
     return one_vs_one([plain_sgd(b) for b in binaries], classes)

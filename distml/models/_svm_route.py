@@ -197,9 +197,9 @@ def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
 
 
 def _solver(route: Route, sgd: dict[str, Any], ctx: TrainContext) -> str:
-    """How the route's linear SVM is fitted, for its reason: by its dual (two classes, hinge loss) where the
-    features are held, else by SGD."""
-    if route.multiclass is None and sgd["loss"] == "hinge" and len(ctx.data.classes) == 2:
+    """How the route's linear SVM is fitted, for its reason: by its dual (hinge loss, two classes or one
+    problem per pair) where the features are held, else by SGD."""
+    if route.multiclass != "one-vs-rest" and sgd["loss"] == "hinge" and len(ctx.data.classes) >= 2:
         return f" (solved by its dual where the features are held, else {route.epochs} epochs of SGD)"
     return f", {route.epochs} epochs"
 

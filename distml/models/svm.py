@@ -330,8 +330,8 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
                          exact: bool = False) -> BaseEstimator:
     """Kernel approximation features and the linear SVM on them: ``Pipeline([approx, SGDClassifier])``, or
     with ``pairs`` ``Pipeline([approx, OneVsOneClassifier])`` (``approx``: a map already fitted, else one
-    fitted on a sample). ``exact`` (the route's): a binary hinge SVM on held features is solved by its dual
-    (``_dual_svm``), not by SGD, which stops short of it."""
+    fitted on a sample). ``exact`` (the route's): a hinge SVM on held features, binary or one per pair, is solved by
+    its dual (``_dual_svm``), not by SGD, which stops short of it."""
     from distml.models._approx_sgd import _ApproxSGD, _MappedSGD, plain_sgd
     from distml.models._pairs import train_pairs
 
@@ -341,14 +341,15 @@ def _train_approximation(parts: Partitions, params: Params, ctx: TrainContext, w
         data, fit = parts, replace(_sgd_fit(params, ctx, weights, _ApproxSGD, loss), transform=approx)
     else:
         data, fit = mapped, _sgd_fit(params, ctx, weights, _MappedSGD, loss)
-    if exact and mapped is not None and not pairs and fit.template.loss == "hinge" and len(ctx.data.classes) == 2:
-        from distml.models._dual_svm import as_sgd, train_dual
+    if exact and mapped is not None and fit.template.loss == "hinge" and (pairs or len(ctx.data.classes) == 2):
+        from distml.models._dual_svm import fit_dual
+        from distml.models._pairs import pair_fits
 
-        w, solve = train_dual(mapped, ctx, int(approx.n_components), params.C, weights, residual=getattr(approx, "kernel", None) == "rbf")
-        ctx.env.log(f"linear SVM: {solve['solver']}, {solve['rounds']} rounds, relative duality gap "
-                    f"{solve['duality_gap']:.1e}")
-        ctx.env.record_training({"solver": solve})
-        model = as_sgd(plain_sgd(fit.template), w, ctx.data.classes, solve["rounds"])
+        counts = dict(zip(ctx.data.classes.tolist(), ctx.data.class_counts.tolist()))
+        templates = [f.template for f in pair_fits(fit, ctx.data.classes, params.C, counts, params.alpha)] \
+            if pairs else [fit.template]
+        model = fit_dual(mapped, ctx, [plain_sgd(t) for t in templates], params.C, weights,
+                         getattr(approx, "kernel", None) == "rbf", int(approx.n_components))
     elif pairs:
         model = train_pairs(data, fit, ctx, params.C, params.alpha)
     else:

@@ -153,7 +153,8 @@ def run_noisy(folder: Path, store: Path, workers: int, memory: str) -> dict:
         result = run_job(spec, client, log=events.append)
         whole = time.perf_counter() - started
     model = load_model(result.uri)
-    route = json.loads((Path(result.uri) / "manifest.json").read_text()).get("training", {}).get("route", {})
+    training = json.loads((Path(result.uri) / "manifest.json").read_text()).get("training", {})
+    route = {**training.get("route", {}), "solver": training.get("solver")}  # solver: the dual's rounds and gap
     estimator = model[-1]
     size = len(estimator.support_) if hasattr(estimator, "support_") else estimator[0].n_components
     test = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
