@@ -88,8 +88,8 @@ def test_the_lanes_solve_the_svm_of_the_map_with_its_residual_diagonal(client, t
 def test_three_classes_solve_one_svm_per_pair_on_its_rows_with_its_class_weights(client, tmp_path):
     from distml.models._pairs import pairs_of
 
-    ctx, parts, X, y, _ = _held(client, tmp_path, classes=3)
-    held, Z = _mapped(client, parts, X, components=150)
+    ctx, parts, X, y, _ = _held(client, tmp_path, rows=3000, classes=3)
+    held, Z = _mapped(client, parts, X, components=100)
     pairs, weights = pairs_of([0, 1, 2]), {0: 1.0, 1: 2.0, 2: 0.5}
     tol = 3 * TOL  # three problems, the gap the largest of theirs
     W, solve = train_dual(held, ctx, Z.shape[1], 0.5, weights, residual=True, pairs=pairs, tol=tol, max_rounds=400)

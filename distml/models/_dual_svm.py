@@ -1,4 +1,5 @@
-"""An exact binary linear SVM on held kernel features: dual coordinate descent in each lane, lanes added (CoCoA+).
+"""Exact linear SVMs on held kernel features (binary, or one per pair of classes): dual coordinate descent
+in each lane, the lanes' updates added (CoCoA+).
 
 The Nyström route's features stand in for the kernel, but averaged SGD on them stops short of the
 SVM they define, and the map leaves out each row's residual kernel variance ``r = k(x, x) - |z|^2``.
@@ -124,6 +125,7 @@ def lane_homes(client: Any, lanes: int) -> list[list[str]]:
 
 
 def _alphas_part(output: tuple[LaneSums, np.ndarray]) -> np.ndarray:
+    """A partition's α, for a checkpoint."""
     return output[1]
 
 
