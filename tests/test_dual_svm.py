@@ -41,14 +41,14 @@ def _primal(Z: np.ndarray, signs: np.ndarray, coef: np.ndarray, intercept: float
     return 0.5 * (coef @ coef + intercept**2) + C * np.maximum(0.0, 1.0 - margins).sum()
 
 
-def _mapped(client, parts, Z: np.ndarray, components: int):
+def _mapped(client, parts, Z: np.ndarray, components: int, dtype: type = np.float32):
     """The route's held features: an rbf Nyström map fitted on the rows, each partition mapped on the workers."""
     from sklearn.kernel_approximation import Nystroem
 
     from distml.models._approx_sgd import _map_part, fit_nystroem
 
     approx = fit_nystroem(Nystroem(n_components=components, gamma=0.1, random_state=0), Z, factor="cholesky")
-    held = replace(parts, train=[client.submit(_map_part, f, approx, np.float32) for f in parts.train])
+    held = replace(parts, train=[client.submit(_map_part, f, approx, dtype) for f in parts.train])
     return held, np.concatenate(client.gather([client.submit(lambda b: b.X, f) for f in held.train])).astype(np.float64)
 
 
@@ -139,6 +139,19 @@ def test_a_resumed_solve_continues_from_its_checkpoint_to_the_same_coefficients(
     again, solve_again = train_dual(parts, resumed, Z.shape[1], 1.0, None, residual=True, tol=0.0, max_rounds=6)
     client.cancel(parts.train)
     assert np.array_equal(whole, again) and solve_again == solve
+
+
+def test_float16_held_features_solve_as_their_float32_values_do(client, tmp_path):
+    from distml.blocks import Block
+
+    ctx, parts, X, _, _ = _held(client, tmp_path, rows=3000)
+    half, Z = _mapped(client, parts, X, components=100, dtype=np.float16)
+    widened = replace(half, train=[client.submit(lambda b: Block(b.X.astype(np.float32), b.y, b.u), f)
+                                   for f in half.train])
+    W16 = train_dual(half, ctx, Z.shape[1], 1.0, None, residual=True, max_rounds=5)[0]
+    W32 = train_dual(widened, ctx, Z.shape[1], 1.0, None, residual=True, max_rounds=5)[0]
+    client.cancel([*parts.train, *half.train, *widened.train])
+    assert np.array_equal(W16, W32)
 
 
 def test_the_smoothed_hinge_is_the_hinge_without_a_residual_and_quadratic_near_the_margin():
