@@ -107,7 +107,10 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
         decision = kernels.binary_decision(model, X)
         pred = model.classes_[(decision > 0).astype(np.int64)]
     elif binary:
-        decision = model.decision_function(X)
+        from distml.kernels import folded_decision
+
+        decision = folded_decision(model, X)  # a Nyström map's normalisation folded into the coefficients
+        decision = model.decision_function(X) if decision is None else decision
         # a linear SGD classifier (alone, or last after a kernel map) predicts the sign of its decision values:
         # taken from them, not from a second pass through the kernel map
         final = model.steps[-1][1] if hasattr(model, "steps") else model

@@ -174,3 +174,43 @@ def fit_svc(X: np.ndarray, y: np.ndarray, params: dict[str, Any], gram_bytes: in
     model.support_vectors_ = X[solved.support_]
     model.shape_fit_, model.n_features_in_, model._gamma = X.shape, X.shape[1], float(params["gamma"])
     return model
+
+
+FOLD_BLOCK_BYTES = 32 * 2**20  # float64 kernel entries computed at once by ``folded_decision``
+
+
+def _flat_steps(model: Any) -> list[Any]:
+    """A pipeline's steps, nested pipelines opened in place (a plain estimator: itself)."""
+    steps = getattr(model, "steps", None)
+    return [model] if steps is None else [s for _, step in steps for s in _flat_steps(step)]
+
+
+def folded_decision(model: Any, X: np.ndarray) -> np.ndarray | None:
+    """``model.decision_function(X)`` for a binary model ending in a ``Nystroem`` map and a linear classifier,
+    from ``K(X, landmarks) @ (normalizationᵀ w)``; None for any other model.
+
+    The map's ``transform`` multiplies each row's kernel by the ``n_components^2`` normalisation, most of a
+    prediction's cost; folded into the coefficients once, each row costs its kernel only. The same values
+    as the pipeline's to round-off (float64 throughout).
+    """
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.metrics.pairwise import pairwise_kernels
+
+    steps = _flat_steps(model)
+    if len(steps) < 2:
+        return None
+    approx, linear = steps[-2], steps[-1]
+    coef = getattr(linear, "coef_", None)
+    if type(approx) is not Nystroem or not isinstance(approx.kernel, str) or approx.kernel == "precomputed" \
+            or coef is None or coef.shape[0] != 1 or len(getattr(linear, "classes_", ())) != 2:
+        return None
+    for step in steps[:-2]:
+        X = step.transform(X)
+    folded = approx.normalization_.T @ coef.ravel()
+    out = np.empty(len(X))
+    step = max(1, FOLD_BLOCK_BYTES // (8 * len(folded)))
+    params = approx._get_kernel_params()
+    for lo in range(0, len(X), step):
+        K = pairwise_kernels(X[lo:lo + step], approx.components_, metric=approx.kernel, filter_params=True, **params)
+        out[lo:lo + step] = K @ folded
+    return out + float(np.ravel(linear.intercept_)[0])

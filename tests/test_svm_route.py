@@ -73,6 +73,14 @@ def test_noisy_data_takes_the_measured_nystroem_route_within_a_point_of_one_svc(
     assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)
     raw = pd.read_parquet(noisy.with_name(noisy.name + "-test.parquet")).drop(columns=["target"])
     assert set(model.predict(raw)) == {0, 1}
+    # evaluation and batch scoring fold the map's normalisation into the coefficients: the same decision values
+    from distml.kernels import folded_decision
+
+    decision = model.decision_function(raw)
+    assert np.allclose(folded_decision(model, raw), decision, rtol=1e-9, atol=1e-9 * np.abs(decision).max())
+    from distml.predict import _scores
+
+    assert (_scores(model, raw, (), False)["prediction"].to_numpy() == model.predict(raw)).all()
 
 
 def one_svc_accuracy(folder: Path, features, gamma: float) -> float:
