@@ -117,7 +117,10 @@ def predictions(model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
         pred = (model.classes_[(decision > 0).astype(np.int64)] if isinstance(final, SGDClassifier)
                 else model.predict(X))
     else:
-        return model.predict(X), None, None  # no binary score: the AUC needs one
+        from distml.kernels import folded_predict
+
+        labels = folded_predict(model, X)  # one-vs-one on a Nyström map: its kernel only, no transform
+        return model.predict(X) if labels is None else labels, None, None  # no binary score: the AUC needs one
     return pred, None, 1.0 / (1.0 + np.exp(-np.clip(decision, -500, 500)))
 
 

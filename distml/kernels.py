@@ -185,32 +185,56 @@ def _flat_steps(model: Any) -> list[Any]:
     return [model] if steps is None else [s for _, step in steps for s in _flat_steps(step)]
 
 
+def _folded(model: Any, X: np.ndarray) -> tuple[np.ndarray, Any] | None:
+    """For a model ending in a ``Nystroem`` map and one or more binary linear models (one, or a
+    ``OneVsOneClassifier`` of them): each binary model's decision values, one column each, from
+    ``K(X, landmarks) @ (normalizationᵀ W)``, and the last step; None for any other model."""
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.metrics.pairwise import pairwise_kernels
+    from sklearn.multiclass import OneVsOneClassifier
+
+    steps = _flat_steps(model)
+    if len(steps) < 2:
+        return None
+    approx, last = steps[-2], steps[-1]
+    linears = last.estimators_ if type(last) is OneVsOneClassifier else [last]
+    if type(approx) is not Nystroem or not isinstance(approx.kernel, str) or approx.kernel == "precomputed" or \
+            any(getattr(e, "coef_", None) is None or e.coef_.shape[0] != 1 or len(e.classes_) != 2 for e in linears):
+        return None
+    for step in steps[:-2]:
+        X = step.transform(X)
+    folded = approx.normalization_.T @ np.vstack([e.coef_ for e in linears]).T  # [landmark, binary model]
+    out = np.empty((len(X), len(linears)))
+    rows = max(1, FOLD_BLOCK_BYTES // (8 * len(folded)))
+    params = approx._get_kernel_params()
+    for lo in range(0, len(X), rows):
+        K = pairwise_kernels(X[lo:lo + rows], approx.components_, metric=approx.kernel, filter_params=True, **params)
+        out[lo:lo + rows] = K @ folded
+    return out + np.array([float(np.ravel(e.intercept_)[0]) for e in linears]), last
+
+
 def folded_decision(model: Any, X: np.ndarray) -> np.ndarray | None:
-    """``model.decision_function(X)`` for a binary model ending in a ``Nystroem`` map and a linear classifier,
-    from ``K(X, landmarks) @ (normalizationᵀ w)``; None for any other model.
+    """``model.decision_function(X)`` for a binary model ending in a ``Nystroem`` map and a linear classifier;
+    None for any other model.
 
     The map's ``transform`` multiplies each row's kernel by the ``n_components^2`` normalisation, most of a
     prediction's cost; folded into the coefficients once, each row costs its kernel only. The same values
     as the pipeline's to round-off (float64 throughout).
     """
-    from sklearn.kernel_approximation import Nystroem
-    from sklearn.metrics.pairwise import pairwise_kernels
+    folded = _folded(model, X)
+    return None if folded is None or folded[0].shape[1] != 1 else folded[0][:, 0]
 
-    steps = _flat_steps(model)
-    if len(steps) < 2:
+
+def folded_predict(model: Any, X: np.ndarray) -> np.ndarray | None:
+    """``model.predict(X)`` from ``_folded``'s decision values (a ``OneVsOneClassifier``'s votes and
+    confidences as scikit-learn combines them); None for any other model."""
+    folded = _folded(model, X)
+    if folded is None:
         return None
-    approx, linear = steps[-2], steps[-1]
-    coef = getattr(linear, "coef_", None)
-    if type(approx) is not Nystroem or not isinstance(approx.kernel, str) or approx.kernel == "precomputed" \
-            or coef is None or coef.shape[0] != 1 or len(getattr(linear, "classes_", ())) != 2:
-        return None
-    for step in steps[:-2]:
-        X = step.transform(X)
-    folded = approx.normalization_.T @ coef.ravel()
-    out = np.empty(len(X))
-    step = max(1, FOLD_BLOCK_BYTES // (8 * len(folded)))
-    params = approx._get_kernel_params()
-    for lo in range(0, len(X), step):
-        K = pairwise_kernels(X[lo:lo + step], approx.components_, metric=approx.kernel, filter_params=True, **params)
-        out[lo:lo + step] = K @ folded
-    return out + float(np.ravel(linear.intercept_)[0])
+    decision, last = folded
+    if decision.shape[1] == 1 and not hasattr(last, "estimators_"):
+        return last.classes_[(decision[:, 0] > 0).astype(np.int64)]
+    from sklearn.multiclass import _ovr_decision_function
+
+    votes = _ovr_decision_function((decision > 0).astype(np.int64), decision, len(last.classes_))
+    return last.classes_[np.argmax(votes, axis=1)]

@@ -107,14 +107,12 @@ def _scores(pipeline: Pipeline, frame: Any, passthrough: tuple[str, ...], proba:
     import pandas as pd
 
     out = frame[list(passthrough)].reset_index(drop=True) if passthrough else pd.DataFrame(index=range(len(frame)))
-    from distml.kernels import folded_decision
+    from distml.kernels import folded_predict
 
     features = frame[list(pipeline.feature_names_in_)]
-    decision = folded_decision(pipeline, features) if len(frame) else None  # a Nyström model: its kernel only
-    if decision is not None:  # a linear classifier's predict: the class on the positive side
-        out["prediction"] = pipeline.classes_[(decision > 0).astype(int)]
-    else:
-        out["prediction"] = pipeline.predict(features) if len(frame) else pd.Series([], dtype=object)
+    labels = folded_predict(pipeline, features) if len(frame) else None  # a Nyström model: its kernel only
+    out["prediction"] = labels if labels is not None else \
+        pipeline.predict(features) if len(frame) else pd.Series([], dtype=object)
     if proba:
         classes = pipeline.classes_
         values = pipeline.predict_proba(features) if len(frame) else None

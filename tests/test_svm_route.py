@@ -122,6 +122,9 @@ def test_three_noisy_classes_take_the_nystroem_route_one_vs_one_within_a_point_o
     assert abs(result.metrics["accuracy"] - reference) <= 0.01, (result.metrics["accuracy"], reference)
     raw = pd.read_parquet(folder.with_name(folder.name + "-test.parquet")).drop(columns=["target"])
     assert set(model.predict(raw)) == {0, 1, 2}
+    from distml.kernels import folded_predict  # evaluation's and distml score's one-vs-one labels
+
+    assert (folded_predict(model, raw) == model.predict(raw)).all()
 
 
 def _measured(route: dict) -> dict:
