@@ -106,9 +106,9 @@ def _scores(pipeline: Pipeline, frame: Any, passthrough: tuple[str, ...], proba:
     """The output rows of one batch: passthrough columns, ``prediction``, and probabilities if asked."""
     import pandas as pd
 
-    out = frame[list(passthrough)].reset_index(drop=True) if passthrough else pd.DataFrame(index=range(len(frame)))
     from distml.kernels import folded_predict
 
+    out = frame[list(passthrough)].reset_index(drop=True) if passthrough else pd.DataFrame(index=range(len(frame)))
     features = frame[list(pipeline.feature_names_in_)]
     labels = folded_predict(pipeline, features) if len(frame) else None  # a Nyström model: its kernel only
     out["prediction"] = labels if labels is not None else \

@@ -196,10 +196,10 @@ def pick_components(curve: list[dict[str, Any]]) -> tuple[int, float]:
     return max(p["n_components"] for p in curve if p["accuracy"] >= best - tol), tol
 
 
-def _solver(route: Route, sgd: dict[str, Any], ctx: TrainContext) -> str:
+def _solver(route: Route, sgd: dict[str, Any]) -> str:
     """How the route's linear SVM is fitted, for its reason: by its dual (hinge loss, two classes or one
     problem per pair) where the features are held, else by SGD."""
-    if route.multiclass != "one-vs-rest" and sgd["loss"] == "hinge" and len(ctx.data.classes) >= 2:
+    if route.multiclass != "one-vs-rest" and sgd["loss"] == "hinge":
         return f" (solved by its dual where the features are held, else {route.epochs} epochs of SGD)"
     return f", {route.epochs} epochs"
 
@@ -261,6 +261,6 @@ def choose(parts: Partitions, ctx: TrainContext, threshold: float, svc_params: d
         route.reason = (f"{route.sv_fraction:.0%} of a {probe['rows']:,}-row probe SVC's rows are support vectors, "
                         f"more than switch_sv_fraction={threshold}: the cascade's merges would shrink little and its "
                         f"top fit cost about one SVC; Nyström features ({size}) with a linear SVM instead"
-                        f"{f' ({multiclass})' if multiclass else ''}{_solver(route, sgd, ctx)}")
+                        f"{f' ({multiclass})' if multiclass else ''}{_solver(route, sgd)}")
     route.seconds = time.perf_counter() - started
     return route
